@@ -1,0 +1,44 @@
+"""swift-fipo: FIPO (Future-KL Influenced Policy Optimization) for ms-swift, TRL and custom loops.
+
+Public names load lazily: ``import swift_fipo`` stays cheap (no torch), which matters because the
+activation hook imports this package at every interpreter start.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False
+
+__version__ = '0.1.0'
+
+_EXPORTS = {
+    'FIPOConfig': 'swift_fipo.config',
+    'FIPOStats': 'swift_fipo.ops.influence',
+    'compute_fipo_influence': 'swift_fipo.ops.influence',
+    'discounted_future_sum': 'swift_fipo.ops.future_kl',
+    'install': 'swift_fipo.integrations.ms_swift',
+}
+
+__all__ = sorted(_EXPORTS) + ['__version__']
+
+if TYPE_CHECKING:  # typing itself is not imported at runtime: this package loads at interpreter start
+    from typing import Any
+
+    from swift_fipo.config import FIPOConfig
+    from swift_fipo.integrations.ms_swift import install
+    from swift_fipo.ops.future_kl import discounted_future_sum
+    from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,104 @@
+"""Interpreter-start activation, run from the ``swift_fipo.pth`` file that ``pip install`` places in
+site-packages.
+
+It only registers an import watcher: nothing heavy is imported, nothing is written, no network is
+touched. When (and only when) ms-swift itself imports one of its GRPO trainer modules, the watcher
+lets the module load and then patches it (``swift_fipo.integrations.ms_swift``). Because the .pth
+runs in every interpreter, this reaches every process ms-swift starts, torchrun workers included.
+
+Set ``SWIFT_FIPO_DISABLE=1`` to turn it off. A failure here is reported on stderr, never raised.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and importlib.abc cost milliseconds at every interpreter start
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any, Optional, Sequence
+
+DISABLE_ENV = 'SWIFT_FIPO_DISABLE'
+# Kept in sync with swift_fipo.integrations.ms_swift.TRAINER_MODULES (not imported: it needs torch).
+WATCHED_MODULES = ('swift.rlhf_trainers.grpo_trainer', 'swift.megatron.trainers.grpo_trainer')
+
+# Filled as trainer modules get patched: {module: {class: has_hook}} or {module: 'error: ...'}.
+patched: dict[str, Any] = {}
+
+
+def is_disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def _report(message: str) -> None:
+    sys.stderr.write(f'[swift-fipo] {message}\n')
+
+
+def _patch(module: ModuleType) -> None:
+    import traceback
+    try:
+        from swift_fipo.integrations.ms_swift import patch_trainer_module
+        patched[module.__name__] = patch_trainer_module(module)
+    except Exception:  # never break ms-swift's own import; the trainer check reports fipo runs
+        patched[module.__name__] = 'error: ' + traceback.format_exc(limit=3)
+        _report(f'could not hook {module.__name__}; FIPO falls back to ms-swift native code.\n'
+                f'{traceback.format_exc()}')
+
+
+class _PatchingLoader:
+    """Delegates to the real loader, then patches the freshly executed module."""
+
+    def __init__(self, loader: Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        _patch(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, is_package, ...
+        return getattr(self._loader, name)
+
+
+class TrainerImportWatcher:
+    """Meta-path finder that only reacts to ms-swift's GRPO trainer modules."""
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
+                  ) -> Optional[ModuleSpec]:
+        if fullname not in WATCHED_MODULES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or isinstance(finder, TrainerImportWatcher):
+                continue
+            find_spec = getattr(finder, 'find_spec', None)
+            spec = find_spec(fullname, path, target) if find_spec else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
+            spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+def watcher_installed() -> bool:
+    return any(isinstance(finder, TrainerImportWatcher) for finder in sys.meta_path)
+
+
+def activate() -> None:
+    """Register the watcher once; patch trainer modules that are already imported."""
+    try:
+        if is_disabled() or watcher_installed():
+            return
+        sys.meta_path.insert(0, TrainerImportWatcher())
+        for name in WATCHED_MODULES:
+            if name in sys.modules:
+                _patch(sys.modules[name])
+    except Exception:
+        import traceback
+        _report('activation failed; swift-fipo is inactive in this process.\n' + traceback.format_exc())

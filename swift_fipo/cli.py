@@ -1,0 +1,94 @@
+"""``swift-fipo`` command line: ``doctor`` (is FIPO hooked here, and if not, why) and ``plugin-path``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from swift_fipo import __version__, activation
+
+
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _pth_file() -> Optional[Path]:
+    for entry in sys.path:
+        candidate = Path(entry) / 'swift_fipo.pth'
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def doctor() -> int:
+    """Print the environment and the state of every hook; exit 1 if FIPO would not be ours."""
+    lines = [f'swift-fipo {__version__} (python {sys.version.split()[0]})']
+    for distribution in ('torch', 'ms-swift', 'transformers', 'trl', 'megatron-core', 'deepspeed', 'vllm'):
+        lines.append(f'  {distribution:<13} {_version(distribution) or "not installed"}')
+    pth = _pth_file()
+    lines.append('activation:')
+    lines.append(f'  .pth file     {pth or "missing (installed editable or not via pip?)"}')
+    if activation.is_disabled():
+        lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}')
+    elif activation.watcher_installed():
+        lines.append('  state         active: trainer modules are hooked when ms-swift imports them')
+    else:
+        lines.append('  state         inactive in this interpreter (use --external_plugins or install())')
+    healthy = _version('ms-swift') is not None
+
+    lines.append('hooks:')
+    if not healthy:
+        lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2"')
+    else:
+        from swift_fipo.integrations import ms_swift
+        try:
+            report = ms_swift.install(megatron=False)
+        except Exception as error:  # report, do not crash: this command exists to diagnose
+            report = {}
+            healthy = False
+            lines.append(f'  {ms_swift.HF_TRAINER_MODULE}: cannot hook: {error}')
+        for module, classes in report.items():
+            for name, has_hook in classes.items():
+                if has_hook:
+                    lines.append(f'  {module}.{name}: hooked (FIPO computed by swift-fipo)')
+                else:
+                    healthy = False
+                    lines.append(f'  {module}.{name}: no _compute_fipo_influence hook: '
+                                 f'--loss_type fipo needs {ms_swift.SUPPORTED_RANGE}')
+        # Importing swift.megatron has side effects (and needs CUDA): only look it up.
+        if importlib.util.find_spec('swift.megatron') is None:
+            lines.append(f'  {ms_swift.MEGATRON_TRAINER_MODULE}: not available')
+        else:
+            lines.append(f'  {ms_swift.MEGATRON_TRAINER_MODULE}: hooked when `megatron rlhf` imports it')
+    print('\n'.join(lines))
+    return 0 if healthy else 1
+
+
+def plugin_path() -> int:
+    """Print the file to pass to ms-swift's --external_plugins."""
+    spec = importlib.util.find_spec('swift_fipo.plugin')
+    assert spec is not None and spec.origin is not None
+    print(spec.origin)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='swift-fipo', description='FIPO for ms-swift, TRL and custom loops.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    commands.add_parser('doctor', help='report ms-swift version, which hooks are active, and why not')
+    commands.add_parser('plugin-path', help='print the file for --external_plugins')
+    args = parser.parse_args(argv)
+    return {'doctor': doctor, 'plugin-path': plugin_path}[args.command]()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

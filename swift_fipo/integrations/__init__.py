@@ -1,0 +1,1 @@
+"""Host integrations. Each module knows the FIPO maths and one host, nothing else."""

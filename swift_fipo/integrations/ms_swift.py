@@ -1,0 +1,181 @@
+"""ms-swift integration: one adapter serving both GRPO trainers (HF-style and Megatron).
+
+Both ``swift.rlhf_trainers.grpo_trainer.GRPOTrainer`` and
+``swift.megatron.trainers.grpo_trainer.MegatronGRPOTrainer`` (ms-swift >= 4.2.2) call
+``self._compute_fipo_influence(log_ratio, coef_1, advantages, completion_mask)`` from their loss and
+read ``future_kl`` / ``influence_weight`` / ``safety_mask`` from the returned dict to log
+``fipo/*``. We replace that method with a thin adapter over ``compute_fipo_influence``; the rest of
+the loss, and every other loss type, stays ms-swift's own code.
+
+Hook points are found by capability (does the class define ``_compute_fipo_influence``? does it
+have ``_setup_teacher``?), never by version strings.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import sys
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+import torch
+
+from swift_fipo.config import FIPOConfig
+from swift_fipo.ops.influence import compute_fipo_influence
+
+SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
+HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
+MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
+TRAINER_MODULES = (HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE)
+
+# Marks a class attribute as ours, so installing twice changes nothing.
+_PATCH_MARK = '__swift_fipo_patch__'
+# ms-swift argument name for each FIPOConfig field.
+_ARGUMENT_NAMES = {
+    'decay_rate': 'fipo_decay_rate',
+    'clip_range': 'fipo_clip_range',
+    'clip_high_only': 'fipo_clip_high_only',
+    'safety_threshold': 'fipo_safety_threshold',
+    'delta': 'delta',
+}
+_CONFIG_ATTRIBUTE = '_swift_fipo_config'
+
+
+def config_from_args(args: Any) -> FIPOConfig:
+    """Build the FIPOConfig that ms-swift's ``--fipo_*`` / ``--delta`` arguments describe.
+
+    A bad value raises ``ValueError`` naming the command-line flag and its allowed range.
+    """
+    defaults = FIPOConfig()
+    values = {field: getattr(args, name, getattr(defaults, field)) for field, name in _ARGUMENT_NAMES.items()}
+    try:
+        return FIPOConfig(**values)
+    except ValueError as error:
+        message = str(error)
+        for field, name in _ARGUMENT_NAMES.items():
+            message = message.replace(f'FIPOConfig.{field} ', f'--{name} ')
+        raise ValueError(f'swift-fipo: {message}') from None
+
+
+def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.Tensor, advantages: torch.Tensor,
+                           completion_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Drop-in ``_compute_fipo_influence`` for ms-swift's GRPO trainers."""
+    config = getattr(trainer, _CONFIG_ATTRIBUTE, None)
+    if config is None:
+        config = config_from_args(trainer.args)
+        setattr(trainer, _CONFIG_ATTRIBUTE, config)
+    weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=coef_1)
+    # The native keys ms-swift's metric code reads, plus our stats for diagnostics.
+    return weight, {
+        'future_kl': stats.future_kl,
+        'influence_weight': stats.weight,
+        'safety_mask': stats.safety_mask,
+        'stats': stats,
+    }
+
+
+setattr(fipo_influence_adapter, _PATCH_MARK, True)
+
+
+def _explicit_teacher(trainer: Any) -> bool:
+    # A method on the HF mixin, a plain attribute on the Megatron mixin.
+    explicit = getattr(trainer, '_has_teacher_explicit', False)
+    return bool(explicit() if callable(explicit) else explicit)
+
+
+def _without_implicit_teacher(setup_teacher: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``_setup_teacher`` so a fipo run with no configured teacher is not treated as OPD-RL.
+
+    From ms-swift 4.4 ``_setup_teacher`` sets ``_has_teacher`` whenever no teacher is configured
+    ("dynamic self-distillation"), and the loss then rejects ``loss_type='fipo'``. FIPO cannot use a
+    teacher signal anyway, so for fipo we clear the implicit flag; an explicit teacher is left alone
+    and still rejected by ms-swift, as upstream intends.
+    """
+
+    @functools.wraps(setup_teacher)
+    def setup_teacher_for_fipo(self: Any, *args: Any, **kwargs: Any) -> None:
+        setup_teacher(self, *args, **kwargs)
+        if getattr(self.args, 'loss_type', None) == 'fipo' and not _explicit_teacher(self):
+            self._is_dynamic_self_distillation = False
+            self._has_teacher = False
+
+    setattr(setup_teacher_for_fipo, _PATCH_MARK, True)
+    return setup_teacher_for_fipo
+
+
+def _reject_fipo(init: Callable[..., None], trainer_name: str) -> Callable[..., None]:
+    """Wrap ``__init__`` of a trainer that has no FIPO hook: fail at start-up if fipo is asked for."""
+
+    @functools.wraps(init)
+    def init_without_fipo(self: Any, *args: Any, **kwargs: Any) -> None:
+        trainer_args = kwargs.get('args', args[0] if args and hasattr(args[0], 'loss_type') else None)
+        if getattr(trainer_args, 'loss_type', None) == 'fipo':
+            raise RuntimeError(unsupported_message(trainer_name))
+        init(self, *args, **kwargs)
+
+    setattr(init_without_fipo, _PATCH_MARK, True)
+    return init_without_fipo
+
+
+def unsupported_message(trainer_name: str) -> str:
+    return (f'swift-fipo: --loss_type fipo needs {SUPPORTED_RANGE}, whose {trainer_name} has the '
+            f'_compute_fipo_influence hook; installed: ms-swift {ms_swift_version() or "(unknown)"}. '
+            f"Upgrade with: pip install 'ms-swift>=4.2.2'")
+
+
+def patch_trainer_class(cls: type) -> bool:
+    """Point one GRPO trainer class at the plugin. Returns True if it has the FIPO hook."""
+    if not hasattr(cls, '_compute_fipo_influence'):
+        if not getattr(cls.__init__, _PATCH_MARK, False):
+            cls.__init__ = _reject_fipo(cls.__init__, cls.__name__)
+        return False
+    if not is_patched(cls):
+        cls._compute_fipo_influence = fipo_influence_adapter
+    setup_teacher = getattr(cls, '_setup_teacher', None)
+    if setup_teacher is not None and not getattr(setup_teacher, _PATCH_MARK, False):
+        cls._setup_teacher = _without_implicit_teacher(setup_teacher)
+    return True
+
+
+def trainer_classes(module: ModuleType) -> list[type]:
+    """The GRPO trainer classes a trainer module defines (those with a loss to hook)."""
+    return [
+        value for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__ and name.endswith('GRPOTrainer')
+    ]
+
+
+def patch_trainer_module(module: ModuleType) -> dict[str, bool]:
+    """Patch every GRPO trainer class of an imported ms-swift trainer module."""
+    classes = trainer_classes(module)
+    if not classes:
+        raise RuntimeError(f'swift-fipo: no GRPO trainer class found in {module.__name__}; '
+                           f'supported: {SUPPORTED_RANGE}.')
+    return {cls.__name__: patch_trainer_class(cls) for cls in classes}
+
+
+def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
+    """Hook the plugin into ms-swift's GRPO trainers in this process; idempotent.
+
+    The HF-style trainer module is imported and patched. Megatron's module is patched if ms-swift
+    already imported it, or when ``megatron=True`` (importing ``swift.megatron`` has side effects, so
+    we never do it unasked). Returns ``{module: {class: has_hook}}``.
+    """
+    report = {HF_TRAINER_MODULE: patch_trainer_module(importlib.import_module(HF_TRAINER_MODULE))}
+    if megatron or (megatron is None and MEGATRON_TRAINER_MODULE in sys.modules):
+        report[MEGATRON_TRAINER_MODULE] = patch_trainer_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
+    return report
+
+
+def is_patched(cls: type) -> bool:
+    """True if ``cls`` computes FIPO through this plugin."""
+    return bool(getattr(getattr(cls, '_compute_fipo_influence', None), _PATCH_MARK, False))
+
+
+def ms_swift_version() -> Optional[str]:
+    try:
+        return importlib.metadata.version('ms-swift')
+    except importlib.metadata.PackageNotFoundError:
+        return None
