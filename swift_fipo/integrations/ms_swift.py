@@ -41,6 +41,10 @@ _ARGUMENT_NAMES = {
     'delta': 'delta',
 }
 _CONFIG_ATTRIBUTE = '_swift_fipo_config'
+# The adapter leaves its stats here for the metrics wrapper of the same loss call.
+_STATS_ATTRIBUTE = '_swift_fipo_stats'
+# Summaries ms-swift already logs itself from the adapter's tensors.
+_NATIVE_METRICS = ('future_kl_mean', 'influence_weight_mean', 'safety_keep_ratio')
 
 
 def config_from_args(args: Any) -> FIPOConfig:
@@ -67,6 +71,7 @@ def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.
         config = config_from_args(trainer.args)
         setattr(trainer, _CONFIG_ATTRIBUTE, config)
     weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=coef_1)
+    setattr(trainer, _STATS_ATTRIBUTE, stats)
     # The native keys ms-swift's metric code reads, plus our stats for diagnostics.
     return weight, {
         'future_kl': stats.future_kl,
@@ -77,6 +82,40 @@ def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.
 
 
 setattr(fipo_influence_adapter, _PATCH_MARK, True)
+
+
+def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the HF trainer's ``_compute_loss_and_metrics`` to log our diagnostics beside the native 3.
+
+    ms-swift gathers ``metrics_data['fipo']`` across ranks, averages it over gradient-accumulation
+    chunks (token-weighted) and logs every key as ``fipo/<key>``; we only add keys to that dict.
+    """
+
+    @functools.wraps(compute_loss_and_metrics)
+    def compute_loss_and_metrics_with_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
+        setattr(self, _STATS_ATTRIBUTE, None)
+        result = compute_loss_and_metrics(self, *args, **kwargs)
+        stats = getattr(self, _STATS_ATTRIBUTE, None)
+        setattr(self, _STATS_ATTRIBUTE, None)
+        if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict):
+            return result
+        fipo_metrics = result[-1].get('fipo')
+        if isinstance(fipo_metrics, dict):
+            gather = self.accelerator.gather_for_metrics
+            for key, value in stats.summary.items():
+                if key in _NATIVE_METRICS:
+                    continue
+                gathered = gather(value.reshape(1))
+                if key.endswith('_min'):
+                    fipo_metrics[key] = gathered.min().item()
+                elif key.endswith('_max'):
+                    fipo_metrics[key] = gathered.max().item()
+                else:
+                    fipo_metrics[key] = gathered.nanmean().item()
+        return result
+
+    setattr(compute_loss_and_metrics_with_fipo, _PATCH_MARK, True)
+    return compute_loss_and_metrics_with_fipo
 
 
 def _explicit_teacher(trainer: Any) -> bool:
@@ -133,6 +172,9 @@ def patch_trainer_class(cls: type) -> bool:
         return False
     if not is_patched(cls):
         cls._compute_fipo_influence = fipo_influence_adapter
+    compute_loss_and_metrics = getattr(cls, '_compute_loss_and_metrics', None)
+    if compute_loss_and_metrics is not None and not getattr(compute_loss_and_metrics, _PATCH_MARK, False):
+        cls._compute_loss_and_metrics = _with_extra_metrics(compute_loss_and_metrics)
     setup_teacher = getattr(cls, '_setup_teacher', None)
     if setup_teacher is not None and not getattr(setup_teacher, _PATCH_MARK, False):
         cls._setup_teacher = _without_implicit_teacher(setup_teacher)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# FIPO GRPO training of a tiny local model on CPU, with the real `swift rlhf` command line.
+#   bash examples/tiny/train_fipo_cpu.sh [WORK_DIR]      (default: runs/tiny-fipo)
+# Needs swift-fipo installed (pip install .): `--loss_type fipo` is then served by the plugin.
+# Extra arguments after WORK_DIR are passed on to `swift rlhf` (e.g. --loss_type dapo).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+work="${1:-runs/tiny-fipo}"
+shift || true
+mkdir -p "$work"
+[ -f "$work/model/config.json" ] || python "$here/build_tiny_model.py" "$work"
+
+# The tiny model is built locally, so: no hub, no model-type detection.
+# FIPO only acts off-policy: with --num_iterations 2 every rollout is trained on twice, and on the
+# second pass log pi_new != log pi_old, so Future-KL and the influence weights move off 1.
+export HF_HUB_OFFLINE=1 MODELSCOPE_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+swift rlhf \
+    --rlhf_type grpo \
+    --loss_type fipo \
+    --fipo_decay_rate 32 \
+    --fipo_clip_range 0.2 \
+    --fipo_clip_high_only true \
+    --fipo_safety_threshold 4.0 \
+    --num_iterations 2 \
+    --model "$work/model" --model_type qwen2 --template qwen --check_model false \
+    --dataset "$work/train.jsonl" \
+    --external_plugins "$here/reward.py" \
+    --reward_funcs tiny_sum \
+    --tuner_type full \
+    --torch_dtype float32 \
+    --use_cpu true \
+    --num_generations 4 \
+    --per_device_train_batch_size 4 \
+    --gradient_accumulation_steps 1 \
+    --max_completion_length 32 \
+    --temperature 1.0 \
+    --learning_rate 1e-3 \
+    --max_steps 4 \
+    --logging_steps 1 \
+    --save_strategy no \
+    --report_to none \
+    --dataloader_num_workers 0 \
+    --dataset_num_proc 1 \
+    --seed 42 \
+    --output_dir "$work/output" \
+    "$@"
+
+# ms-swift writes every logged step to logging.jsonl; show the FIPO metrics.
+log="$(ls -t "$work"/output/*/logging.jsonl | head -n 1)"
+python - "$log" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+keys = sorted({k for row in rows for k in row if k.startswith('fipo/')})
+print(f'\nFIPO metrics per step ({sys.argv[1]}):')
+print('step  ' + '  '.join(f'{k:>26}' for k in keys))
+for row in rows:
+    if any(k in row for k in keys):
+        print(f"{row.get('global_step/max_steps', '?'):>5} " + '  '.join(f'{row.get(k, float("nan")):>26.6f}' for k in keys))
+PY
