@@ -41,6 +41,7 @@ _ARGUMENT_NAMES = {
     'delta': 'delta',
 }
 _CONFIG_ATTRIBUTE = '_swift_fipo_config'
+_NATIVE_ATTRIBUTE = '_swift_fipo_native_compute_fipo_influence'
 # The adapter leaves its stats here for the metrics wrapper of the same loss call.
 _STATS_ATTRIBUTE = '_swift_fipo_stats'
 # Summaries ms-swift already logs itself from the adapter's tensors.
@@ -171,6 +172,8 @@ def patch_trainer_class(cls: type) -> bool:
             cls.__init__ = _reject_fipo(cls.__init__, cls.__name__)
         return False
     if not is_patched(cls):
+        # Keep ms-swift's own method reachable: parity tests and benchmarks compare against it.
+        setattr(cls, _NATIVE_ATTRIBUTE, cls._compute_fipo_influence)
         cls._compute_fipo_influence = fipo_influence_adapter
     compute_loss_and_metrics = getattr(cls, '_compute_loss_and_metrics', None)
     if compute_loss_and_metrics is not None and not getattr(compute_loss_and_metrics, _PATCH_MARK, False):
@@ -214,6 +217,11 @@ def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
 def is_patched(cls: type) -> bool:
     """True if ``cls`` computes FIPO through this plugin."""
     return bool(getattr(getattr(cls, '_compute_fipo_influence', None), _PATCH_MARK, False))
+
+
+def native_fipo_influence(cls: type) -> Callable[..., Any]:
+    """ms-swift's own ``_compute_fipo_influence`` of ``cls``, whether or not the plugin patched it."""
+    return getattr(cls, _NATIVE_ATTRIBUTE, None) or cls._compute_fipo_influence
 
 
 def ms_swift_version() -> Optional[str]:

@@ -49,8 +49,8 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
     into NaN); the result has the dtype of ``values``. Not differentiable by design: callers run it
     under ``torch.no_grad``.
     """
-    if block_size < 1:
-        raise ValueError(f'block_size must be >= 1; got {block_size}.')
+    if block_size < 2:  # blocks of 1 would never shorten the carry recursion
+        raise ValueError(f'block_size must be >= 2; got {block_size}.')
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f'gamma must be in [0, 1]; got {gamma}.')
     length = values.shape[-1]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create (or refresh) a virtual environment with torch (CPU), ms-swift and this package.
+#   bash scripts/setup.sh [MS_SWIFT_VERSION] [VENV_DIR]     defaults: 4.6.0 .venv
+# swift-fipo itself is installed non-editable, as users get it, so that its .pth activation file
+# lands in site-packages exactly as after `pip install swift-fipo`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+version="${1:-4.6.0}"
+venv="${2:-$root/.venv}"
+constraints="$root/scripts/constraints-cpu.txt"
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+marker="$venv/.swift-fipo-deps-$version"
+if [ ! -f "$marker" ]; then
+    "${pip[@]}" install -c "$constraints" torch==2.13.0
+    # ms-swift imports msgspec without declaring it.
+    "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8'
+    touch "$marker"
+fi
+# --force-reinstall --no-deps: always the current source, never a stale wheel; dependencies untouched.
+"${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
+echo "ready: $venv (ms-swift $version, $("$venv/bin/python" -c 'import swift_fipo; print("swift-fipo", swift_fipo.__version__)'))"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite, on the newest ms-swift (4.6.0, the whole suite) and on the oldest clean one
+# (4.3.2, everything that depends on ms-swift). Each gets its own virtual environment.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup.sh 4.6.0 "$root/.venv"
+"$root/.venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+bash scripts/setup.sh 4.3.2 "$root/.venv-ms-swift-4.3.2"
+"$root/.venv-ms-swift-4.3.2/bin/python" -m pytest tests -q -p no:cacheprovider -m ms_swift "$@"

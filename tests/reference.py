@@ -1,0 +1,80 @@
+"""Float64 brute-force FIPO, written from the algorithm's definition for tests only: a loop over
+positions, no scan, no blocking, nothing shared with the library."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+
+def brute_future_kl(delta: torch.Tensor, gamma: float) -> torch.Tensor:
+    """sum_{k >= t} gamma**(k - t) * delta[:, k], one position at a time, in float64."""
+    delta = delta.double()
+    length = delta.shape[-1]
+    out = torch.zeros_like(delta)
+    for t in range(length):
+        decay = torch.tensor([gamma**(k - t) for k in range(t, length)], dtype=torch.float64)
+        out[..., t] = (delta[..., t:] * decay).sum(-1)
+    return out
+
+
+def brute_fipo_weight(log_ratio: torch.Tensor,
+                      mask: torch.Tensor,
+                      advantages: torch.Tensor,
+                      *,
+                      decay_rate: float = 32.0,
+                      clip_range: Optional[float] = 0.2,
+                      clip_high_only: bool = True,
+                      safety_threshold: Optional[float] = 4.0,
+                      delta: Optional[float] = None,
+                      ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weight, future_kl, safety_mask), each [B, T], in float64."""
+    log_ratio = log_ratio.double()
+    mask = mask.bool()
+    batch, length = log_ratio.shape
+    ratio = torch.exp(log_ratio) if ratio is None else ratio.double().expand(batch, length)
+    advantages = advantages.double()
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    advantages = advantages.expand(batch, length)
+    contributes = mask.clone()
+    if delta is not None:
+        contributes &= ~(ratio > delta)
+    step = torch.where(contributes, log_ratio, torch.zeros((), dtype=torch.float64))
+    future_kl = torch.where(mask, brute_future_kl(step, 2.0**(-1.0 / decay_rate)), 0.0)
+    weight = torch.exp(future_kl)
+    if clip_range:
+        weight = weight.clamp(1.0 if clip_high_only else 1.0 - clip_range, 1.0 + clip_range)
+    safety = torch.ones_like(mask)
+    if safety_threshold is not None:
+        safety = ~((advantages < 0) & (ratio > safety_threshold))
+        weight = torch.where(safety, weight, weight.clamp(0.8, 1.0))
+    return weight, future_kl, safety
+
+
+def random_inputs(batch: int, length: int, seed: int, scale: float = 0.3, holes: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log_ratio, completion_mask, advantages): right-padded rows of random length, masked holes."""
+    generator = torch.Generator().manual_seed(seed)
+    log_ratio = torch.randn(batch, length, generator=generator) * scale
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    if holes:
+        mask &= torch.rand(batch, length, generator=generator) > 0.15
+    advantages = torch.randn(batch, generator=generator)
+    return log_ratio, mask, advantages
+
+
+def is_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5,
+             scale: Optional[torch.Tensor] = None) -> bool:
+    """|actual - expected| <= tol * max(1, scale), elementwise, in float64.
+
+    ``scale`` defaults to |expected|; for a sum, pass the same sum over |terms|: float32 rounding is
+    relative to that, not to a result that cancellation made small.
+    """
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs() if scale is None else scale.double()
+    error = (actual - expected).abs()
+    return not math.isnan(float(error.max())) and bool((error <= tol * scale.clamp(min=1.0)).all())
