@@ -1,0 +1,62 @@
+"""Activation through the .pth file, in fresh interpreters of the test environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from swift_fipo import activation
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != activation.DISABLE_ENV}
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=False,
+                          env={**environment, **env}, cwd=os.path.dirname(sys.executable))
+
+
+def test_plain_interpreter_start_registers_only_the_watcher():
+    result = _python('import sys, json; print(json.dumps([sorted(sys.modules), '
+                     '[type(f).__name__ for f in sys.meta_path]]))')
+    assert result.returncode == 0, result.stderr
+    modules, finders = json.loads(result.stdout)
+    assert 'swift_fipo.activation' in modules, 'the .pth file did not run: is swift-fipo pip-installed?'
+    heavy = [name for name in modules if name.split('.')[0] in ('torch', 'swift', 'numpy', 'transformers', 'typing')]
+    assert heavy == []
+    assert finders.count('TrainerImportWatcher') == 1
+    assert result.stderr == ''
+
+
+def test_disable_variable_turns_activation_off():
+    result = _python('import sys; print(any(type(f).__name__ == "TrainerImportWatcher" for f in sys.meta_path))',
+                     SWIFT_FIPO_DISABLE='1')
+    assert result.stdout.strip() == 'False', result.stderr
+
+
+@pytest.mark.ms_swift
+@pytest.mark.parametrize('disabled', [False, True])
+def test_importing_the_trainer_module_patches_it(disabled):
+    pytest.importorskip('swift')
+    code = ('import swift.rlhf_trainers.grpo_trainer as m; from swift_fipo.integrations.ms_swift import is_patched; '
+            'import sys; print(is_patched(m.GRPOTrainer), "torch" in sys.modules)')
+    result = _python(code, **({'SWIFT_FIPO_DISABLE': '1'} if disabled else {}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == [str(not disabled), 'True']
+
+
+def test_a_failing_patch_is_reported_not_raised(capsys):
+    broken = types.ModuleType('swift.rlhf_trainers.grpo_trainer')  # defines no trainer class
+    activation._patch(broken)
+    assert activation.patched[broken.__name__].startswith('error: ')
+    assert 'could not hook swift.rlhf_trainers.grpo_trainer' in capsys.readouterr().err
+    del activation.patched[broken.__name__]
+
+
+def test_watcher_ignores_unrelated_modules():
+    watcher = activation.TrainerImportWatcher()
+    assert watcher.find_spec('json', None) is None
+    assert watcher.find_spec('swift.rlhf_trainers.not_a_trainer', None) is None

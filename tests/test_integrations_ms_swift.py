@@ -1,0 +1,103 @@
+"""The ms-swift hook, in-process, on the installed ms-swift's real trainer classes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from reference import random_inputs
+from swift_fipo import FIPOConfig, compute_fipo_influence
+from swift_fipo.integrations import ms_swift
+
+pytestmark = pytest.mark.ms_swift
+grpo_trainer = pytest.importorskip('swift.rlhf_trainers.grpo_trainer')
+GRPOTrainer = grpo_trainer.GRPOTrainer
+
+
+def _args(**overrides):
+    values = dict(loss_type='fipo', fipo_decay_rate=32.0, fipo_clip_range=0.2, fipo_clip_high_only=True,
+                  fipo_safety_threshold=4.0, delta=None)
+    return SimpleNamespace(**{**values, **overrides})
+
+
+def test_install_hooks_the_hf_trainer_and_is_idempotent():
+    first = ms_swift.install()
+    methods = {name: GRPOTrainer.__dict__[name] for name in
+               ('_compute_fipo_influence', '_compute_loss_and_metrics') if name in GRPOTrainer.__dict__}
+    second = ms_swift.install()
+    assert first == second == {ms_swift.HF_TRAINER_MODULE: {'GRPOTrainer': True}}
+    assert ms_swift.is_patched(GRPOTrainer)
+    assert {name: GRPOTrainer.__dict__[name] for name in methods} == methods
+    # Wrappers wrap ms-swift's function exactly once.
+    for name in ('_compute_loss_and_metrics', '_setup_teacher'):
+        wrapper = getattr(GRPOTrainer, name, None)
+        if wrapper is not None:
+            assert not getattr(wrapper.__wrapped__, '__swift_fipo_patch__', False)
+
+
+def test_adapter_returns_the_native_keys_computed_by_compute_fipo_influence():
+    ms_swift.install()
+    log_ratio, mask, advantages = random_inputs(4, 50, seed=1, scale=0.5)
+    trainer = SimpleNamespace(args=_args(fipo_clip_high_only=False, delta=1.5))
+    coef_1 = torch.exp(log_ratio)
+    weight, metrics = GRPOTrainer._compute_fipo_influence(trainer, log_ratio, coef_1, advantages[:, None], mask)
+    expected, stats = compute_fipo_influence(log_ratio, mask, advantages,
+                                             FIPOConfig(clip_high_only=False, delta=1.5), ratio=coef_1)
+    assert torch.equal(weight, expected)
+    assert torch.equal(metrics['influence_weight'], expected)
+    assert torch.equal(metrics['future_kl'], stats.future_kl)
+    assert torch.equal(metrics['safety_mask'], stats.safety_mask)
+
+
+@pytest.mark.parametrize('flag, value, allowed', [('fipo_decay_rate', 0.0, '> 0'), ('fipo_clip_range', -1.0, '>= 0'),
+                                                  ('fipo_safety_threshold', -2.0, '> 0'), ('delta', 0.5, '> 1')])
+def test_bad_arguments_name_the_command_line_flag(flag, value, allowed):
+    with pytest.raises(ValueError) as error:
+        ms_swift.config_from_args(_args(**{flag: value}))
+    assert f'--{flag} ' in str(error.value) and allowed in str(error.value)
+
+
+@pytest.mark.skipif(not hasattr(GRPOTrainer, '_setup_teacher'), reason='this ms-swift has no teacher set-up')
+@pytest.mark.parametrize('loss_type, has_teacher', [('fipo', False), ('dapo', True)])
+def test_no_implicit_teacher_for_fipo(loss_type, has_teacher):
+    ms_swift.install()
+    # ms-swift's real _setup_teacher on a trainer with no teacher configured (__init__ skipped: it
+    # needs a model; _setup_teacher reads only args and the teacher attributes).
+    trainer = GRPOTrainer.__new__(GRPOTrainer)
+    trainer.args = _args(loss_type=loss_type)
+    trainer._setup_teacher()
+    assert trainer._has_teacher is has_teacher
+    assert trainer._is_dynamic_self_distillation is has_teacher
+
+
+@pytest.mark.skipif(not hasattr(GRPOTrainer, '_setup_teacher'), reason='this ms-swift has no teacher set-up')
+def test_explicit_teacher_is_kept_for_fipo():
+    ms_swift.install()
+    trainer = GRPOTrainer.__new__(GRPOTrainer)
+    trainer.args, trainer._teacher_use_disable_adapter = _args(), True
+    trainer._setup_teacher()
+    assert trainer._has_teacher is True  # ms-swift then rejects fipo, as upstream intends
+
+
+def test_trainer_without_the_hook_fails_at_start_up_for_fipo_only():
+    # Stands in for ms-swift < 4.2.2, whose trainers have no _compute_fipo_influence; those releases
+    # import vLLM eagerly and cannot be installed on this CPU machine.
+    class OldGRPOTrainer:
+
+        def __init__(self, model=None, args=None):
+            self.args = args
+
+    assert ms_swift.patch_trainer_class(OldGRPOTrainer) is False
+    assert OldGRPOTrainer(args=_args(loss_type='dapo')).args.loss_type == 'dapo'
+    with pytest.raises(RuntimeError, match=r'needs ms-swift >= 4\.2\.2.*installed: ms-swift \d'):
+        OldGRPOTrainer(args=_args(loss_type='fipo'))
+    assert ms_swift.patch_trainer_class(OldGRPOTrainer) is False  # idempotent: wrapped once
+    assert not getattr(OldGRPOTrainer.__init__.__wrapped__, '__swift_fipo_patch__', False)
+
+
+def test_module_without_trainer_classes_is_reported():
+    import types
+    with pytest.raises(RuntimeError, match='no GRPO trainer class'):
+        ms_swift.patch_trainer_module(types.ModuleType('swift.rlhf_trainers.grpo_trainer'))
