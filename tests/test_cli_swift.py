@@ -1,0 +1,116 @@
+"""The real `swift rlhf` command line, as a subprocess, on the tiny local model, with the installed
+(non-editable) plugin. Each run takes ~10 s on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]
+pytest.importorskip('swift')
+
+TRAIN_SCRIPT = REPO / 'examples' / 'tiny' / 'train_fipo_cpu.sh'
+NATIVE_KEYS = ('fipo/future_kl_mean', 'fipo/influence_weight_mean', 'fipo/safety_keep_ratio')
+PLUGIN_ONLY_KEYS = ('fipo/influence_weight_max', 'fipo/raw_weight_mean', 'fipo/clipped_high_ratio')
+
+
+def run_tiny(tiny_run_dir: Path, work: Path, *flags: str, disable: bool = False
+             ) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run examples/tiny/train_fipo_cpu.sh (4 steps, --num_iterations 2) and read its logging.jsonl."""
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ('model', 'train.jsonl'):
+        (work / name).symlink_to(tiny_run_dir / name)
+    env = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
+    env['PATH'] = f'{Path(sys.executable).parent}{os.pathsep}{env.get("PATH", "")}'
+    if disable:
+        env['SWIFT_FIPO_DISABLE'] = '1'
+    result = subprocess.run(['bash', str(TRAIN_SCRIPT), str(work), *flags], capture_output=True, text=True,
+                            cwd=work, env=env, timeout=600, check=False)
+    logs = sorted(work.glob('output/*/logging.jsonl'))
+    rows = [json.loads(line) for line in logs[-1].read_text().splitlines()] if logs else []
+    return result, [row for row in rows if 'loss' in row]
+
+
+def _tail(result: subprocess.CompletedProcess) -> str:
+    return (result.stdout + result.stderr)[-3000:]
+
+
+def test_fipo_run_logs_finite_metrics_that_move_on_reuse_steps(tiny_run_dir, tmp_path):
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'fipo')
+    assert result.returncode == 0, _tail(result)
+    assert len(rows) == 4
+    for row in rows:
+        for key in NATIVE_KEYS + PLUGIN_ONLY_KEYS:
+            assert key in row and math.isfinite(row[key]), (key, row)
+    # Steps 1 and 3 are the first pass over a rollout (on-policy: FIPO == DAPO), 2 and 4 reuse it.
+    first_pass, reuse = rows[0::2], rows[1::2]
+    for row in first_pass:
+        assert row['fipo/future_kl_mean'] == 0 and row['fipo/influence_weight_mean'] == 1, row
+    for row in reuse:
+        assert row['fipo/future_kl_mean'] != 0 and row['fipo/raw_weight_mean'] != 1, row
+        assert 1 <= row['fipo/influence_weight_mean'] <= 1.2 and row['fipo/influence_weight_max'] > 1, row
+    assert 'FIPO metrics per step' in result.stdout
+
+
+def test_dapo_is_unchanged_by_the_plugin(tiny_run_dir, tmp_path):
+    with_plugin, rows = run_tiny(tiny_run_dir, tmp_path / 'dapo', '--loss_type', 'dapo')
+    stock, stock_rows = run_tiny(tiny_run_dir, tmp_path / 'dapo-stock', '--loss_type', 'dapo', disable=True)
+    assert with_plugin.returncode == 0, _tail(with_plugin)
+    assert stock.returncode == 0, _tail(stock)
+    assert len(rows) == len(stock_rows) == 4
+    assert [row['loss'] for row in rows] == [row['loss'] for row in stock_rows]
+    assert [row['grad_norm'] for row in rows] == [row['grad_norm'] for row in stock_rows]
+    assert not any(key.startswith('fipo/') for row in rows for key in row)
+
+
+def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path):
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'stock', disable=True)
+    from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
+    if hasattr(GRPOTrainer, '_setup_teacher'):
+        # ms-swift >= 4.4 without the plugin: the false OPD-RL rejection users hit.
+        assert result.returncode != 0
+        assert "OPD-RL (teacher) does not support loss_type='fipo'" in result.stderr
+    else:
+        assert result.returncode == 0, _tail(result)
+        assert all(key in rows[-1] for key in NATIVE_KEYS)
+        assert not any(key in row for row in rows for key in PLUGIN_ONLY_KEYS)
+
+
+def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path):
+    plugin = subprocess.run([str(Path(sys.executable).parent / 'swift-fipo'), 'plugin-path'], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    reward = str(REPO / 'examples' / 'tiny' / 'reward.py')
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'plugin', '--external_plugins', reward, plugin, disable=True)
+    assert result.returncode == 0, _tail(result)
+    assert all(key in rows[-1] for key in PLUGIN_ONLY_KEYS)
+
+
+def test_explicit_teacher_is_still_rejected(tiny_run_dir, tmp_path):
+    from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
+    if not hasattr(GRPOTrainer, '_setup_teacher'):
+        pytest.skip('this ms-swift has no OPD-RL teacher for GRPO')
+    result, _ = run_tiny(tiny_run_dir, tmp_path / 'teacher', '--teacher_model', str(tiny_run_dir / 'model'))
+    assert result.returncode != 0
+    assert "OPD-RL (teacher) does not support loss_type='fipo'" in result.stderr
+
+
+def test_doctor_reports_the_active_hook():
+    doctor = shutil.which('swift-fipo', path=str(Path(sys.executable).parent))
+    result = subprocess.run([doctor, 'doctor'], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    import importlib.metadata
+    assert f"ms-swift      {importlib.metadata.version('ms-swift')}" in result.stdout
+    assert 'swift.rlhf_trainers.grpo_trainer.GRPOTrainer: hooked' in result.stdout
+    assert 'state         active' in result.stdout
+    disabled = subprocess.run([doctor, 'doctor'], capture_output=True, text=True, check=False,
+                              env={**os.environ, 'SWIFT_FIPO_DISABLE': '1'})
+    assert 'disabled by SWIFT_FIPO_DISABLE=1' in disabled.stdout
