@@ -1,0 +1,231 @@
+"""TRL integration: ``FIPOGRPOTrainer``, a ``trl.GRPOTrainer`` that trains with FIPO.
+
+Supported: TRL >= 0.26 (tested 0.26.2, 0.28.0, 0.29.1, 1.16.0); ms-swift >= 4.2.2 pins trl < 1.0 and
+installs 0.29.1. Older TRL is refused with a clear error.
+
+How it hooks in. TRL's ``GRPOTrainer._compute_loss`` first calls
+``self._get_per_token_logps_and_entropies`` for the current policy, then reads
+``inputs["advantages"]`` and builds the clipped loss from them; from TRL 0.26 it accepts per-token
+``[B, T]`` advantages. FIPO's loss is the clipped loss with A_t replaced by A_t * f_t, where f_t > 0
+is detached, so we override the log-prob method: as soon as the current log-probs exist we compute
+f_t with ``compute_fipo_influence`` and put ``advantages * f_t`` into a private copy of the batch,
+which TRL then reads. Normalisation, KL term, masks and TRL's own metrics all stay TRL's code.
+
+The hook points are checked by capability (the methods exist, and ``_compute_loss`` reads the
+advantages after the log-probs and accepts ``[B, T]`` ones), never by version string; every loss
+call also verifies at run time that the advantages TRL used were the reweighted ones.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import warnings
+from typing import Any, Optional
+
+import torch
+from trl import GRPOTrainer
+
+from swift_fipo.config import FIPOConfig
+from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
+
+# Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
+SUPPORTED_RANGE = 'trl >= 0.26'
+TESTED_VERSIONS = ('0.26.2', '0.28.0', '0.29.1', '1.16.0')
+# The clipped-surrogate losses on which "A_t -> A_t * f_t" is FIPO; they differ only in normalisation.
+SUPPORTED_LOSS_TYPES = ('dapo', 'grpo', 'bnpo', 'dr_grpo')
+METRIC_PREFIX = 'fipo/'
+
+_LOGPS_METHOD = '_get_per_token_logps_and_entropies'
+_LOSS_METHOD = '_compute_loss'
+
+
+def trl_version() -> str:
+    try:
+        return importlib.metadata.version('trl')
+    except importlib.metadata.PackageNotFoundError:
+        return '(unknown)'
+
+
+class UnsupportedTRLError(RuntimeError):
+    """The installed TRL has no place where FIPO can be applied without copying its loss."""
+
+
+def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
+    """Raise ``UnsupportedTRLError`` unless ``trainer_cls`` has the hooks FIPOGRPOTrainer relies on."""
+    missing = [name for name in (_LOGPS_METHOD, _LOSS_METHOD) if not callable(getattr(trainer_cls, name, None))]
+    if missing:
+        raise UnsupportedTRLError(_unsupported(f'{trainer_cls.__name__} has no {", ".join(missing)}'))
+    try:
+        source = inspect.getsource(getattr(trainer_cls, _LOSS_METHOD))
+    except (OSError, TypeError):
+        # No source (e.g. a frozen install): the run-time check in every loss call still guards us.
+        warnings.warn('swift-fipo: cannot read the source of GRPOTrainer._compute_loss to verify the FIPO hook; '
+                      'relying on the per-step check.', stacklevel=2)
+        return
+    logps_at = source.find(f'self.{_LOGPS_METHOD}(')
+    advantages_at = source.find('inputs["advantages"]')
+    if logps_at < 0 or advantages_at < logps_at:
+        raise UnsupportedTRLError(
+            _unsupported('its _compute_loss does not read inputs["advantages"] after computing the log-probs'))
+    # Before 0.26 TRL always did advantages.unsqueeze(1): [B, T] advantages would broadcast to
+    # [B, B, T] without any error, so this must be refused rather than discovered.
+    if 'advantages.dim()' not in source:
+        raise UnsupportedTRLError(_unsupported('its _compute_loss does not accept per-token [B, T] advantages'))
+
+
+def _unsupported(reason: str) -> str:
+    return (f'swift-fipo: FIPOGRPOTrainer cannot hook this TRL (installed: trl {trl_version()}): {reason}. '
+            f"It supports {SUPPORTED_RANGE} (tested: {', '.join(TESTED_VERSIONS)}); "
+            f"install one with: pip install 'trl>=0.26,<1.0' (ms-swift's pin)")
+
+
+def validate_grpo_args(args: Any) -> None:
+    """Refuse TRL settings under which FIPO would silently not be applied; warn if it cannot act."""
+    # The Liger path computes a fused loss in compute_liger_loss and never calls _compute_loss.
+    if getattr(args, 'use_liger_kernel', False) or getattr(args, 'use_liger_loss', False):
+        raise ValueError('swift-fipo: FIPOGRPOTrainer cannot apply FIPO with use_liger_kernel=True: TRL then computes '
+                         "Liger's fused GRPO loss, which has no per-token weights, and training would silently be "
+                         'plain GRPO/DAPO. Set use_liger_kernel=False.')
+    loss_type = getattr(args, 'loss_type', None)
+    if loss_type not in SUPPORTED_LOSS_TYPES:
+        raise ValueError(f'swift-fipo: FIPOGRPOTrainer supports loss_type in {SUPPORTED_LOSS_TYPES} (FIPO reweights '
+                         f"the clipped PPO surrogate; 'dapo' is the paper's and ms-swift's choice); got {loss_type!r}.")
+    num_iterations = getattr(args, 'num_iterations', 1)
+    accumulation = getattr(args, 'gradient_accumulation_steps', 1)
+    steps_per_generation = getattr(args, 'steps_per_generation', None) or accumulation
+    # TRL's own test for "is any rollout optimised by a policy other than the one that sampled it".
+    if accumulation % (steps_per_generation * num_iterations) == 0:
+        warnings.warn(
+            f'swift-fipo: nothing is reused off-policy (num_iterations={num_iterations}, steps_per_generation='
+            f'{steps_per_generation}, gradient_accumulation_steps={accumulation}): every rollout is optimised by the '
+            'policy that sampled it, so the log-ratio is 0, every FIPO weight is 1 and training equals plain '
+            f'{loss_type}. Set num_iterations > 1 (or steps_per_generation > gradient_accumulation_steps) for FIPO '
+            'to act.',
+            UserWarning,
+            stacklevel=3)
+
+
+def _config_for(args: Any, fipo: Optional[FIPOConfig]) -> FIPOConfig:
+    trl_delta = getattr(args, 'delta', None)
+    if fipo is None:
+        # TRL's --delta is the same dual clip as ms-swift's, which FIPOConfig.delta mirrors.
+        try:
+            return FIPOConfig(delta=trl_delta)
+        except ValueError as error:
+            raise ValueError(f'swift-fipo: GRPOConfig.delta={trl_delta!r} cannot serve as FIPOConfig.delta '
+                             f'({error}); pass fipo=FIPOConfig(delta=...) explicitly.') from None
+    if not isinstance(fipo, FIPOConfig):
+        raise TypeError(f'swift-fipo: fipo must be a swift_fipo.FIPOConfig; got {type(fipo).__name__}.')
+    if fipo.delta != trl_delta:
+        warnings.warn(
+            f"swift-fipo: FIPOConfig.delta={fipo.delta!r} (FIPO's participation filter) differs from "
+            f"GRPOConfig.delta={trl_delta!r} (TRL's dual clip); ms-swift uses one value for both.",
+            UserWarning,
+            stacklevel=3)
+    return fipo
+
+
+class _FIPOBatch(dict):
+    """Shallow copy of TRL's batch for one loss call; notes whether TRL read the advantages too early."""
+
+    read_before_weighting = False
+    weighted = False
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == 'advantages' and not self.weighted:
+            self.read_before_weighting = True
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+class FIPOGRPOTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` with FIPO: the clipped per-token loss is reweighted by Future-KL influence.
+
+    Use it like ``GRPOTrainer``, plus ``fipo=FIPOConfig(...)`` (default: ms-swift's defaults, with
+    ``delta`` taken from ``GRPOConfig.delta``). Metrics ``fipo/*`` go through TRL's metric logging.
+    FIPO only acts on rollouts reused off-policy: use ``num_iterations > 1``.
+    """
+
+    def __init__(self, *args: Any, fipo: Optional[FIPOConfig] = None, **kwargs: Any) -> None:
+        check_trl_support(GRPOTrainer)
+        try:
+            grpo_args = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs).arguments.get('args')
+        except TypeError:
+            grpo_args = None  # a bad call: let GRPOTrainer report it in its own words
+        self._fipo_batch: Optional[_FIPOBatch] = None
+        self.last_fipo_stats: Optional[FIPOStats] = None
+        # Validate before GRPOTrainer loads the model (and, for Liger, fails with its own import error).
+        if grpo_args is not None:
+            validate_grpo_args(grpo_args)
+            self.fipo_config = _config_for(grpo_args, fipo)
+        super().__init__(*args, **kwargs)
+        if grpo_args is None:  # GRPOTrainer built its default GRPOConfig
+            validate_grpo_args(self.args)
+            self.fipo_config = _config_for(self.args, fipo)
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        batch = _FIPOBatch(inputs)
+        self._fipo_batch = batch
+        try:
+            loss = super()._compute_loss(model, batch)
+        finally:
+            self._fipo_batch = None
+        if not batch.weighted or batch.read_before_weighting:
+            raise UnsupportedTRLError(
+                _unsupported('GRPOTrainer._compute_loss used the advantages without passing through the FIPO hook '
+                             f'({_LOGPS_METHOD} {"was" if batch.weighted else "was not"} called first)'))
+        return loss
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+        # The log-probs come first; TRL 1.x returns more than (logps, entropies), so pass all through.
+        result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        batch = self._fipo_batch
+        # Also called while generating (old/ref log-probs): act only inside our loss call, once.
+        if batch is not None and not batch.weighted:
+            self._reweight_advantages(batch, result[0])
+        return result
+
+    def _reweight_advantages(self, batch: _FIPOBatch, per_token_logps: torch.Tensor) -> None:
+        old = dict.get(batch, 'old_per_token_logps')
+        # TRL's convention: no stored old log-probs means the rollout is on-policy.
+        log_ratio = per_token_logps.detach() - (per_token_logps.detach() if old is None else old)
+        mask = dict.__getitem__(batch, 'completion_mask')
+        tool_mask = dict.get(batch, 'tool_mask')
+        if tool_mask is not None:  # tool outputs were not sampled by the policy: no Future-KL from them
+            mask = mask * tool_mask
+        mask = mask.bool()
+        ratio = None
+        if getattr(self, 'importance_sampling_level', 'token') == 'sequence':
+            # The same sequence-level ratio TRL's loss clips, for the safety rule and the filter.
+            mean_log_ratio = torch.where(mask, log_ratio, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)
+            ratio = torch.exp(mean_log_ratio).unsqueeze(-1)
+        advantages = dict.__getitem__(batch, 'advantages')
+        weight, stats = compute_fipo_influence(log_ratio, mask, advantages, self.fipo_config, ratio=ratio)
+        rows = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        batch['advantages'] = rows * weight.to(rows.dtype)
+        batch.weighted = True
+        self.last_fipo_stats = stats
+        self._log_fipo_metrics(stats)
+
+    def _log_fipo_metrics(self, stats: FIPOStats) -> None:
+        mode = 'train' if self.model.training else 'eval'
+        summary = stats.summary
+        keys = list(summary)
+        local = torch.stack([summary[key] for key in keys]).to(self.accelerator.device)
+        # One gather and one device sync for all the metrics of this micro-batch.
+        gathered = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys)).float().cpu()
+        for index, key in enumerate(keys):
+            column = gathered[:, index]
+            finite = column[~torch.isnan(column)]
+            if finite.numel() == 0:
+                value = float('nan')
+            elif key.endswith('_min'):
+                value = finite.min().item()
+            elif key.endswith('_max'):
+                value = finite.max().item()
+            else:
+                value = finite.mean().item()
+            self._metrics[mode][METRIC_PREFIX + key].append(value)

@@ -1,0 +1,75 @@
+"""FIPO for any PPO/GRPO-style loop: reweight a per-token policy loss by the influence weights.
+
+Pure torch; it knows nothing of trainers. A hand-written loop computes its usual clipped per-token
+loss and passes it through ``apply_fipo`` together with the log-ratio it was built from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+
+from swift_fipo.config import FIPOConfig
+from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
+
+Reduction = Literal['none', 'token_mean', 'sum']
+_REDUCTIONS = ('none', 'token_mean', 'sum')
+
+
+def apply_fipo(per_token_loss: torch.Tensor,
+               log_ratio: torch.Tensor,
+               completion_mask: torch.Tensor,
+               advantages: torch.Tensor,
+               config: Optional[FIPOConfig] = None,
+               *,
+               ratio: Optional[torch.Tensor] = None,
+               reduction: Reduction = 'none') -> tuple[torch.Tensor, FIPOStats]:
+    """Multiply a per-token policy loss by FIPO's influence weights.
+
+    FIPO's objective is the clipped PPO/DAPO surrogate with every advantage A_t replaced by
+    A_t * f_t. The weight f_t is positive and detached, so that is exactly ``per_token_loss * f_t``:
+    gradients flow through ``per_token_loss`` only.
+
+    Args:
+        per_token_loss: the loss before any reduction, ``[B, T]`` (or ``[B, 1]`` for a
+            sequence-level loss); typically ``-min(r * A, clip(r) * A)``.
+        log_ratio: ``[B, T]`` log pi_new - log pi_old of the sampled tokens (may require grad; it
+            is only read).
+        completion_mask: ``[B, T]`` bool or 0/1, True on completion tokens.
+        advantages: ``[B]``, ``[B, 1]`` or ``[B, T]``; only its sign is read (the safety rule).
+        config: FIPO hyper-parameters; ``FIPOConfig()`` when omitted.
+        ratio: importance ratio for the participation filter and the safety rule; default
+            ``exp(log_ratio)``. Pass ``[B, 1]`` when the loop uses sequence-level importance sampling.
+        reduction: ``'none'`` returns the weighted ``[B, T]`` loss (positions outside the mask are
+            left as they are, for the caller to mask); ``'token_mean'`` returns the DAPO loss, the
+            sum over completion tokens divided by their count; ``'sum'`` the sum over completion
+            tokens (divide by your own global token count, as DAPO does across micro-batches).
+
+    Returns:
+        ``(loss, stats)``. ``loss`` has the promoted dtype of ``per_token_loss`` and float32 (half
+        precision losses come back in float32). ``stats.summary`` holds the scalar metrics; log them
+        as ``fipo/<key>``.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f'reduction must be one of {_REDUCTIONS}; got {reduction!r}.')
+    if log_ratio.dim() != 2:
+        raise ValueError(f'log_ratio must be [B, T]; got shape {tuple(log_ratio.shape)}.')
+    try:
+        broadcast = torch.broadcast_shapes(per_token_loss.shape, log_ratio.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != log_ratio.shape:
+        raise ValueError(f'per_token_loss must be [B, T] or [B, 1] matching log_ratio {tuple(log_ratio.shape)}; '
+                         f'got {tuple(per_token_loss.shape)}.')
+
+    weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=ratio)
+    weighted = per_token_loss * weight
+    if reduction == 'none':
+        return weighted, stats
+
+    # torch.where, not a multiply: a NaN/inf loss at a padded position must not leak into the sum.
+    total = torch.where(stats.completion_mask, weighted, 0.0).sum()
+    if reduction == 'sum':
+        return total, stats
+    return total / stats.completion_mask.sum().clamp(min=1), stats
