@@ -6,6 +6,7 @@ before torch is needed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -42,6 +43,24 @@ class FIPOConfig:
         default=None,
         metadata={'help': "ms-swift's dual-clip --delta. When set, tokens whose importance ratio exceeds it "
                           'do not contribute to Future-KL (the participation filter). Must be > 1.'})
+    filter_threshold: Optional[float] = field(
+        default=None,
+        metadata={'help': "The authors' participation filter c, independent of delta: tokens whose importance "
+                          'ratio exceeds it do not contribute to Future-KL, whatever their advantage sign. '
+                          'None: filter only by delta (ms-swift). Must be > 1.'})
+    log_ratio_clamp: Optional[float] = field(
+        default=None,
+        metadata={'help': 'Clamp per-token log-ratios into [-x, x] before the ratio tests and Future-KL (the '
+                          'authors use 20). None: no clamp (ms-swift). Must be > 0.'})
+    sequence_drop: bool = field(
+        default=False,
+        metadata={'help': 'Give weight 0 to every token of a response that has more than one negative-'
+                          'advantage completion token whose ratio exceeds the dual-clip threshold (delta, '
+                          "else filter_threshold), as the authors' code drops such responses. Needs one of them."})
+    unclipped_weight_cap: Optional[float] = field(
+        default=None,
+        metadata={'help': 'Upper cap of the weight when clipping is disabled (the authors use 10). None: only '
+                          'the largest finite float32 (ms-swift leaves it unbounded). Must be > 0.'})
 
     def __post_init__(self) -> None:
         _require(_is_number(self.decay_rate) and math.isfinite(self.decay_rate) and self.decay_rate > 0,
@@ -56,13 +75,34 @@ class FIPOConfig:
         if self.safety_threshold is not None:
             _require(_is_number(self.safety_threshold) and self.safety_threshold > 0, 'safety_threshold',
                      self.safety_threshold, 'None, or a number > 0')
-        if self.delta is not None:
-            _require(_is_number(self.delta) and self.delta > 1, 'delta', self.delta, 'None, or a number > 1')
+        for name in ('delta', 'filter_threshold'):
+            value = getattr(self, name)
+            if value is not None:
+                _require(_is_number(value) and value > 1, name, value, 'None, or a number > 1')
+        for name in ('log_ratio_clamp', 'unclipped_weight_cap'):
+            value = getattr(self, name)
+            if value is not None:
+                _require(_is_number(value) and value > 0, name, value, 'None, or a number > 0')
+        _require(isinstance(self.sequence_drop, bool), 'sequence_drop', self.sequence_drop, 'True or False')
+        if self.sequence_drop:
+            _require(self.dual_clip_threshold is not None, 'sequence_drop', self.sequence_drop,
+                     'False unless delta or filter_threshold is set (it needs a dual-clip threshold)')
 
     @property
     def gamma(self) -> float:
         """Per-token decay of the Future-KL sum, 2**(-1/decay_rate), in float64."""
         return 2.0**(-1.0 / self.decay_rate)
+
+    @property
+    def participation_threshold(self) -> Optional[float]:
+        """Ratio above which a token is kept out of Future-KL: the smaller of delta and filter_threshold."""
+        thresholds = [value for value in (self.delta, self.filter_threshold) if value is not None]
+        return min(thresholds) if thresholds else None
+
+    @property
+    def dual_clip_threshold(self) -> Optional[float]:
+        """The c of the sequence drop: delta (ms-swift's dual clip) if set, else filter_threshold."""
+        return self.delta if self.delta is not None else self.filter_threshold
 
     @property
     def weight_bounds(self) -> Optional[tuple[float, float]]:
@@ -71,6 +111,13 @@ class FIPOConfig:
             return None
         low = 1.0 if self.clip_high_only else 1.0 - self.clip_range
         return low, 1.0 + self.clip_range
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> 'FIPOConfig':
+        """A named preset (see ``PRESETS``), with explicit values overriding it."""
+        if name not in PRESETS:
+            raise ValueError(f'FIPOConfig preset must be one of {", ".join(PRESETS)}; got {name!r}.')
+        return dataclasses.replace(PRESETS[name], **overrides)
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -85,3 +132,18 @@ def _is_number(value: Any) -> bool:
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f'FIPOConfig.{name} must be {allowed}; got {value!r}.')
+
+
+_PAPER = dict(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0, log_ratio_clamp=20.0,
+              sequence_drop=True, unclipped_weight_cap=10.0)
+
+PRESETS: dict[str, FIPOConfig] = {
+    # ms-swift's native semantics and defaults.
+    'swift': FIPOConfig(),
+    # The authors' recipe for Qwen2.5-32B: high-only weight clip, safety threshold 10, dual clip c = 10
+    # (in ms-swift terms delta = 10), filter c = 10 always on, log-ratio clamp 20, sequence drop.
+    'paper-32b': FIPOConfig(**_PAPER, clip_high_only=True, safety_threshold=10.0),
+    # The authors' 7B setting: as 32B, but the symmetric clip [0.8, 1.2] (smaller models prefer it)
+    # and safety threshold 3.
+    'paper-7b': FIPOConfig(**_PAPER, clip_high_only=False, safety_threshold=3.0),
+}

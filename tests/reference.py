@@ -78,3 +78,33 @@ def is_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5,
     scale = expected.abs() if scale is None else scale.double()
     error = (actual - expected).abs()
     return not math.isnan(float(error.max())) and bool((error <= tol * scale.clamp(min=1.0)).all())
+
+
+def authors_weight(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                   response_mask: torch.Tensor, *, decay_rate: float, clip_ratio: float, clip_high_only: bool,
+                   safety_thresh: float, clip_ratio_c: float, clip_low: float = 0.2,
+                   clip_high: float = 0.28) -> torch.Tensor:
+    """Per-token weights of the authors' ``future_kl`` loss mode, re-derived in float64 from its
+    description (clamp, filter, Future-KL, clip or cap, safety rule, then the sequence drop found
+    by comparing the PPO loss with its dual-clip bound). Dropped responses get weight 0."""
+    log_ratio = (log_prob.double() - old_log_prob.double()).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    mask = response_mask.bool()
+    advantages = advantages.double()
+    contributes = mask & ~(log_ratio > math.log(clip_ratio_c))
+    future_kl = brute_future_kl(torch.where(contributes, log_ratio, 0.0), 2.0**(-1.0 / decay_rate))
+    if clip_ratio != 0.0:
+        low = 1.0 if clip_high_only else 1.0 - clip_ratio
+        weight = torch.exp(future_kl).clamp(low, 1.0 + clip_ratio)
+    else:
+        weight = torch.exp(future_kl).clamp(max=10.0)
+    flagged = (advantages < 0) & (ratio > safety_thresh)
+    weight = torch.where(flagged, weight.clamp(0.8, 1.0), weight)
+    weighted = advantages * weight
+    loss_unclipped = -weighted * ratio
+    loss_clipped = -weighted * ratio.clamp(1 - clip_low, 1 + clip_high)
+    ppo_loss = torch.maximum(loss_unclipped, loss_clipped)
+    dual_bound = -weighted * clip_ratio_c
+    bound_hit = (advantages < 0) & (ppo_loss > dual_bound) & mask
+    keep = (bound_hit.sum(dim=1) <= 1)[:, None]
+    return torch.where(keep, weight, 0.0)

@@ -45,4 +45,13 @@ def test_symmetric_clip_must_keep_a_positive_lower_bound():
 
 def test_every_field_has_help_text():
     assert all(len(text) > 20 for text in FIPOConfig.help().values())
-    assert set(FIPOConfig.help()) == {'decay_rate', 'clip_range', 'clip_high_only', 'safety_threshold', 'delta'}
+    assert set(FIPOConfig.help()) == {'decay_rate', 'clip_range', 'clip_high_only', 'safety_threshold', 'delta',
+                                      'filter_threshold', 'log_ratio_clamp', 'sequence_drop', 'unclipped_weight_cap'}
+
+
+@pytest.mark.parametrize('field, value, allowed', [('filter_threshold', 1.0, '> 1'), ('log_ratio_clamp', 0.0, '> 0'),
+                                                   ('unclipped_weight_cap', -1.0, '> 0'),
+                                                   ('sequence_drop', True, 'delta or filter_threshold')])
+def test_safeguard_values_are_validated(field, value, allowed):
+    with pytest.raises(ValueError, match=f'FIPOConfig.{field} .*{allowed}'):
+        FIPOConfig(**{field: value})

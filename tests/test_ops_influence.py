@@ -112,6 +112,7 @@ def test_single_token_and_fully_masked_rows():
     weight, stats = compute_fipo_influence(torch.randn(2, 8), empty, torch.ones(2))
     assert torch.equal(weight, torch.ones(2, 8)) and torch.equal(stats.future_kl, torch.zeros(2, 8))
     summary = stats.summary
+    assert float(summary.pop('dropped_response_ratio')) == 0.0  # a per-response count: none dropped
     assert all(math.isnan(float(value)) for value in summary.values())
 
 

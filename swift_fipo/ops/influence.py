@@ -7,6 +7,7 @@ Megatron trainers, TRL, custom loops). It is a pure function of tensors and a ``
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +22,8 @@ _LOG_RATIO_LIMIT = 1e30
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 # Weight interval the safety rule clamps flagged tokens into (ms-swift and the authors agree).
 SAFETY_WEIGHT_BOUNDS = (0.8, 1.0)
+# How each summary combines across ranks and gradient-accumulation chunks; the rest are token means.
+SUMMARY_REDUCTIONS = {'influence_weight_min': 'min', 'influence_weight_max': 'max', 'neg_adv_ratio_p99': 'max'}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class FIPOStats:
     """bool; True where a token's log-ratio entered Future-KL (completion token, not filtered)."""
     completion_mask: torch.Tensor
     """bool; the completion tokens every summary averages over."""
+    ratio: torch.Tensor
+    """float32 importance ratio the filter and safety rule tested, ``[B, T]`` or ``[B, 1]``."""
+    negative_advantage: torch.Tensor
+    """bool; advantage < 0, ``[B, 1]`` or ``[B, T]``."""
+    dropped: torch.Tensor
+    """bool ``[B]``; responses the sequence drop zeroed (all False when it is off)."""
     weight_bounds: Optional[tuple[float, float]]
     """The clip interval that was applied, or None."""
 
@@ -67,7 +76,10 @@ class FIPOStats:
             'influence_weight_min': extreme(self.weight, largest=False),
             'influence_weight_max': extreme(self.weight, largest=True),
             'safety_keep_ratio': mean(self.safety_mask),
-            'participation_ratio': mean(self.participation_mask),
+            'safety_fired_ratio': mean(~self.safety_mask),
+            'filtered_ratio': mean(~self.participation_mask),
+            'dropped_response_ratio': self.dropped.to(torch.float32).mean(),
+            'neg_adv_ratio_p99': _masked_quantile(self.ratio.expand_as(mask), mask & self.negative_advantage, 0.99),
         }
         if self.weight_bounds is not None:
             low, high = self.weight_bounds
@@ -109,10 +121,15 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
     log_ratio = log_ratio.detach().to(torch.float32)
     mask = completion_mask.detach().to(torch.bool)
     ratio = torch.exp(log_ratio) if ratio is None else _as_rows(ratio.detach(), 'ratio', batch, length).float()
+    if config.log_ratio_clamp is not None:
+        limit = config.log_ratio_clamp
+        log_ratio = log_ratio.clamp(-limit, limit)
+        ratio = ratio.clamp(math.exp(-limit), math.exp(limit))
 
     participation = mask
-    if config.delta is not None:
-        participation = participation & ~(ratio > config.delta)
+    threshold = config.participation_threshold
+    if threshold is not None:
+        participation = participation & ~(ratio > threshold)
     # torch.where rather than a multiply: NaN/inf at excluded positions must not leak.
     delta = torch.where(participation, log_ratio, 0.0)
     delta = torch.nan_to_num(delta, nan=0.0, posinf=_LOG_RATIO_LIMIT, neginf=-_LOG_RATIO_LIMIT)
@@ -121,19 +138,43 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
     raw_weight = torch.exp(future_kl).clamp(max=_FLOAT32_MAX)
 
     bounds = config.weight_bounds
-    weight = raw_weight if bounds is None else raw_weight.clamp(*bounds)
+    if bounds is not None:
+        weight = raw_weight.clamp(*bounds)
+    elif config.unclipped_weight_cap is not None:
+        weight = raw_weight.clamp(max=config.unclipped_weight_cap)
+    else:
+        weight = raw_weight
 
+    negative_advantage = advantages < 0
     if config.safety_threshold is None:
         safety_mask = torch.ones_like(mask)
     else:
-        flagged = (advantages < 0) & (ratio > config.safety_threshold)
+        flagged = negative_advantage & (ratio > config.safety_threshold)
         safety_mask = ~flagged.expand(batch, length)
         weight = torch.where(safety_mask, weight, weight.clamp(*SAFETY_WEIGHT_BOUNDS))
 
+    dropped = torch.zeros(batch, dtype=torch.bool, device=weight.device)
+    if config.sequence_drop:
+        # The authors drop a response when the dual clip binds on more than one of its negative-
+        # advantage tokens, i.e. ratio > c where the weighted advantage is still non-zero.
+        bound = negative_advantage & (ratio > config.dual_clip_threshold) & mask & (weight > 0)
+        dropped = bound.sum(dim=1) > 1
+        weight = torch.where(dropped[:, None], 0.0, weight)
+
     stats = FIPOStats(future_kl=future_kl, raw_weight=raw_weight, weight=weight, safety_mask=safety_mask,
-                      participation_mask=participation.expand(batch, length), completion_mask=mask,
-                      weight_bounds=bounds)
+                      participation_mask=participation.expand(batch, length), completion_mask=mask, ratio=ratio,
+                      negative_advantage=negative_advantage, dropped=dropped, weight_bounds=bounds)
     return weight, stats
+
+
+def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+    """Nearest-rank quantile of ``values[mask]``; NaN when the mask is empty. Syncs with the device."""
+    selected = values[mask]
+    if selected.numel() == 0:
+        return torch.tensor(math.nan, device=values.device)
+    # kthvalue, unlike torch.quantile, has no input-size limit (long responses, big batches).
+    rank = max(1, math.ceil(q * selected.numel()))
+    return selected.kthvalue(rank).values
 
 
 def _as_rows(values: torch.Tensor, name: str, batch: int, length: int) -> torch.Tensor:
