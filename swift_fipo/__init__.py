@@ -14,6 +14,9 @@ __version__ = '0.1.0'
 
 _EXPORTS = {
     'FIPOConfig': 'swift_fipo.config',
+    'FIPOGRPOTrainer': 'swift_fipo.integrations.trl',
+    'PRESETS': 'swift_fipo.config',
+    'apply_fipo': 'swift_fipo.ops.loss',
     'FIPOStats': 'swift_fipo.ops.influence',
     'compute_fipo_influence': 'swift_fipo.ops.influence',
     'discounted_future_sum': 'swift_fipo.ops.future_kl',
@@ -25,7 +28,9 @@ __all__ = sorted(_EXPORTS) + ['__version__']
 if TYPE_CHECKING:  # typing itself is not imported at runtime: this package loads at interpreter start
     from typing import Any
 
-    from swift_fipo.config import FIPOConfig
+    from swift_fipo.config import PRESETS, FIPOConfig
+    from swift_fipo.integrations.trl import FIPOGRPOTrainer
+    from swift_fipo.ops.loss import apply_fipo
     from swift_fipo.integrations.ms_swift import install
     from swift_fipo.ops.future_kl import discounted_future_sum
     from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence

@@ -22,8 +22,13 @@ if TYPE_CHECKING:  # typing and importlib.abc cost milliseconds at every interpr
     from typing import Any, Optional, Sequence
 
 DISABLE_ENV = 'SWIFT_FIPO_DISABLE'
-# Kept in sync with swift_fipo.integrations.ms_swift.TRAINER_MODULES (not imported: it needs torch).
-WATCHED_MODULES = ('swift.rlhf_trainers.grpo_trainer', 'swift.megatron.trainers.grpo_trainer')
+# ms-swift module -> 'plugin module:function' that patches it right after it is first imported.
+# Named as strings: importing the patchers here would import torch at interpreter start.
+WATCHED_MODULES = {
+    'swift.pipelines.base': 'swift_fipo.integrations.ms_swift_cli:patch_pipeline_module',
+    'swift.rlhf_trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_trainer_module',
+    'swift.megatron.trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_trainer_module',
+}
 
 # Filled as trainer modules get patched: {module: {class: has_hook}} or {module: 'error: ...'}.
 patched: dict[str, Any] = {}
@@ -40,8 +45,9 @@ def _report(message: str) -> None:
 def _patch(module: ModuleType) -> None:
     import traceback
     try:
-        from swift_fipo.integrations.ms_swift import patch_trainer_module
-        patched[module.__name__] = patch_trainer_module(module)
+        import importlib
+        patcher_module, _, patcher = WATCHED_MODULES[module.__name__].partition(':')
+        patched[module.__name__] = getattr(importlib.import_module(patcher_module), patcher)(module)
     except Exception:  # never break ms-swift's own import; the trainer check reports fipo runs
         patched[module.__name__] = 'error: ' + traceback.format_exc(limit=3)
         _report(f'could not hook {module.__name__}; FIPO falls back to ms-swift native code.\n'

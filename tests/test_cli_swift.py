@@ -114,3 +114,34 @@ def test_doctor_reports_the_active_hook():
     disabled = subprocess.run([doctor, 'doctor'], capture_output=True, text=True, check=False,
                               env={**os.environ, 'SWIFT_FIPO_DISABLE': '1'})
     assert 'disabled by SWIFT_FIPO_DISABLE=1' in disabled.stdout
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--use_liger_kernel', 'true'], '--use_liger_kernel'),
+    (['--fipo_decay_rate', '0'], '--fipo_decay_rate must be a finite number > 0'),
+    (['--delta', '1.1'], '--delta must be > 1 + epsilon_high'),
+    (['--fipo_preset', 'paper-70b'], '--fipo_preset must be one of swift, paper-32b, paper-7b'),
+])
+def test_bad_settings_fail_before_the_model_loads(tiny_run_dir, tmp_path, flags, message):
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'bad', *flags)
+    assert result.returncode != 0 and rows == []
+    assert message in result.stderr, _tail(result)
+    assert 'model_parameter_info' not in result.stdout + result.stderr
+
+
+def test_plugin_flags_and_presets_on_the_command_line(tiny_run_dir, tmp_path):
+    # The example passes the native --fipo_* flags explicitly, so the preset only adds what is not
+    # given: delta 10 and the safeguards; --fipo_clip_high_only false switches to the symmetric clip.
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'preset', '--fipo_preset', 'paper-7b', '--fipo_clip_high_only',
+                            'false', '--fipo_filter_threshold', '12')
+    assert result.returncode == 0, _tail(result)
+    assert 'delta=10.0' in result.stdout + result.stderr  # ms-swift's own args show the preset's dual clip
+    reuse = rows[1::2]
+    assert all(row['fipo/influence_weight_min'] < 1 for row in reuse), reuse  # symmetric clip lets it go below 1
+    assert all('fipo/dropped_response_ratio' in row and 'fipo/filtered_ratio' in row for row in rows)
+
+
+def test_no_op_configuration_warns(tiny_run_dir, tmp_path):
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'noop', '--num_iterations', '1', '--max_steps', '1')
+    assert result.returncode == 0, _tail(result)
+    assert result.stderr.count('[swift-fipo] WARNING: FIPO is a no-op here') == 1

@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.ops.influence import compute_fipo_influence
+from swift_fipo.integrations.ms_swift_cli import resolve_config
+from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, compute_fipo_influence
 
 SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
@@ -32,14 +33,6 @@ TRAINER_MODULES = (HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE)
 
 # Marks a class attribute as ours, so installing twice changes nothing.
 _PATCH_MARK = '__swift_fipo_patch__'
-# ms-swift argument name for each FIPOConfig field.
-_ARGUMENT_NAMES = {
-    'decay_rate': 'fipo_decay_rate',
-    'clip_range': 'fipo_clip_range',
-    'clip_high_only': 'fipo_clip_high_only',
-    'safety_threshold': 'fipo_safety_threshold',
-    'delta': 'delta',
-}
 _CONFIG_ATTRIBUTE = '_swift_fipo_config'
 _NATIVE_ATTRIBUTE = '_swift_fipo_native_compute_fipo_influence'
 # The adapter leaves its stats here for the metrics wrapper of the same loss call.
@@ -49,19 +42,9 @@ _NATIVE_METRICS = ('future_kl_mean', 'influence_weight_mean', 'safety_keep_ratio
 
 
 def config_from_args(args: Any) -> FIPOConfig:
-    """Build the FIPOConfig that ms-swift's ``--fipo_*`` / ``--delta`` arguments describe.
-
-    A bad value raises ``ValueError`` naming the command-line flag and its allowed range.
-    """
-    defaults = FIPOConfig()
-    values = {field: getattr(args, name, getattr(defaults, field)) for field, name in _ARGUMENT_NAMES.items()}
-    try:
-        return FIPOConfig(**values)
-    except ValueError as error:
-        message = str(error)
-        for field, name in _ARGUMENT_NAMES.items():
-            message = message.replace(f'FIPOConfig.{field} ', f'--{name} ')
-        raise ValueError(f'swift-fipo: {message}') from None
+    """The FIPOConfig of a trainer: its ``--fipo_*`` / ``--delta`` arguments plus the plugin's own flags
+    seen on this process's command line. A bad value raises ``ValueError`` naming the flag."""
+    return resolve_config(args)
 
 
 def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.Tensor, advantages: torch.Tensor,
@@ -102,21 +85,43 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
             return result
         fipo_metrics = result[-1].get('fipo')
         if isinstance(fipo_metrics, dict):
-            gather = self.accelerator.gather_for_metrics
-            for key, value in stats.summary.items():
-                if key in _NATIVE_METRICS:
-                    continue
-                gathered = gather(value.reshape(1))
-                if key.endswith('_min'):
-                    fipo_metrics[key] = gathered.min().item()
-                elif key.endswith('_max'):
-                    fipo_metrics[key] = gathered.max().item()
-                else:
-                    fipo_metrics[key] = gathered.nanmean().item()
+            summary = {key: value for key, value in stats.summary.items() if key not in _NATIVE_METRICS}
+            # One gather for all summaries: [world, n] after gathering a [1, n] row per rank.
+            gathered = self.accelerator.gather_for_metrics(torch.stack(list(summary.values())).reshape(1, -1))
+            for column, key in enumerate(summary):
+                fipo_metrics[key] = _reduce(gathered[:, column], SUMMARY_REDUCTIONS.get(key, 'mean'))
         return result
 
     setattr(compute_loss_and_metrics_with_fipo, _PATCH_MARK, True)
     return compute_loss_and_metrics_with_fipo
+
+
+def _reduce(values: torch.Tensor, how: str) -> float:
+    finite = values[~torch.isnan(values)]
+    if finite.numel() == 0:
+        return float('nan')
+    return float(finite.min() if how == 'min' else finite.max() if how == 'max' else finite.mean())
+
+
+def _with_extreme_aggregation(aggregate: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``_aggregate_and_update_metrics`` so min/max diagnostics combine as min/max over
+    gradient-accumulation chunks; ms-swift averages every ``fipo`` key by token count otherwise."""
+
+    @functools.wraps(aggregate)
+    def aggregate_with_extremes(self: Any, all_metrics_data: Any, mode: str, *args: Any, **kwargs: Any) -> Any:
+        extremes: dict[str, list[float]] = {}
+        for chunk_metrics, _ in all_metrics_data or ():
+            fipo_metrics = chunk_metrics.get('fipo') if isinstance(chunk_metrics, dict) else None
+            for key in list(fipo_metrics or ()):
+                if SUMMARY_REDUCTIONS.get(key, 'mean') != 'mean':
+                    extremes.setdefault(key, []).append(fipo_metrics.pop(key))
+        result = aggregate(self, all_metrics_data, mode, *args, **kwargs)
+        for key, values in extremes.items():
+            self._metrics[mode][f'fipo/{key}'].append(_reduce(torch.tensor(values), SUMMARY_REDUCTIONS[key]))
+        return result
+
+    setattr(aggregate_with_extremes, _PATCH_MARK, True)
+    return aggregate_with_extremes
 
 
 def _explicit_teacher(trainer: Any) -> bool:
@@ -178,6 +183,9 @@ def patch_trainer_class(cls: type) -> bool:
     compute_loss_and_metrics = getattr(cls, '_compute_loss_and_metrics', None)
     if compute_loss_and_metrics is not None and not getattr(compute_loss_and_metrics, _PATCH_MARK, False):
         cls._compute_loss_and_metrics = _with_extra_metrics(compute_loss_and_metrics)
+    aggregate = getattr(cls, '_aggregate_and_update_metrics', None)
+    if aggregate is not None and not getattr(aggregate, _PATCH_MARK, False):
+        cls._aggregate_and_update_metrics = _with_extreme_aggregation(aggregate)
     setup_teacher = getattr(cls, '_setup_teacher', None)
     if setup_teacher is not None and not getattr(setup_teacher, _PATCH_MARK, False):
         cls._setup_teacher = _without_implicit_teacher(setup_teacher)
@@ -208,6 +216,8 @@ def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
     already imported it, or when ``megatron=True`` (importing ``swift.megatron`` has side effects, so
     we never do it unasked). Returns ``{module: {class: has_hook}}``.
     """
+    from swift_fipo.integrations.ms_swift_cli import PIPELINE_MODULE, patch_pipeline_module
+    patch_pipeline_module(importlib.import_module(PIPELINE_MODULE))
     report = {HF_TRAINER_MODULE: patch_trainer_module(importlib.import_module(HF_TRAINER_MODULE))}
     if megatron or (megatron is None and MEGATRON_TRAINER_MODULE in sys.modules):
         report[MEGATRON_TRAINER_MODULE] = patch_trainer_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
