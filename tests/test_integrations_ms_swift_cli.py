@@ -57,6 +57,7 @@ def test_flags_unknown_to_ms_swift_are_consumed_by_the_plugin():
     (['--fipo_sequence_drop', 'maybe'], '--fipo_sequence_drop must be true or false'),
     (['--fipo_weight_cap', 'ten'], '--fipo_weight_cap must be a number or None'),
     (['--fipo_filter_threshold'], '--fipo_filter_threshold needs a value'),
+    (['--fipo_log_tokens', '-1'], '--fipo_log_tokens must be an integer >= 0'),
 ])
 def test_malformed_flags_are_named(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -134,3 +135,8 @@ def test_liger_is_refused_from_argv(argv, refused):
             cli.precheck_argv(argv)
     else:
         cli.precheck_argv(argv)
+
+
+def test_log_tokens_flag_is_consumed():
+    kept, found = cli.split_argv(['--fipo_log_tokens=3', '--seed', '1'], NATIVE)
+    assert kept == ['--seed', '1'] and found.log_tokens == 3

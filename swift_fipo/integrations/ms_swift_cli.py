@@ -28,6 +28,7 @@ from swift_fipo.config import PRESETS, FIPOConfig
 
 PIPELINE_MODULE = 'swift.pipelines.base'
 PRESET_FLAG = 'fipo_preset'
+LOG_TOKENS_FLAG = 'fipo_log_tokens'
 # FIPOConfig field -> ms-swift flag (without the dashes). Native ms-swift flags keep their names.
 FLAG_NAMES = {
     'decay_rate': 'fipo_decay_rate',
@@ -54,6 +55,8 @@ class CommandLineSettings:
     """FIPOConfig fields given by flags that ms-swift's argument class does not have."""
     explicit: set[str] = dataclasses.field(default_factory=set)
     """FIPOConfig fields the user set explicitly (with any flag)."""
+    log_tokens: int = 0
+    """``--fipo_log_tokens N``: completions per logging step whose per-token FIPO values are written out."""
 
 
 # Set by the wrapped parser in this process; read by the trainer hook. None: no command line seen.
@@ -95,7 +98,7 @@ def split_argv(argv: Sequence[str], known_fields: set[str]) -> tuple[list[str], 
     while index < len(argv):
         token = argv[index]
         name, inline = _split_flag(token)
-        if name != PRESET_FLAG and name not in _FIELD_OF_FLAG:
+        if name not in (PRESET_FLAG, LOG_TOKENS_FLAG) and name not in _FIELD_OF_FLAG:
             kept.append(token)
             index += 1
             continue
@@ -105,7 +108,11 @@ def split_argv(argv: Sequence[str], known_fields: set[str]) -> tuple[list[str], 
             value_text, step = argv[index + 1], 2
         else:
             value_text, step = inline, 1
-        if name == PRESET_FLAG:
+        if name == LOG_TOKENS_FLAG:
+            if not value_text.isdigit():
+                raise ValueError(f'swift-fipo: --{LOG_TOKENS_FLAG} must be an integer >= 0; got {value_text!r}.')
+            found.log_tokens = int(value_text)
+        elif name == PRESET_FLAG:
             if value_text not in PRESETS:
                 raise ValueError(f'swift-fipo: --{PRESET_FLAG} must be one of {", ".join(PRESETS)}; '
                                  f'got {value_text!r}.')
@@ -234,7 +241,7 @@ def _with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
             config = resolve_config(parsed, found)
             validate_run(parsed, config)
             settings = found
-        elif found.explicit or found.preset != 'swift':
+        elif found.explicit or found.preset != 'swift' or found.log_tokens:
             warn_once(f'--fipo_* flags are ignored: --loss_type is {getattr(parsed, "loss_type", None)!r}, not fipo.')
         return parsed
 
