@@ -14,8 +14,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 marker="$venv/.swift-fipo-deps-$version"
 if [ ! -f "$marker" ]; then
     "${pip[@]}" install -c "$constraints" torch==2.13.0
-    # ms-swift imports msgspec without declaring it.
-    "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8'
+    # ms-swift imports msgspec without declaring it; deepspeed: the CPU ZeRO-2 test (tests/test_cli_multiprocess.py).
+    "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8' deepspeed
     touch "$marker"
 fi
 # --force-reinstall --no-deps: always the current source, never a stale wheel; dependencies untouched.
