@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from swift_fipo.integrations import ms_swift_cli as cli
+
 from conftest import REPO
 
 pytestmark = [pytest.mark.ms_swift]
@@ -36,8 +38,10 @@ EXAMPLES = REPO / 'examples'
 RUN_FOR_REAL = {'fipo_cpu_tiny.sh'}
 RECIPES = sorted(path.name for path in EXAMPLES.glob('*.sh') if path.name not in RUN_FOR_REAL)
 # Flags the plugin takes out of argv before ms-swift parses it (swift_fipo's own, not ms-swift's).
-PLUGIN_FLAGS = {'fipo_preset', 'fipo_filter_threshold', 'fipo_log_ratio_clamp', 'fipo_sequence_drop',
-                'fipo_weight_cap'}
+# The plugin's own flags, taken off argv by the plugin before ms-swift parses it.
+PLUGIN_FLAGS = {cli.PRESET_FLAG, cli.LOG_TOKENS_FLAG} | {
+    flag for flag in cli.FLAG_NAMES.values() if flag not in ('fipo_decay_rate', 'fipo_clip_range', 'fipo_clip_high_only',
+                                                              'fipo_safety_threshold', 'delta')}
 # Consumed by the `megatron rlhf` entry point before argument parsing.
 MEGATRON_CLI_FLAGS = {'use_ray'}
 

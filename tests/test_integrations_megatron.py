@@ -32,6 +32,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from swift_fipo.ops.influence import SUMMARY_REDUCTIONS
+
 pytestmark = [pytest.mark.ms_swift]
 pytest.importorskip('swift')
 
@@ -356,8 +358,7 @@ def test_stand_in_plugin_metrics_reach_megatron_reduced_across_ranks(stand_in):
     that reduces them across data-parallel ranks (``_all_reduce_metric``: MIN for *_min, MAX for *_max,
     AVG otherwise) and adds them to the returned metrics."""
     _, patched = stand_in
-    if not getattr(patched.loss_func, integration._PATCH_MARK, False):
-        pytest.xfail('swift_fipo does not wrap the Megatron loss_func yet: Megatron logs only the 3 native keys')
+    assert getattr(patched.loss_func, integration._PATCH_MARK, False)
     trainer = _new_trainer(patched, _megatron_args())
     logps, data = _batch(seed=5)
     _, metrics = patched.loss_func(trainer, logps, data=data)
@@ -368,8 +369,8 @@ def test_stand_in_plugin_metrics_reach_megatron_reduced_across_ranks(stand_in):
     ops = {key: op for op, keys in trainer.reductions for key in keys}
     for key in extra:
         short = key.removeprefix('fipo/')
-        expected = (torch.distributed.ReduceOp.MIN if short.endswith('_min') else
-                    torch.distributed.ReduceOp.MAX if short.endswith('_max') else torch.distributed.ReduceOp.AVG)
+        expected = {'min': torch.distributed.ReduceOp.MIN, 'max': torch.distributed.ReduceOp.MAX,
+                    'mean': torch.distributed.ReduceOp.AVG}[SUMMARY_REDUCTIONS.get(short, 'mean')]
         assert ops.get(short, ops.get(key)) == expected, (key, ops)
 
 

@@ -24,6 +24,15 @@ from swift_fipo.ops.influence import compute_fipo_influence  # noqa: E402
 from tiny_trl_model import PROMPTS, build_tiny_model  # noqa: E402
 
 MISSING_MODEL = '/nonexistent/model'  # refusals must happen before GRPOTrainer tries to load it
+# ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__ when another test module imports it;
+# scripts/test.sh therefore also runs this file in a process of its own.
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _trl_intact() -> None:
+    if '__init__' not in vars(GRPOTrainer):
+        pytest.skip("ms-swift's GRPO trainer was imported in this process and deleted trl.GRPOTrainer.__init__; "
+                    'this file runs on its own in scripts/test.sh')
 
 
 def reward_length(completions: list[str], **_: Any) -> list[float]:
@@ -262,3 +271,11 @@ def test_runtime_guard_when_trl_reads_advantages_first(offpolicy: tuple[FIPOGRPO
     monkeypatch.setattr(GRPOTrainer, '_compute_loss', reads_advantages_first)
     with pytest.raises(UnsupportedTRLError, match='without passing through the FIPO hook'):
         trainer._compute_loss(trainer.model, dict(inputs))
+
+
+def test_refuses_clearly_when_ms_swift_deleted_trl_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reproduces what `import swift.rlhf_trainers.grpo_trainer` does to TRL (`del GRPOTrainer.__init__`).
+    if '__init__' in vars(GRPOTrainer):
+        monkeypatch.delattr(GRPOTrainer, '__init__')
+    with pytest.raises(RuntimeError, match='ms-swift deletes it'):
+        FIPOGRPOTrainer(model=MISSING_MODEL, args=grpo_args(tmp_path), reward_funcs=reward_length)

@@ -124,6 +124,42 @@ def _with_extreme_aggregation(aggregate: Callable[..., Any]) -> Callable[..., An
     return aggregate_with_extremes
 
 
+def _with_megatron_extra_metrics(loss_func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap Megatron's ``loss_func`` to log our diagnostics beside the native 3 keys.
+
+    Values are reduced over the data-parallel group with the trainer's own ``_all_reduce_metric`` (so
+    the plugin never imports megatron): means averaged, minima and maxima as min / max. A rank without
+    completion tokens contributes 0 to means (as ms-swift's own keys do) and nothing to extremes.
+    """
+
+    @functools.wraps(loss_func)
+    def loss_func_with_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
+        setattr(self, _STATS_ATTRIBUTE, None)
+        result = loss_func(self, *args, **kwargs)
+        stats = getattr(self, _STATS_ATTRIBUTE, None)
+        setattr(self, _STATS_ATTRIBUTE, None)
+        if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict):
+            return result
+        loss, metrics = result[0], result[-1]
+        groups: dict[str, dict[str, torch.Tensor]] = {'mean': {}, 'min': {}, 'max': {}}
+        for key, value in stats.summary.items():
+            if key in _NATIVE_METRICS:
+                continue
+            how = SUMMARY_REDUCTIONS.get(key, 'mean')
+            empty = {'mean': 0.0, 'min': torch.inf, 'max': -torch.inf}[how]
+            groups[how][key] = torch.nan_to_num(value.to(loss.device, torch.float32), nan=empty)
+        operations = torch.distributed.ReduceOp
+        for how, operation in (('mean', operations.AVG), ('min', operations.MIN), ('max', operations.MAX)):
+            if groups[how]:
+                reduced = self._all_reduce_metric(groups[how], reduction=operation)
+                metrics.update({f'fipo/{key}': torch.where(value.isinf(), torch.nan, value)
+                                for key, value in reduced.items()})
+        return result
+
+    setattr(loss_func_with_fipo, _PATCH_MARK, True)
+    return loss_func_with_fipo
+
+
 def _explicit_teacher(trainer: Any) -> bool:
     # A method on the HF mixin, a plain attribute on the Megatron mixin.
     explicit = getattr(trainer, '_has_teacher_explicit', False)
@@ -183,6 +219,10 @@ def patch_trainer_class(cls: type) -> bool:
     compute_loss_and_metrics = getattr(cls, '_compute_loss_and_metrics', None)
     if compute_loss_and_metrics is not None and not getattr(compute_loss_and_metrics, _PATCH_MARK, False):
         cls._compute_loss_and_metrics = _with_extra_metrics(compute_loss_and_metrics)
+    loss_func = getattr(cls, 'loss_func', None)
+    if (compute_loss_and_metrics is None and loss_func is not None and hasattr(cls, '_all_reduce_metric')
+            and not getattr(loss_func, _PATCH_MARK, False)):
+        cls.loss_func = _with_megatron_extra_metrics(loss_func)  # Megatron: metrics live in loss_func
     aggregate = getattr(cls, '_aggregate_and_update_metrics', None)
     if aggregate is not None and not getattr(aggregate, _PATCH_MARK, False):
         cls._aggregate_and_update_metrics = _with_extreme_aggregation(aggregate)

@@ -151,6 +151,12 @@ class FIPOGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, fipo: Optional[FIPOConfig] = None, **kwargs: Any) -> None:
         check_trl_support(GRPOTrainer)
+        if '__init__' not in vars(GRPOTrainer):
+            # ms-swift's own GRPO trainer module runs `del trl.GRPOTrainer.__init__` when imported.
+            raise RuntimeError('swift-fipo: trl.GRPOTrainer has lost its __init__: ms-swift deletes it when '
+                               'swift.rlhf_trainers.grpo_trainer is imported. Use FIPOGRPOTrainer in a process '
+                               "that does not import ms-swift's GRPO trainer (for ms-swift, use swift rlhf "
+                               '--loss_type fipo instead).')
         try:
             grpo_args = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs).arguments.get('args')
         except TypeError:
