@@ -1,4 +1,5 @@
-"""``swift-fipo`` command line: ``doctor`` (is FIPO hooked here, and if not, why) and ``plugin-path``."""
+"""``swift-fipo`` command line: ``doctor`` (is FIPO hooked here, and if not, why), ``plugin-path``, and the
+viewers ``plot`` (metric charts) and ``inspect`` (per-token HTML page)."""
 
 from __future__ import annotations
 
@@ -81,12 +82,51 @@ def plugin_path() -> int:
     return 0
 
 
+def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str]) -> int:
+    """Write the metric charts of one run, or of several on shared axes."""
+    from swift_fipo.viz.plot import plot as plot_runs  # matplotlib only for this command
+    written = plot_runs(run_dirs, output, labels)
+    print(f'wrote {written}')
+    return 0
+
+
+def inspect(run_dir: str, output: Optional[str]) -> int:
+    """Write the per-token HTML page of a run captured with --fipo_log_tokens."""
+    from swift_fipo.viz.inspect import inspect as inspect_run
+    written = inspect_run(run_dir, output)
+    print(f'wrote {written}')
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='swift-fipo', description='FIPO for ms-swift, TRL and custom loops.')
     commands = parser.add_subparsers(dest='command', required=True)
     commands.add_parser('doctor', help='report ms-swift version, which hooks are active, and why not')
     commands.add_parser('plugin-path', help='print the file for --external_plugins')
+    plot_parser = commands.add_parser(
+        'plot', help="PNG charts of a run's fipo/* metrics, reward and completion length; two runs: compared",
+        description='RUN_DIR: ms-swift\'s --output_dir, one of its v*-* subdirectories, or a logging.jsonl; '
+        'the newest logging.jsonl under it is read. Several RUN_DIRs are drawn on shared axes.')
+    plot_parser.add_argument('run_dirs', nargs='+', metavar='RUN_DIR')
+    plot_parser.add_argument('-o', '--output', help='PNG to write (default: beside the first logging.jsonl)')
+    plot_parser.add_argument('--label', action='append', default=[], help='legend name of a run, in order '
+                             '(repeat per run; default: the directory name)')
+    inspect_parser = commands.add_parser(
+        'inspect', help='self-contained HTML page of the tokens captured with --fipo_log_tokens, coloured by weight',
+        description='RUN_DIR: ms-swift\'s --output_dir, one of its v*-* subdirectories, or a fipo_tokens.jsonl; '
+        'the newest fipo_tokens.jsonl under it is read.')
+    inspect_parser.add_argument('run_dir', metavar='RUN_DIR')
+    inspect_parser.add_argument('-o', '--output', help='HTML to write (default: fipo_tokens.html beside the input)')
     args = parser.parse_args(argv)
+    if args.command in ('plot', 'inspect'):
+        from swift_fipo.viz.rundir import RunDirError
+        try:
+            if args.command == 'plot':
+                return plot(args.run_dirs, args.output, args.label)
+            return inspect(args.run_dir, args.output)
+        except (RunDirError, OSError) as error:  # a user's input problem: one line, no traceback
+            print(f'swift-fipo {args.command}: error: {error}', file=sys.stderr)
+            return 2
     return {'doctor': doctor, 'plugin-path': plugin_path}[args.command]()
 
 

@@ -81,6 +81,9 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
         result = compute_loss_and_metrics(self, *args, **kwargs)
         stats = getattr(self, _STATS_ATTRIBUTE, None)
         setattr(self, _STATS_ATTRIBUTE, None)
+        if stats is not None:  # --fipo_log_tokens; returns at once when it is 0
+            from swift_fipo.integrations.token_capture import capture
+            capture(self, stats, args, kwargs)
         if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict):
             return result
         fipo_metrics = result[-1].get('fipo')

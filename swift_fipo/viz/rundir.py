@@ -1,0 +1,89 @@
+"""Finding and reading the files ms-swift (and the plugin) write into a run's output directory."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+LOGGING_FILE = 'logging.jsonl'
+TOKENS_FILE = 'fipo_tokens.jsonl'  # the name swift_fipo.integrations.token_capture writes
+# "global_step/max_steps" in HF-style logs, "iteration" in Megatron's: both "done/total".
+_STEP_KEYS = ('global_step/max_steps', 'iteration')
+_STEP_PATTERN = re.compile(r'^\s*(\d+)\s*/\s*\d+\s*$')
+_VERSION_DIR = re.compile(r'^v\d+-\d{8}-\d{6}$')  # ms-swift's per-run subdirectory
+
+
+class RunDirError(Exception):
+    """A run directory that cannot be shown; the message says what is wrong and what to do."""
+
+
+def find_run_file(run_dir: str | Path, name: str, hint: str = '') -> Path:
+    """The newest ``name`` in ``run_dir`` or below it.
+
+    ``run_dir`` may be ms-swift's ``--output_dir`` (holding ``v0-<date>/`` subdirectories, one per
+    run), one of those subdirectories, a directory above them, or the file itself.
+    """
+    path = Path(run_dir)
+    if not path.exists():
+        raise RunDirError(f'{path}: no such file or directory.')
+    if path.is_file():
+        if path.name != name:
+            raise RunDirError(f'{path}: expected a run directory or a {name} file.')
+        return path
+    found = [candidate for candidate in path.rglob(name) if candidate.is_file()]
+    if not found:
+        raise RunDirError(f'{path}: no {name} in it or below it. {hint}'.rstrip())
+    return max(found, key=lambda candidate: (candidate.stat().st_mtime, str(candidate)))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON-lines file as a dict.
+
+    A last line without its newline that does not parse is skipped with a note (the run may still be
+    writing it); any other malformed line is an error naming the line.
+    """
+    try:
+        text = path.read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunDirError(f'{path}: cannot read it: {error}') from None
+    lines = text.split('\n')
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # unterminated: being written right now
+                print(f'swift-fipo: note: skipped the unfinished last line of {path}', file=sys.stderr)
+                continue
+            raise RunDirError(f'{path}:{number}: not valid JSON ({error.msg}).') from None
+        if not isinstance(row, dict):
+            raise RunDirError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}.')
+        rows.append(row)
+    return rows
+
+
+def step_of(row: dict[str, Any]) -> Optional[int]:
+    """The training step a logging.jsonl row belongs to, or None (summary rows, foreign lines)."""
+    for key in _STEP_KEYS:
+        value = row.get(key)
+        if isinstance(value, str):
+            match = _STEP_PATTERN.match(value)
+            if match:
+                return int(match.group(1))
+    return None
+
+
+def run_label(run_dir: str | Path) -> str:
+    """A short name for a run in legends: the directory as the user named it."""
+    path = Path(run_dir).resolve()
+    if path.is_file():
+        path = path.parent
+    # "output" and "v0-20260101-120000" say nothing on their own: name the directory above them too.
+    if path.name == 'output' or _VERSION_DIR.match(path.name):
+        return f'{path.parent.name}/{path.name}' if path.parent.name else path.name
+    return path.name or str(path)

@@ -1,0 +1,153 @@
+"""`swift-fipo plot`: finding a run's logging.jsonl, reading it, drawing one run or a comparison, and
+clear one-line errors (never a traceback) for missing or malformed run directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swift_fipo import cli
+from swift_fipo.viz import plot as viz_plot
+from swift_fipo.viz.rundir import find_run_file, run_label, step_of
+
+pytest.importorskip('matplotlib')
+numpy = pytest.importorskip('numpy')
+Image = pytest.importorskip('PIL.Image')
+
+
+def fipo_row(step: int, steps: int = 4) -> dict:
+    reuse = step % 2 == 0  # even steps reuse the rollout: the weights move off 1
+    row = {
+        'loss': -0.1 * step, 'fipo/future_kl_mean': -0.5 if reuse else 0.0,
+        'fipo/influence_weight_mean': 1.1 if reuse else 1.0, 'fipo/influence_weight_min': 1.0,
+        'fipo/influence_weight_max': 1.2 if reuse else 1.0, 'fipo/raw_weight_mean': 1.8 if reuse else 1.0,
+        'fipo/clipped_high_ratio': 0.5 if reuse else 0.0, 'fipo/safety_keep_ratio': 1.0,
+        'fipo/safety_fired_ratio': 0.0, 'fipo/neg_adv_ratio_p99': float('nan'),
+        'global_step/max_steps': f'{step}/{steps}',
+    }
+    if not reuse:  # ms-swift logs reward and completion length on generation steps only
+        row.update({'reward': 0.5 + 0.1 * step, 'completions/mean_length': 20.0 + step})
+    return row
+
+
+def write_run(directory: Path, rows: list[dict], version: str = 'v0-20260101-120000') -> Path:
+    path = directory / 'output' / version / 'logging.jsonl'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # ms-swift ends the file with a summary row that has no step: it must be ignored.
+    summary = {'train_runtime': 6.9, 'log_history': rows}
+    path.write_text(''.join(json.dumps(row) + '\n' for row in [*rows, summary]))
+    return path
+
+
+def coloured_pixels(png: Path) -> int:
+    pixels = numpy.asarray(Image.open(png).convert('RGB')).astype(int)
+    return int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
+
+
+def test_newest_logging_jsonl_under_the_output_dir(tmp_path):
+    old = write_run(tmp_path, [fipo_row(1)], 'v0-20260101-120000')
+    new = write_run(tmp_path, [fipo_row(1)], 'v1-20260102-120000')
+    os.utime(old, (2_000_000_000, 2_000_000_000))  # newer by time, whatever the names say
+    os.utime(new, (1_000_000_000, 1_000_000_000))
+    for given in (tmp_path, tmp_path / 'output', old.parent, old):
+        assert find_run_file(given, 'logging.jsonl') == (new if given == new.parent else old)
+    assert run_label(old.parent) == 'output/v0-20260101-120000'
+    assert run_label(tmp_path / 'output') == f'{tmp_path.name}/output'
+
+
+def test_steps_are_read_from_hf_and_megatron_rows():
+    assert step_of({'global_step/max_steps': '7/20'}) == 7
+    assert step_of({'iteration': '3/9'}) == 3
+    assert step_of({'train_runtime': 1.0}) is None and step_of({'global_step/max_steps': 'x'}) is None
+
+
+def test_one_run_series_and_png(tmp_path):
+    write_run(tmp_path, [fipo_row(step) for step in range(1, 5)])
+    run = viz_plot.load_run(tmp_path)
+    assert run.series['reward'] == ([1, 3], [pytest.approx(0.6), pytest.approx(0.8)])
+    assert run.series['fipo/influence_weight_mean'][0] == [1, 2, 3, 4]
+    assert 'fipo/neg_adv_ratio_p99' not in run.series  # NaN only: nothing to draw
+    assert 'loss' not in run.series and 'fipo/safety_keep_ratio' not in run.series
+    titles = [title for title, _ in viz_plot.panels_for([run])]
+    assert titles[:4] == ['reward', 'completion length (mean tokens)', 'Future-KL (mean)', 'influence weight']
+
+    assert cli.main(['plot', str(tmp_path)]) == 0
+    png = tmp_path / 'output' / 'v0-20260101-120000' / 'fipo_metrics.png'
+    width, height = Image.open(png).size
+    assert width > 1000 and height > 600
+    assert coloured_pixels(png) > 2000  # lines were drawn, not just empty axes
+
+
+def test_unknown_fipo_metrics_get_a_panel(tmp_path):
+    write_run(tmp_path, [{**fipo_row(1), 'fipo/new_metric': 0.3}])
+    assert ('fipo/new_metric', ('fipo/new_metric', )) in viz_plot.panels_for([viz_plot.load_run(tmp_path)])
+
+
+def test_dapo_vs_fipo_comparison(tmp_path, capsys):
+    dapo_rows = [{key: value for key, value in fipo_row(step).items() if not key.startswith('fipo/')}
+                 for step in range(1, 5)]
+    write_run(tmp_path / 'dapo', dapo_rows)
+    write_run(tmp_path / 'fipo', [fipo_row(step) for step in range(1, 5)])
+    out = tmp_path / 'compare.png'
+    assert cli.main(['plot', str(tmp_path / 'dapo'), str(tmp_path / 'fipo'), '-o', str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    runs = [viz_plot.load_run(tmp_path / name) for name in ('dapo', 'fipo')]
+    assert [run.label for run in runs] == ['dapo', 'fipo']
+    assert not any(key.startswith('fipo/') for key in runs[0].series)
+    # Both runs' rewards share one panel: two colours there, so more coloured pixels than one run alone.
+    single = tmp_path / 'single.png'
+    assert cli.main(['plot', str(tmp_path / 'fipo'), '-o', str(single)]) == 0
+    assert coloured_pixels(out) > coloured_pixels(single)
+
+
+def test_same_labels_are_made_distinct(tmp_path):
+    write_run(tmp_path / 'a', [fipo_row(1)])
+    write_run(tmp_path / 'b', [fipo_row(1)])
+    out = viz_plot.plot([tmp_path / 'a' / 'output', tmp_path / 'b' / 'output'], tmp_path / 'x.png',
+                        labels=['run', 'run'])
+    assert out.is_file()
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda root: root / 'missing', 'no such file or directory'),
+    (lambda root: root, 'no logging.jsonl in it or below it'),
+    (lambda root: _write(root / 'out' / 'logging.jsonl', '{"loss": 1}\nnot json\n{"loss": 2}\n'),
+     'logging.jsonl:2: not valid JSON'),
+    (lambda root: _write(root / 'out' / 'logging.jsonl', '[1, 2]\n'), 'expected a JSON object'),
+    (lambda root: _write(root / 'out' / 'logging.jsonl', '{"train_runtime": 1.0}\n'), 'no logged training step'),
+    (lambda root: _write(root / 'notes.txt', 'hello'), 'expected a run directory or a logging.jsonl file'),
+])
+def test_bad_run_dirs_fail_with_one_clear_line(tmp_path, capsys, make, message):
+    target = make(tmp_path)
+    assert cli.main(['plot', str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('swift-fipo plot: error: ') and message in err and len(err.splitlines()) == 1
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path.parent if path.name == 'logging.jsonl' else path
+
+
+def test_a_half_written_last_line_is_skipped(tmp_path, capsys):
+    path = write_run(tmp_path, [fipo_row(1), fipo_row(2)])
+    path.write_text(path.read_text().rsplit('\n', 2)[0] + '\n{"loss": -0.3, "fipo/fut')  # still being written
+    assert viz_plot.load_run(tmp_path).series['fipo/future_kl_mean'][0] == [1, 2]
+    assert 'unfinished last line' in capsys.readouterr().err
+
+
+def test_command_line_errors_have_no_traceback_and_matplotlib_loads_lazily(tmp_path):
+    command = [sys.executable, '-m', 'swift_fipo.cli', 'plot', str(tmp_path / 'nowhere')]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'no such file or directory' in result.stderr
+    probe = ('import sys, swift_fipo.cli, swift_fipo.viz.plot, swift_fipo.viz.inspect; '
+             "print('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == 'False'
