@@ -123,9 +123,14 @@ def _megatron_arguments_from_source() -> type:
         if not isinstance(annotation, str):
             return annotation
         try:
-            return eval(annotation, namespace)  # typing expressions only: Optional[Literal['a', 'b']], ...
+            resolved = eval(annotation, namespace)  # typing expressions only: Optional[Literal['a', 'b']], ...
         except Exception:  # e.g. torch.dtype: accept any string
             return str
+        members = [arg for arg in typing.get_args(resolved) if arg is not type(None)]
+        if typing.get_origin(resolved) is typing.Union and len(members) > 1:
+            # e.g. Union[str, List[str], None]: HfArgumentParser only takes Optional[X]; a string will do.
+            return typing.Optional[str]
+        return resolved
 
     # Defaults are irrelevant to flag checking; None keeps every flag optional.
     return dataclasses.make_dataclass('MegatronRLHFArgumentsFromSource',
