@@ -51,6 +51,7 @@ def doctor() -> int:
         lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2"')
     else:
         from swift_fipo.integrations import ms_swift
+        from swift_fipo.integrations.ms_swift_cli import PIPELINE_MODULE
         try:
             report = ms_swift.install(megatron=False)
         except Exception as error:  # report, do not crash: this command exists to diagnose
@@ -59,7 +60,9 @@ def doctor() -> int:
             lines.append(f'  {ms_swift.HF_TRAINER_MODULE}: cannot hook: {error}')
         for module, classes in report.items():
             for name, has_hook in classes.items():
-                if has_hook:
+                if has_hook and module == PIPELINE_MODULE:
+                    lines.append(f'  {module}.{name}: hooked (--fipo_* flags, presets, validation)')
+                elif has_hook:
                     lines.append(f'  {module}.{name}: hooked (FIPO computed by swift-fipo)')
                 else:
                     healthy = False

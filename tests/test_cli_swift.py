@@ -110,6 +110,7 @@ def test_doctor_reports_the_active_hook():
     import importlib.metadata
     assert f"ms-swift      {importlib.metadata.version('ms-swift')}" in result.stdout
     assert 'swift.rlhf_trainers.grpo_trainer.GRPOTrainer: hooked' in result.stdout
+    assert 'swift.pipelines.base.SwiftPipeline: hooked (--fipo_* flags' in result.stdout
     assert 'state         active' in result.stdout
     disabled = subprocess.run([doctor, 'doctor'], capture_output=True, text=True, check=False,
                               env={**os.environ, 'SWIFT_FIPO_DISABLE': '1'})

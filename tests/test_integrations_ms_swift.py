@@ -27,7 +27,8 @@ def test_install_hooks_the_hf_trainer_and_is_idempotent():
     methods = {name: GRPOTrainer.__dict__[name] for name in
                ('_compute_fipo_influence', '_compute_loss_and_metrics') if name in GRPOTrainer.__dict__}
     second = ms_swift.install()
-    assert first == second == {ms_swift.HF_TRAINER_MODULE: {'GRPOTrainer': True}}
+    assert first == second == {'swift.pipelines.base': {'SwiftPipeline': True},
+                               ms_swift.HF_TRAINER_MODULE: {'GRPOTrainer': True}}
     assert ms_swift.is_patched(GRPOTrainer)
     assert {name: GRPOTrainer.__dict__[name] for name in methods} == methods
     # Wrappers wrap ms-swift's function exactly once.

@@ -257,11 +257,14 @@ def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
 
     The HF-style trainer module is imported and patched. Megatron's module is patched if ms-swift
     already imported it, or when ``megatron=True`` (importing ``swift.megatron`` has side effects, so
-    we never do it unasked). Returns ``{module: {class: has_hook}}``.
+    we never do it unasked). ms-swift's argument parsing is hooked too (the plugin's flags). Returns
+    ``{module: {class: hooked}}``.
     """
     from swift_fipo.integrations.ms_swift_cli import PIPELINE_MODULE, patch_pipeline_module
-    patch_pipeline_module(importlib.import_module(PIPELINE_MODULE))
-    report = {HF_TRAINER_MODULE: patch_trainer_module(importlib.import_module(HF_TRAINER_MODULE))}
+    report = {
+        PIPELINE_MODULE: {'SwiftPipeline': patch_pipeline_module(importlib.import_module(PIPELINE_MODULE))},
+        HF_TRAINER_MODULE: patch_trainer_module(importlib.import_module(HF_TRAINER_MODULE)),
+    }
     if megatron or (megatron is None and MEGATRON_TRAINER_MODULE in sys.modules):
         report[MEGATRON_TRAINER_MODULE] = patch_trainer_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
     return report
