@@ -24,7 +24,7 @@ import torch
 
 from swift_fipo.config import FIPOConfig
 from swift_fipo.integrations.ms_swift_cli import resolve_config
-from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, compute_fipo_influence
+from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, FIPOStats, compute_fipo_influence
 
 SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
@@ -68,6 +68,17 @@ def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.
 setattr(fipo_influence_adapter, _PATCH_MARK, True)
 
 
+def _call_collecting_stats(self: Any, loss_call: Callable[..., Any], args: tuple, kwargs: dict
+                           ) -> tuple[Any, Optional[FIPOStats]]:
+    """Run one loss call; return its result and the stats the adapter left during it (None if FIPO
+    did not run, e.g. another loss type)."""
+    setattr(self, _STATS_ATTRIBUTE, None)
+    result = loss_call(self, *args, **kwargs)
+    stats = getattr(self, _STATS_ATTRIBUTE, None)
+    setattr(self, _STATS_ATTRIBUTE, None)
+    return result, stats
+
+
 def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the HF trainer's ``_compute_loss_and_metrics`` to log our diagnostics beside the native 3.
 
@@ -77,10 +88,7 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
 
     @functools.wraps(compute_loss_and_metrics)
     def compute_loss_and_metrics_with_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
-        setattr(self, _STATS_ATTRIBUTE, None)
-        result = compute_loss_and_metrics(self, *args, **kwargs)
-        stats = getattr(self, _STATS_ATTRIBUTE, None)
-        setattr(self, _STATS_ATTRIBUTE, None)
+        result, stats = _call_collecting_stats(self, compute_loss_and_metrics, args, kwargs)
         if stats is not None:  # --fipo_log_tokens; returns at once when it is 0
             from swift_fipo.integrations.token_capture import capture
             capture(self, stats, args, kwargs)
@@ -137,10 +145,7 @@ def _with_megatron_extra_metrics(loss_func: Callable[..., Any]) -> Callable[...,
 
     @functools.wraps(loss_func)
     def loss_func_with_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
-        setattr(self, _STATS_ATTRIBUTE, None)
-        result = loss_func(self, *args, **kwargs)
-        stats = getattr(self, _STATS_ATTRIBUTE, None)
-        setattr(self, _STATS_ATTRIBUTE, None)
+        result, stats = _call_collecting_stats(self, loss_func, args, kwargs)
         if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict):
             return result
         loss, metrics = result[0], result[-1]
