@@ -116,26 +116,31 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
     if completion_mask.shape != log_ratio.shape:
         raise ValueError(f'completion_mask must match log_ratio {tuple(log_ratio.shape)}; '
                          f'got {tuple(completion_mask.shape)}.')
-    advantages = _as_rows(advantages, 'advantages', batch, length)
+    advantages = _as_rows(advantages.detach(), 'advantages', batch, length)
 
     log_ratio = log_ratio.detach().to(torch.float32)
     mask = completion_mask.detach().to(torch.bool)
+    # Masks enter the arithmetic as float 0/1 (and bools are made from floats through uint8): on CPU,
+    # kernels that read or write bool tensors run several times slower than float ones.
+    mask_f = mask.view(torch.uint8).to(torch.float32)
     ratio = torch.exp(log_ratio) if ratio is None else _as_rows(ratio.detach(), 'ratio', batch, length).float()
     if config.log_ratio_clamp is not None:
         limit = config.log_ratio_clamp
         log_ratio = log_ratio.clamp(-limit, limit)
         ratio = ratio.clamp(math.exp(-limit), math.exp(limit))
 
-    participation = mask
+    participation, keep = mask, mask_f
     threshold = config.participation_threshold
     if threshold is not None:
-        participation = participation & ~(ratio > threshold)
-    # torch.where rather than a multiply: NaN/inf at excluded positions must not leak.
-    delta = torch.where(participation, log_ratio, 0.0)
-    delta = torch.nan_to_num(delta, nan=0.0, posinf=_LOG_RATIO_LIMIT, neginf=-_LOG_RATIO_LIMIT)
+        keep = torch.addcmul(mask_f, mask_f, _indicator(torch.gt, ratio, threshold), value=-1.0)  # mask * not-high
+        participation = _as_bool(keep)
+    # NaN/inf are replaced before the mask multiplies, so that excluded positions contribute exactly 0.
+    delta = torch.nan_to_num(log_ratio, nan=0.0, posinf=_LOG_RATIO_LIMIT, neginf=-_LOG_RATIO_LIMIT).mul_(keep)
 
-    future_kl = torch.where(mask, discounted_future_sum(delta, config.gamma), 0.0)
-    raw_weight = torch.exp(future_kl).clamp(max=_FLOAT32_MAX)
+    # |Future-KL| <= 1e30 * T is finite, so multiplying by the mask cannot produce NaN.
+    future_kl = discounted_future_sum(delta, config.gamma)
+    future_kl = future_kl.mul_(mask_f) if future_kl.is_contiguous() else future_kl * mask_f
+    raw_weight = torch.exp(future_kl).clamp_(max=_FLOAT32_MAX)
 
     bounds = config.weight_bounds
     if bounds is not None:
@@ -145,13 +150,17 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
     else:
         weight = raw_weight
 
-    negative_advantage = advantages < 0
+    negative = _indicator(torch.lt, advantages, 0.0)
+    negative_advantage = _as_bool(negative)
     if config.safety_threshold is None:
         safety_mask = torch.ones_like(mask)
     else:
-        flagged = negative_advantage & (ratio > config.safety_threshold)
-        safety_mask = ~flagged.expand(batch, length)
-        weight = torch.where(safety_mask, weight, weight.clamp(*SAFETY_WEIGHT_BOUNDS))
+        flagged = (negative * _indicator(torch.gt, ratio, config.safety_threshold)).expand(batch, length)
+        # A lerp with a 0/1 weight is an exact select (torch evaluates end - (end - start) * (1 - w)
+        # for w >= 0.5), and on CPU cheaper than torch.where on a bool condition.
+        target = _safety_target(weight, bounds)
+        weight = torch.lerp(weight, target, flagged) if weight is raw_weight else weight.lerp_(target, flagged)
+        safety_mask = ~_as_bool(flagged)
 
     dropped = torch.zeros(batch, dtype=torch.bool, device=weight.device)
     if config.sequence_drop:
@@ -175,6 +184,36 @@ def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torc
     # kthvalue, unlike torch.quantile, has no input-size limit (long responses, big batches).
     rank = max(1, math.ceil(q * selected.numel()))
     return selected.kthvalue(rank).values
+
+
+def _indicator(compare, values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``compare(values, threshold)`` as float32 1.0/0.0, written straight into a float tensor."""
+    return compare(values, threshold, out=torch.empty(values.shape, dtype=torch.float32, device=values.device))
+
+
+def _as_bool(indicator: torch.Tensor) -> torch.Tensor:
+    """A float 0/1 tensor as bool, through uint8 (a direct float -> bool cast is slow on CPU)."""
+    return indicator.to(torch.uint8).view(torch.bool)
+
+
+def _safety_target(weight: torch.Tensor, bounds: Optional[tuple[float, float]]) -> torch.Tensor:
+    """What a flagged token's weight becomes: ``weight.clamp(*SAFETY_WEIGHT_BOUNDS)``.
+
+    Clamping into [a, b] and then into [c, d] is clamping into [clamp(a, c, d), clamp(b, c, d)].
+    When that interval is a single point (the defaults: [1, 1.2] then [0.8, 1] gives 1), the target
+    is that point as a 0-dim tensor and no pass over the weights is needed.
+    """
+    low, high = SAFETY_WEIGHT_BOUNDS
+    if bounds is not None:
+        point_low, point_high = (min(max(bound, low), high) for bound in bounds)
+        if point_low == point_high:
+            return _scalar(point_low, weight.dtype, weight.device)
+    return weight.clamp(low, high)
+
+
+@functools.lru_cache(maxsize=16)
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)  # cached: creating a tensor costs ~5 us
 
 
 def _as_rows(values: torch.Tensor, name: str, batch: int, length: int) -> torch.Tensor:
