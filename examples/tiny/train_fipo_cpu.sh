@@ -50,10 +50,10 @@ log="$(ls -t "$work"/output/*/logging.jsonl | head -n 1)"
 python - "$log" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-keys = sorted({k for row in rows for k in row if k.startswith('fipo/')})
+rows = [row for row in rows if any(key.startswith('fipo/') for key in row)]
+keys = sorted({key for row in rows for key in row if key.startswith('fipo/')})
 print(f'\nFIPO metrics per step ({sys.argv[1]}):')
-print('step  ' + '  '.join(f'{k:>26}' for k in keys))
-for row in rows:
-    if any(k in row for k in keys):
-        print(f"{row.get('global_step/max_steps', '?'):>5} " + '  '.join(f'{row.get(k, float("nan")):>26.6f}' for k in keys))
+print(f'{"step":<28}' + ''.join(f'{row["global_step/max_steps"]:>10}' for row in rows))
+for key in keys:
+    print(f'{key:<28}' + ''.join(f'{row.get(key, float("nan")):>10.4f}' for row in rows))
 PY
