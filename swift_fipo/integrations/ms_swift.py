@@ -22,14 +22,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from swift_fipo.config import FIPOConfig
 from swift_fipo.integrations.ms_swift_cli import resolve_config
 from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, FIPOStats, compute_fipo_influence
 
 SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
-TRAINER_MODULES = (HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE)
 
 # Marks a class attribute as ours, so installing twice changes nothing.
 _PATCH_MARK = '__swift_fipo_patch__'
@@ -41,28 +39,17 @@ _STATS_ATTRIBUTE = '_swift_fipo_stats'
 _NATIVE_METRICS = ('future_kl_mean', 'influence_weight_mean', 'safety_keep_ratio')
 
 
-def config_from_args(args: Any) -> FIPOConfig:
-    """The FIPOConfig of a trainer: its ``--fipo_*`` / ``--delta`` arguments plus the plugin's own flags
-    seen on this process's command line. A bad value raises ``ValueError`` naming the flag."""
-    return resolve_config(args)
-
-
 def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.Tensor, advantages: torch.Tensor,
                            completion_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
     """Drop-in ``_compute_fipo_influence`` for ms-swift's GRPO trainers."""
     config = getattr(trainer, _CONFIG_ATTRIBUTE, None)
-    if config is None:
-        config = config_from_args(trainer.args)
+    if config is None:  # the trainer's --fipo_* / --delta arguments plus the plugin's own flags
+        config = resolve_config(trainer.args)
         setattr(trainer, _CONFIG_ATTRIBUTE, config)
     weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=coef_1)
     setattr(trainer, _STATS_ATTRIBUTE, stats)
-    # The native keys ms-swift's metric code reads, plus our stats for diagnostics.
-    return weight, {
-        'future_kl': stats.future_kl,
-        'influence_weight': stats.weight,
-        'safety_mask': stats.safety_mask,
-        'stats': stats,
-    }
+    # The keys ms-swift's own metric code reads.
+    return weight, {'future_kl': stats.future_kl, 'influence_weight': stats.weight, 'safety_mask': stats.safety_mask}
 
 
 setattr(fipo_influence_adapter, _PATCH_MARK, True)
