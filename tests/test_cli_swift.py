@@ -146,3 +146,11 @@ def test_no_op_configuration_warns(tiny_run_dir, tmp_path):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'noop', '--num_iterations', '1', '--max_steps', '1')
     assert result.returncode == 0, _tail(result)
     assert result.stderr.count('[swift-fipo] WARNING: FIPO is a no-op here') == 1
+
+
+def test_lora_run_applies_fipo(tiny_run_dir, tmp_path):
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'lora', '--tuner_type', 'lora', '--lora_rank', '4',
+                            '--target_modules', 'all-linear', '--learning_rate', '1e-2')
+    assert result.returncode == 0, _tail(result)
+    assert all(key in rows[-1] for key in PLUGIN_ONLY_KEYS)
+    assert any(row['fipo/future_kl_mean'] != 0 for row in rows[1::2]), rows
