@@ -140,3 +140,24 @@ def test_liger_is_refused_from_argv(argv, refused):
 def test_log_tokens_flag_is_consumed():
     kept, found = cli.split_argv(['--fipo_log_tokens=3', '--seed', '1'], NATIVE)
     assert kept == ['--seed', '1'] and found.log_tokens == 3
+
+
+@pytest.mark.parametrize('megatron', [False, True])
+def test_trainer_without_hook_is_refused_at_parse_time(tmp_path, megatron):
+    # A stand-in ms-swift tree whose GRPO trainers predate FIPO (< 4.2.2; such releases import vLLM
+    # eagerly and cannot be installed on this CPU machine).
+    for parts in (('rlhf_trainers', 'grpo_trainer.py'), ('megatron', 'trainers', 'grpo_trainer.py')):
+        path = tmp_path.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('class GRPOTrainer:\n    def _compute_loss(self): ...\n')
+    with pytest.raises(RuntimeError, match=r'--loss_type fipo needs ms-swift >= 4\.2\.2'):
+        cli.check_trainer_has_hook(megatron, swift_root=tmp_path)
+    with pytest.raises(RuntimeError, match='Upgrade with'):
+        cli.check_trainer_has_hook(megatron, swift_root=tmp_path / 'missing')
+
+
+@pytest.mark.ms_swift
+@pytest.mark.parametrize('megatron', [False, True])
+def test_installed_ms_swift_trainers_have_the_hook(megatron):
+    pytest.importorskip('swift')
+    cli.check_trainer_has_hook(megatron)

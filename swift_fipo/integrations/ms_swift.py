@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import sys
 from types import ModuleType
 from typing import Any, Callable, Optional
 
 import torch
 
-from swift_fipo.integrations.ms_swift_cli import resolve_config
+from swift_fipo.integrations.ms_swift_cli import SUPPORTED_RANGE, resolve_config, unsupported_message
 from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, FIPOStats, compute_fipo_influence
 
-SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
 
@@ -195,12 +193,6 @@ def _reject_fipo(init: Callable[..., None], trainer_name: str) -> Callable[..., 
     return init_without_fipo
 
 
-def unsupported_message(trainer_name: str) -> str:
-    return (f'swift-fipo: --loss_type fipo needs {SUPPORTED_RANGE}, whose {trainer_name} has the '
-            f'_compute_fipo_influence hook; installed: ms-swift {ms_swift_version() or "(unknown)"}. '
-            f"Upgrade with: pip install 'ms-swift>=4.2.2'")
-
-
 def patch_trainer_class(cls: type) -> bool:
     """Point one GRPO trainer class at the plugin. Returns True if it has the FIPO hook."""
     if not hasattr(cls, '_compute_fipo_influence'):
@@ -270,10 +262,3 @@ def is_patched(cls: type) -> bool:
 def native_fipo_influence(cls: type) -> Callable[..., Any]:
     """ms-swift's own ``_compute_fipo_influence`` of ``cls``, whether or not the plugin patched it."""
     return getattr(cls, _NATIVE_ATTRIBUTE, None) or cls._compute_fipo_influence
-
-
-def ms_swift_version() -> Optional[str]:
-    try:
-        return importlib.metadata.version('ms-swift')
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
 
 PIPELINE_MODULE = 'swift.pipelines.base'
+SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
+# Trainer source files (relative to the swift package) whose loss calls the FIPO hook.
+_TRAINER_FILES = {False: ('rlhf_trainers', 'grpo_trainer.py'), True: ('megatron', 'trainers', 'grpo_trainer.py')}
 PRESET_FLAG = 'fipo_preset'
 LOG_TOKENS_FLAG = 'fipo_log_tokens'
 # FIPOConfig field -> ms-swift flag (without the dashes). Native ms-swift flags keep their names.
@@ -214,6 +220,36 @@ def validate_run(args: Any, config: FIPOConfig) -> None:
                   'response, so they act on whole responses; Future-KL still uses per-token log-ratios.')
 
 
+def ms_swift_version() -> Optional[str]:
+    try:
+        return importlib.metadata.version('ms-swift')
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def unsupported_message(trainer_name: str) -> str:
+    return (f'swift-fipo: --loss_type fipo needs {SUPPORTED_RANGE}, whose {trainer_name} has the '
+            f'_compute_fipo_influence hook; installed: ms-swift {ms_swift_version() or "(unknown)"}. '
+            f"Upgrade with: pip install 'ms-swift>=4.2.2'")
+
+
+def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) -> None:
+    """Refuse fipo at argument-parse time when the GRPO trainer this run will use has no FIPO hook.
+
+    The trainer's source file is read, not imported: importing ``swift.megatron`` has side effects.
+    """
+    if swift_root is None:
+        spec = importlib.util.find_spec('swift')
+        swift_root = Path(spec.origin).parent if spec is not None and spec.origin else Path('/nonexistent')
+    source_file = swift_root.joinpath(*_TRAINER_FILES[megatron])
+    try:
+        source = source_file.read_text()
+    except OSError:
+        source = ''
+    if 'def _compute_fipo_influence' not in source:
+        raise RuntimeError(unsupported_message('MegatronGRPOTrainer' if megatron else 'GRPOTrainer'))
+
+
 def warn_once(message: str) -> None:
     if message in _WARNED or int(os.environ.get('RANK', '0')) != 0:
         return
@@ -238,6 +274,7 @@ def _with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
         argv, found = split_argv(argv, _argument_names(args_class))
         parsed = parse_args(self, argv)
         if getattr(parsed, 'loss_type', None) == 'fipo':
+            check_trainer_has_hook(megatron='megatron' in type(parsed).__module__)
             config = resolve_config(parsed, found)
             validate_run(parsed, config)
             settings = found
