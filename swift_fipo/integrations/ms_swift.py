@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from swift_fipo.integrations.ms_swift_cli import SUPPORTED_RANGE, resolve_config, unsupported_message
-from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, FIPOStats, compute_fipo_influence
+from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, FIPOStats, combine_summary, compute_fipo_influence
 
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
@@ -85,18 +85,11 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
             # One gather for all summaries: [world, n] after gathering a [1, n] row per rank.
             gathered = self.accelerator.gather_for_metrics(torch.stack(list(summary.values())).reshape(1, -1))
             for column, key in enumerate(summary):
-                fipo_metrics[key] = _reduce(gathered[:, column], SUMMARY_REDUCTIONS.get(key, 'mean'))
+                fipo_metrics[key] = combine_summary(key, gathered[:, column])
         return result
 
     setattr(compute_loss_and_metrics_with_fipo, _PATCH_MARK, True)
     return compute_loss_and_metrics_with_fipo
-
-
-def _reduce(values: torch.Tensor, how: str) -> float:
-    finite = values[~torch.isnan(values)]
-    if finite.numel() == 0:
-        return float('nan')
-    return float(finite.min() if how == 'min' else finite.max() if how == 'max' else finite.mean())
 
 
 def _with_extreme_aggregation(aggregate: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,7 +106,7 @@ def _with_extreme_aggregation(aggregate: Callable[..., Any]) -> Callable[..., An
                     extremes.setdefault(key, []).append(fipo_metrics.pop(key))
         result = aggregate(self, all_metrics_data, mode, *args, **kwargs)
         for key, values in extremes.items():
-            self._metrics[mode][f'fipo/{key}'].append(_reduce(torch.tensor(values), SUMMARY_REDUCTIONS[key]))
+            self._metrics[mode][f'fipo/{key}'].append(combine_summary(key, torch.tensor(values)))
         return result
 
     setattr(aggregate_with_extremes, _PATCH_MARK, True)

@@ -27,7 +27,7 @@ import torch
 from trl import GRPOTrainer
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
+from swift_fipo.ops.influence import FIPOStats, combine_summary, compute_fipo_influence
 
 # Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
 SUPPORTED_RANGE = 'trl >= 0.26'
@@ -224,14 +224,4 @@ class FIPOGRPOTrainer(GRPOTrainer):
         # One gather and one device sync for all the metrics of this micro-batch.
         gathered = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys)).float().cpu()
         for index, key in enumerate(keys):
-            column = gathered[:, index]
-            finite = column[~torch.isnan(column)]
-            if finite.numel() == 0:
-                value = float('nan')
-            elif key.endswith('_min'):
-                value = finite.min().item()
-            elif key.endswith('_max'):
-                value = finite.max().item()
-            else:
-                value = finite.mean().item()
-            self._metrics[mode][METRIC_PREFIX + key].append(value)
+            self._metrics[mode][METRIC_PREFIX + key].append(combine_summary(key, gathered[:, index]))

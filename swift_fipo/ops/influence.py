@@ -26,6 +26,16 @@ SAFETY_WEIGHT_BOUNDS = (0.8, 1.0)
 SUMMARY_REDUCTIONS = {'influence_weight_min': 'min', 'influence_weight_max': 'max', 'neg_adv_ratio_p99': 'max'}
 
 
+def combine_summary(key: str, values: torch.Tensor) -> float:
+    """Combine one summary's values from several ranks or chunks as ``SUMMARY_REDUCTIONS`` says;
+    NaN entries (a rank or chunk without such tokens) are ignored, NaN if all are."""
+    finite = values[~torch.isnan(values)]
+    if finite.numel() == 0:
+        return math.nan
+    how = SUMMARY_REDUCTIONS.get(key, 'mean')
+    return float(finite.min() if how == 'min' else finite.max() if how == 'max' else finite.mean())
+
+
 @dataclass(frozen=True)
 class FIPOStats:
     """Per-token FIPO tensors (all ``[B, T]``, detached) and their summaries over completion tokens."""
