@@ -4,8 +4,6 @@ viewers ``plot`` (metric charts) and ``inspect`` (per-token HTML page)."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -13,13 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from swift_fipo import __version__, activation
-
-
-def _version(distribution: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+from swift_fipo.integrations.ms_swift_cli import installed_version
 
 
 def _pth_file() -> Optional[Path]:
@@ -34,7 +26,7 @@ def doctor() -> int:
     """Print the environment and the state of every hook; exit 1 if FIPO would not be ours."""
     lines = [f'swift-fipo {__version__} (python {sys.version.split()[0]})']
     for distribution in ('torch', 'ms-swift', 'transformers', 'trl', 'megatron-core', 'deepspeed', 'vllm'):
-        lines.append(f'  {distribution:<13} {_version(distribution) or "not installed"}')
+        lines.append(f'  {distribution:<13} {installed_version(distribution) or "not installed"}')
     pth = _pth_file()
     lines.append('activation:')
     lines.append(f'  .pth file     {pth or "missing (installed editable or not via pip?)"}')
@@ -44,7 +36,7 @@ def doctor() -> int:
         lines.append('  state         active: trainer modules are hooked when ms-swift imports them')
     else:
         lines.append('  state         inactive in this interpreter (use --external_plugins or install())')
-    healthy = _version('ms-swift') is not None
+    healthy = installed_version('ms-swift') is not None
 
     lines.append('hooks:')
     if not healthy:

@@ -220,16 +220,17 @@ def validate_run(args: Any, config: FIPOConfig) -> None:
                   'response, so they act on whole responses; Future-KL still uses per-token log-ratios.')
 
 
-def ms_swift_version() -> Optional[str]:
+def installed_version(distribution: str) -> Optional[str]:
     try:
-        return importlib.metadata.version('ms-swift')
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
 def unsupported_message(trainer_name: str) -> str:
+    installed = installed_version('ms-swift') or '(unknown)'
     return (f'swift-fipo: --loss_type fipo needs {SUPPORTED_RANGE}, whose {trainer_name} has the '
-            f'_compute_fipo_influence hook; installed: ms-swift {ms_swift_version() or "(unknown)"}. '
+            f'_compute_fipo_influence hook; installed: ms-swift {installed}. '
             f"Upgrade with: pip install 'ms-swift>=4.2.2'")
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -40,7 +40,6 @@ class _CaptureState:
     """Completions written for ``step`` so far (a step may span several loss calls)."""
     bytes_written: Optional[int] = None
     disabled: bool = False
-    warned: set[str] = field(default_factory=set)
 
 
 def requested_completions() -> int:
@@ -69,7 +68,7 @@ def capture(trainer: Any, stats: Any, call_args: Sequence[Any], call_kwargs: Map
         _capture(trainer, state, wanted, stats, call_args, call_kwargs)
     except Exception as error:  # diagnostics must never stop a training run
         state.disabled = True
-        _warn(state, 'error', f'token capture failed and is off for this run: {type(error).__name__}: {error}')
+        _warn(f'token capture failed and is off for this run: {type(error).__name__}: {error}')
 
 
 def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_args: Sequence[Any],
@@ -95,8 +94,8 @@ def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_a
     token_ids = _completion_ids(call_args, call_kwargs, batch, length)
     if token_ids is None:
         state.disabled = True
-        _warn(state, 'ids', 'token capture is off: no completion token ids found among the loss inputs '
-                            "(padding-free batches or an unknown ms-swift layout).")
+        _warn('token capture is off: no completion token ids found among the loss inputs '
+              "(padding-free batches or an unknown ms-swift layout).")
         return
     mask = _find_tensor(call_args, call_kwargs, 'completion_mask')
     if mask is None or tuple(mask.shape) != (batch, length):
@@ -152,7 +151,7 @@ def _append(trainer: Any, state: _CaptureState, lines: list[str]) -> None:
     payload = ''.join(line + '\n' for line in lines).encode('utf-8')
     if state.bytes_written + len(payload) > MAX_FILE_BYTES:
         state.disabled = True
-        _warn(state, 'full', f'token capture stopped: {path} reached its {MAX_FILE_BYTES // 2**20} MiB cap.')
+        _warn(f'token capture stopped: {path} reached its {MAX_FILE_BYTES // 2**20} MiB cap.')
         return
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     with open(path, 'ab') as handle:
@@ -220,7 +219,6 @@ def _round(value: float) -> Optional[float]:
     return float(f'{value:.{_DIGITS}g}') if math.isfinite(value) else None
 
 
-def _warn(state: _CaptureState, key: str, message: str) -> None:
-    if key not in state.warned:
-        state.warned.add(key)
-        print(f'[swift-fipo] WARNING: {message}', file=sys.stderr, flush=True)
+def _warn(message: str) -> None:
+    # Every caller also turns capture off, so each warning is printed once per run.
+    print(f'[swift-fipo] WARNING: {message}', file=sys.stderr, flush=True)
