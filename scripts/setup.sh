@@ -20,9 +20,4 @@ if [ ! -f "$marker" ]; then
 fi
 # --force-reinstall --no-deps: always the current source, never a stale wheel; dependencies untouched.
 "${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
-# Headless Debian chromium for the HTML inspector test (tests/test_viz_inspect.py skips without it).
-# Only as root on a machine with apt-get (CI's fresh machines); elsewhere install it yourself.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
 echo "ready: $venv (ms-swift $version, $("$venv/bin/python" -c 'import swift_fipo; print("swift-fipo", swift_fipo.__version__)'))"

@@ -1,13 +1,63 @@
 #!/usr/bin/env bash
-# The test suite, on the newest ms-swift (4.6.0, the whole suite) and on the oldest clean one
-# (4.3.2, everything that depends on ms-swift). Each gets its own virtual environment.
-set -euo pipefail
+# The test suite: every file in scripts/suites/ is one suite (its own virtual environment and pytest
+# runs). Suites run in parallel, JOBS at a time (default 2, the cores of the CI machine); each one's
+# output goes to .ci-logs/<suite>.log and is printed in full when it fails.
+#   bash scripts/test.sh                 every suite
+#   bash scripts/test.sh ms-swift-4.6.0  only the named suites (file names without .sh)
+set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup.sh 4.6.0 "$root/.venv"
-"$root/.venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
-# ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__ on import, so the TRL integration
-# (skipped above once that happened) also runs in a process of its own.
-"$root/.venv/bin/python" -m pytest tests/test_integrations_trl.py -q -p no:cacheprovider "$@"
-bash scripts/setup.sh 4.3.2 "$root/.venv-ms-swift-4.3.2"
-"$root/.venv-ms-swift-4.3.2/bin/python" -m pytest tests -q -p no:cacheprovider -m ms_swift "$@"
+jobs="${JOBS:-2}"
+logs="$root/.ci-logs"
+mkdir -p "$logs"
+
+# Headless Debian chromium for the HTML inspector test (tests/test_viz_inspect.py skips without it).
+# Only as root on a machine with apt-get (CI's fresh machines); once here, not in parallel suites.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ "$#" -gt 0 ]; then
+    suites=("$@")
+else
+    suites=()
+    for file in scripts/suites/*.sh; do suites+=("$(basename "$file" .sh)"); done
+fi
+
+start=$(date +%s)
+declare -A pid_of
+run_suite() {
+    local name="$1" began
+    began=$(date +%s)
+    if ROOT="$root" bash "scripts/suites/$name.sh" >"$logs/$name.log" 2>&1; then
+        echo "$name passed in $(( $(date +%s) - began )) s"
+        echo pass >"$logs/$name.status"
+    else
+        echo "$name FAILED in $(( $(date +%s) - began )) s (log: .ci-logs/$name.log)"
+        echo fail >"$logs/$name.status"
+    fi
+}
+
+for name in "${suites[@]}"; do
+    [ -f "scripts/suites/$name.sh" ] || { echo "no such suite: $name (scripts/suites/$name.sh)"; exit 2; }
+    rm -f "$logs/$name.status"
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    echo "started $name"
+    run_suite "$name" &
+    pid_of[$name]=$!
+done
+wait
+
+failed=()
+for name in "${suites[@]}"; do
+    [ "$(cat "$logs/$name.status" 2>/dev/null)" = pass ] || failed+=("$name")
+done
+for name in "${failed[@]}"; do
+    echo "===================== $name (failed) ====================="
+    cat "$logs/$name.log"
+done
+for name in "${suites[@]}"; do
+    printf '%-28s %s\n' "$name" "$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$logs/$name.log" | tr -d '=' | paste -sd ';' -)"
+done
+echo "all suites: ${#suites[@]}, failed: ${#failed[@]}, wall time $(( $(date +%s) - start )) s"
+[ "${#failed[@]}" -eq 0 ]

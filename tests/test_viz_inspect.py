@@ -90,7 +90,7 @@ def test_missing_capture_names_the_flag(tmp_path, capsys):
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed (Debian: apt-get install '
-                                    'chromium; scripts/setup.sh does it when run as root)')
+                                    'chromium; scripts/test.sh does it when run as root)')
 
 
 def chromium(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess:
