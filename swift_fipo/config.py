@@ -22,44 +22,53 @@ class FIPOConfig:
 
     decay_rate: float = field(
         default=32.0,
-        metadata={'help': 'Half-life of the Future-KL window, in tokens: a log-ratio k tokens ahead counts '
+        metadata={'flag': 'fipo_decay_rate',
+                  'help': 'Half-life of the Future-KL window, in tokens: a log-ratio k tokens ahead counts '
                           'with weight gamma**k, gamma = 2**(-1/decay_rate). Must be finite and > 0.'})
     clip_range: Optional[float] = field(
         default=0.2,
-        metadata={'help': 'Influence weights are clipped to [1, 1+clip_range] (high-only) or '
+        metadata={'flag': 'fipo_clip_range',
+                  'help': 'Influence weights are clipped to [1, 1+clip_range] (high-only) or '
                           '[1-clip_range, 1+clip_range]. 0 or None disables clipping (the weight is then '
                           'exp(Future-KL), capped only at the largest finite float32). Must be >= 0, '
                           'and < 1 when the clip is symmetric.'})
     clip_high_only: bool = field(
         default=True,
-        metadata={'help': 'Clip only from above ([1, 1+clip_range]), so FIPO can amplify but never '
+        metadata={'flag': 'fipo_clip_high_only',
+                  'help': 'Clip only from above ([1, 1+clip_range]), so FIPO can amplify but never '
                           'attenuate a token. False uses the symmetric clip.'})
     safety_threshold: Optional[float] = field(
         default=4.0,
-        metadata={'help': 'Tokens with a negative advantage whose importance ratio exceeds this value get '
+        metadata={'flag': 'fipo_safety_threshold',
+                  'help': 'Tokens with a negative advantage whose importance ratio exceeds this value get '
                           'their weight clamped into [0.8, 1.0], so a runaway negative sample is never '
                           'amplified. None disables the rule. Must be > 0.'})
     delta: Optional[float] = field(
         default=None,
-        metadata={'help': "ms-swift's dual-clip --delta. When set, tokens whose importance ratio exceeds it "
+        metadata={'flag': 'delta',
+                  'help': "ms-swift's dual-clip --delta. When set, tokens whose importance ratio exceeds it "
                           'do not contribute to Future-KL (the participation filter). Must be > 1.'})
     filter_threshold: Optional[float] = field(
         default=None,
-        metadata={'help': "The authors' participation filter c, independent of delta: tokens whose importance "
+        metadata={'flag': 'fipo_filter_threshold',
+                  'help': "The authors' participation filter c, independent of delta: tokens whose importance "
                           'ratio exceeds it do not contribute to Future-KL, whatever their advantage sign. '
                           'None: filter only by delta (ms-swift). Must be > 1.'})
     log_ratio_clamp: Optional[float] = field(
         default=None,
-        metadata={'help': 'Clamp per-token log-ratios into [-x, x] before the ratio tests and Future-KL (the '
+        metadata={'flag': 'fipo_log_ratio_clamp',
+                  'help': 'Clamp per-token log-ratios into [-x, x] before the ratio tests and Future-KL (the '
                           'authors use 20). None: no clamp (ms-swift). Must be > 0.'})
     sequence_drop: bool = field(
         default=False,
-        metadata={'help': 'Give weight 0 to every token of a response that has more than one negative-'
+        metadata={'flag': 'fipo_sequence_drop',
+                  'help': 'Give weight 0 to every token of a response that has more than one negative-'
                           'advantage completion token whose ratio exceeds the dual-clip threshold (delta, '
                           "else filter_threshold), as the authors' code drops such responses. Needs one of them."})
     unclipped_weight_cap: Optional[float] = field(
         default=None,
-        metadata={'help': 'Upper cap of the weight when clipping is disabled (the authors use 10). None: only '
+        metadata={'flag': 'fipo_weight_cap',
+                  'help': 'Upper cap of the weight when clipping is disabled (the authors use 10). None: only '
                           'the largest finite float32 (ms-swift leaves it unbounded). Must be > 0.'})
 
     def __post_init__(self) -> None:
@@ -120,6 +129,15 @@ class FIPOConfig:
         return dataclasses.replace(PRESETS[name], **overrides)
 
     @classmethod
+    def flag_names(cls) -> dict[str, str]:
+        """The command-line flag of every field (without dashes), keyed by field name.
+
+        ms-swift's native flags keep their names (``--fipo_decay_rate``, ``--delta``); the fields ms-swift
+        lacks get plugin flags in the same style. Other hosts derive their option names from the field names.
+        """
+        return {f.name: f.metadata['flag'] for f in fields(cls)}
+
+    @classmethod
     def help(cls) -> dict[str, str]:
         """Help text of every field, keyed by field name."""
         return {f.name: f.metadata['help'] for f in fields(cls)}
@@ -129,9 +147,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class FIPOConfigError(ValueError):
+    """A FIPOConfig field got a value outside its allowed range.
+
+    Hosts re-word it with their own option name (``--fipo_clip_range``, a Hydra path, ...) through
+    ``field``, ``value`` and ``allowed``.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(self.describe(f'FIPOConfig.{field}'))
+
+    def describe(self, option: str) -> str:
+        return f'{option} must be {self.allowed}; got {self.value!r}.'
+
+
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ValueError(f'FIPOConfig.{name} must be {allowed}; got {value!r}.')
+        raise FIPOConfigError(name, value, allowed)
 
 
 _PAPER = dict(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0, log_ratio_clamp=20.0,
