@@ -101,7 +101,7 @@ def native_method():
     """ms-swift's own ``_compute_fipo_influence``, asserted unpatched."""
     from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
     method = GRPOTrainer.__dict__['_compute_fipo_influence']
-    if getattr(method, '__swift_fipo_patch__', False):
+    if getattr(method, '__swift_fipo_original__', None) is not None:  # a swift-fipo patch remembers its original
         raise SystemExit(f'ms-swift\'s _compute_fipo_influence is patched by swift-fipo although {DISABLE_ENV}=1; '
                          'refusing to benchmark the plugin against itself.')
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(delta=None), fipo_gamma=2**(-1 / 32),

@@ -21,6 +21,8 @@ _EXPORTS = {
     'compute_fipo_influence': 'swift_fipo.ops.influence',
     'discounted_future_sum': 'swift_fipo.ops.future_kl',
     'install': 'swift_fipo.integrations.ms_swift',
+    'reweight_advantages': 'swift_fipo.ops.loss',
+    'uninstall': 'swift_fipo.integrations.ms_swift',
 }
 
 __all__ = sorted(_EXPORTS) + ['__version__']
@@ -30,8 +32,8 @@ if TYPE_CHECKING:  # typing itself is not imported at runtime: this package load
 
     from swift_fipo.config import PRESETS, FIPOConfig
     from swift_fipo.integrations.trl import FIPOGRPOTrainer
-    from swift_fipo.ops.loss import apply_fipo
-    from swift_fipo.integrations.ms_swift import install
+    from swift_fipo.integrations.ms_swift import install, uninstall
+    from swift_fipo.ops.loss import apply_fipo, reweight_advantages
     from swift_fipo.ops.future_kl import discounted_future_sum
     from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 

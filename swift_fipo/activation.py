@@ -22,16 +22,13 @@ if TYPE_CHECKING:  # typing and importlib.abc cost milliseconds at every interpr
     from typing import Any, Optional, Sequence
 
 DISABLE_ENV = 'SWIFT_FIPO_DISABLE'
-# ms-swift module -> 'plugin module:function' that patches it right after it is first imported.
+# Host module -> 'plugin module:function' that patches it right after it is first imported.
 # Named as strings: importing the patchers here would import torch at interpreter start.
 WATCHED_MODULES = {
-    'swift.pipelines.base': 'swift_fipo.integrations.ms_swift_cli:patch_pipeline_module',
-    'swift.rlhf_trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_trainer_module',
-    'swift.megatron.trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_trainer_module',
+    'swift.pipelines.base': 'swift_fipo.integrations.ms_swift:patch_module',
+    'swift.rlhf_trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
+    'swift.megatron.trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
 }
-
-# Filled as trainer modules get patched: {module: {class: has_hook}} or {module: 'error: ...'}.
-patched: dict[str, Any] = {}
 
 
 def is_disabled() -> bool:
@@ -42,16 +39,18 @@ def _report(message: str) -> None:
     sys.stderr.write(f'[swift-fipo] {message}\n')
 
 
-def _patch(module: ModuleType) -> None:
-    import traceback
+def _patch(module: ModuleType) -> bool:
+    """Run the module's patcher; True if it succeeded. A failure is reported, never raised."""
     try:
         import importlib
         patcher_module, _, patcher = WATCHED_MODULES[module.__name__].partition(':')
-        patched[module.__name__] = getattr(importlib.import_module(patcher_module), patcher)(module)
-    except Exception:  # never break ms-swift's own import; the trainer check reports fipo runs
-        patched[module.__name__] = 'error: ' + traceback.format_exc(limit=3)
-        _report(f'could not hook {module.__name__}; FIPO falls back to ms-swift native code.\n'
+        getattr(importlib.import_module(patcher_module), patcher)(module)
+        return True
+    except Exception:  # never break the host's own import; the parse-time checks report fipo runs
+        import traceback
+        _report(f'could not hook {module.__name__}; FIPO falls back to the host\'s own code.\n'
                 f'{traceback.format_exc()}')
+        return False
 
 
 class _PatchingLoader:
@@ -72,7 +71,7 @@ class _PatchingLoader:
 
 
 class TrainerImportWatcher:
-    """Meta-path finder that only reacts to ms-swift's GRPO trainer modules."""
+    """Meta-path finder that only reacts to the host modules in ``WATCHED_MODULES``."""
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
                   ) -> Optional[ModuleSpec]:

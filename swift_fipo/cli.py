@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from swift_fipo import __version__, activation
-from swift_fipo.integrations.ms_swift_cli import installed_version
+from swift_fipo.integrations.contract import installed_version
 
 
 def _pth_file() -> Optional[Path]:

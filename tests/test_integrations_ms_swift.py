@@ -9,7 +9,8 @@ import torch
 
 from reference import random_inputs
 from swift_fipo import FIPOConfig, compute_fipo_influence
-from swift_fipo.integrations import ms_swift
+from swift_fipo.integrations import ms_swift, ms_swift_cli
+from swift_fipo.integrations.contract import is_patch
 
 pytestmark = pytest.mark.ms_swift
 grpo_trainer = pytest.importorskip('swift.rlhf_trainers.grpo_trainer')
@@ -35,7 +36,7 @@ def test_install_hooks_the_hf_trainer_and_is_idempotent():
     for name in ('_compute_loss_and_metrics', '_setup_teacher'):
         wrapper = getattr(GRPOTrainer, name, None)
         if wrapper is not None:
-            assert not getattr(wrapper.__wrapped__, '__swift_fipo_patch__', False)
+            assert not is_patch(wrapper.__wrapped__)
 
 
 def test_adapter_returns_the_native_keys_computed_by_compute_fipo_influence():
@@ -87,10 +88,32 @@ def test_trainer_without_the_hook_fails_at_start_up_for_fipo_only():
     with pytest.raises(RuntimeError, match=r'needs ms-swift >= 4\.2\.2.*installed: ms-swift \d'):
         OldGRPOTrainer(args=_args(loss_type='fipo'))
     assert ms_swift.patch_trainer_class(OldGRPOTrainer) is False  # idempotent: wrapped once
-    assert not getattr(OldGRPOTrainer.__init__.__wrapped__, '__swift_fipo_patch__', False)
+    assert not is_patch(OldGRPOTrainer.__init__.__wrapped__)
 
 
 def test_module_without_trainer_classes_is_reported():
     import types
     with pytest.raises(RuntimeError, match='no GRPO trainer class'):
-        ms_swift.patch_trainer_module(types.ModuleType('swift.rlhf_trainers.grpo_trainer'))
+        ms_swift.patch_module(types.ModuleType('swift.rlhf_trainers.grpo_trainer'))
+
+
+def test_uninstall_restores_every_patched_attribute():
+    """install() then uninstall() leaves ms-swift's classes exactly as they were before the plugin."""
+    import sys
+    watched = [sys.modules[name] for name in ms_swift.WATCHED_MODULES if name in sys.modules]
+    classes = [cls for module in watched for cls in (ms_swift.trainer_classes(module) if module.__name__ !=
+                                                     ms_swift_cli.PIPELINE_MODULE else [module.SwiftPipeline])]
+    ms_swift.install()
+    patched = {(cls, name): value for cls in classes for name, value in vars(cls).items() if is_patch(value)}
+    assert {name for _, name in patched} >= {'_compute_fipo_influence', '_parse_args'}
+    ms_swift.uninstall()
+    try:
+        for (cls, name), value in patched.items():
+            original = vars(value).get('__swift_fipo_original__')
+            assert not is_patch(vars(cls).get(name)), (cls, name)
+            # ms-swift's own function is back where it was, or the attribute is inherited again.
+            assert vars(cls).get(name, None) is (None if original is None or not callable(original) else original)
+        assert not ms_swift.is_patched(GRPOTrainer)
+    finally:
+        ms_swift.install()  # the activation hook had patched this process: leave it so for other tests
+    assert ms_swift.is_patched(GRPOTrainer)

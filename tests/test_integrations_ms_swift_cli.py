@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from swift_fipo import FIPOConfig
 from swift_fipo.config import PRESETS
 from swift_fipo.integrations import ms_swift_cli as cli
+from swift_fipo.integrations.contract import FIPOWarning
 
 NATIVE = {'loss_type', 'delta', 'fipo_decay_rate', 'fipo_clip_range', 'fipo_clip_high_only', 'fipo_safety_threshold'}
 OLD = {'loss_type', 'delta'}  # an argument class without ms-swift's native fipo flags
@@ -22,34 +24,80 @@ def _args(**values):
     return SimpleNamespace(**{**base, **values})
 
 
-def test_plain_command_line_is_untouched():
+def _config(argv, fields=NATIVE):
+    return cli.split_argv(argv, fields).settings().config
+
+
+def test_plain_command_line_keeps_its_values():
     argv = ['--loss_type', 'fipo', '--fipo_decay_rate', '16', '--delta=3']
-    kept, found = cli.split_argv(argv, NATIVE)
-    assert kept == argv
-    assert found.preset == 'swift' and found.plugin_values == {} and found.explicit == {'decay_rate', 'delta'}
+    found = cli.split_argv(argv, NATIVE)
+    assert found.argv == ['--loss_type', 'fipo', '--fipo_decay_rate', '16.0', '--delta', '3.0']
+    assert found.preset == 'swift' and found.explicit == {'decay_rate': 16.0, 'delta': 3.0}
 
 
 def test_preset_fills_what_was_not_given_and_explicit_flags_win():
     argv = ['--loss_type', 'fipo', '--fipo_preset', 'paper-7b', '--fipo_safety_threshold=5', '--fipo_filter_threshold',
             '20']
-    kept, found = cli.split_argv(argv, NATIVE)
-    assert kept[:3] == ['--loss_type', 'fipo', '--fipo_safety_threshold=5']
-    appended = dict(zip(kept[3::2], kept[4::2]))
-    assert appended == {'--fipo_decay_rate': '32.0', '--fipo_clip_range': '0.2', '--fipo_clip_high_only': 'false',
-                        '--delta': '10.0'}
-    assert found.plugin_values == {'filter_threshold': 20.0, 'log_ratio_clamp': 20.0, 'sequence_drop': True,
-                                   'unclipped_weight_cap': 10.0}
-    config = cli.resolve_config(_args(fipo_safety_threshold=5.0, fipo_clip_high_only=False, delta=10.0), found)
-    assert config == FIPOConfig.from_preset('paper-7b', safety_threshold=5.0, filter_threshold=20.0)
+    found = cli.split_argv(argv, NATIVE)
+    assert found.argv[:2] == ['--loss_type', 'fipo']
+    handed_to_swift = dict(zip(found.argv[2::2], found.argv[3::2]))
+    assert handed_to_swift == {'--fipo_decay_rate': '32.0', '--fipo_clip_range': '0.2', '--fipo_clip_high_only': 'false',
+                               '--fipo_safety_threshold': '5.0', '--delta': '10.0'}
+    assert found.settings().config == FIPOConfig.from_preset('paper-7b', safety_threshold=5.0, filter_threshold=20.0)
 
 
 def test_flags_unknown_to_ms_swift_are_consumed_by_the_plugin():
     argv = ['--fipo_decay_rate', '8', '--fipo_clip_high_only', 'false', '--fipo_clip_range', 'None', '--seed', '1']
-    kept, found = cli.split_argv(argv, OLD)
-    assert kept == ['--seed', '1']
-    assert found.plugin_values == {'decay_rate': 8.0, 'clip_high_only': False, 'clip_range': None}
-    config = cli.resolve_config(SimpleNamespace(delta=None), found)
+    found = cli.split_argv(argv, OLD)
+    assert found.argv == ['--seed', '1']
+    assert found.explicit == {'decay_rate': 8.0, 'clip_high_only': False, 'clip_range': None}
+    config = found.settings().config
     assert (config.decay_rate, config.clip_high_only, config.clip_range) == (8.0, False, None)
+
+
+@pytest.mark.parametrize('argv', [
+    ['--fipo_preset', 'paper-7b', '--fipo_safety', '5'],  # a prefix, as argparse accepts it
+    ['--fipo_safety=5', '--fipo_preset=paper-7b'],
+    ['--fipo-safety-threshold', '5', '--fipo_preset', 'paper-7b'],
+    ['--fipo_preset', 'paper-7b', '--fipo_safety_threshold', '2', '--fipo_safety_thr', '5'],  # the last wins
+])
+@pytest.mark.parametrize('fields', [NATIVE, OLD])
+def test_explicit_beats_the_preset_however_spelled(argv, fields):
+    found = cli.split_argv(argv, fields)
+    assert found.settings().config.safety_threshold == 5.0
+    # What ms-swift parses says the same: the flag appears once, with the explicit value.
+    if 'fipo_safety_threshold' in fields:
+        assert [token for token in found.argv if 'safety' in token] == ['--fipo_safety_threshold']
+        assert found.argv[found.argv.index('--fipo_safety_threshold') + 1] == '5.0'
+
+
+@pytest.mark.parametrize('argv, field, value', [
+    (['--fipo_clip_high_only', 'yes'], 'clip_high_only', True),
+    (['--fipo_clip_high_only', 'No'], 'clip_high_only', False),
+    (['--fipo_clip_high_only', '--seed', '1'], 'clip_high_only', True),  # a bare boolean is true
+    (['--no_fipo_clip_high_only'], 'clip_high_only', False),
+    (['--fipo_sequence_drop', 'y', '--delta', '5'], 'sequence_drop', True),
+    (['--fipo_clip_range', 'None'], 'clip_range', None),
+    (['--fipo_safety_threshold', 'none'], 'safety_threshold', None),
+    (['--delta', '5', '--delta', 'None'], 'delta', None),
+])
+def test_values_read_as_documented(argv, field, value):
+    assert getattr(_config(argv), field) == value
+    assert getattr(_config(argv, OLD), field) == value
+
+
+def test_values_ms_swift_cannot_say_are_kept_by_the_plugin():
+    found = cli.split_argv(['--fipo_clip_range', 'None', '--fipo_safety_threshold', 'None', '--delta', 'None'], NATIVE)
+    # ms-swift's parser has no None for numbers: clip range 0 also means no clip; None thresholds keep
+    # ms-swift's defaults in its own arguments while the plugin's config has None.
+    assert found.argv == ['--fipo_clip_range', '0']
+    config = found.settings().config
+    assert (config.clip_range, config.safety_threshold, config.delta) == (None, None, None)
+
+
+def test_ambiguous_prefixes_are_left_to_ms_swift():
+    found = cli.split_argv(['--fipo_clip', '0.3'], NATIVE)  # fipo_clip_range or fipo_clip_high_only
+    assert found.argv == ['--fipo_clip', '0.3'] and found.explicit == {}
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -64,14 +112,14 @@ def test_malformed_flags_are_named(argv, message):
         cli.split_argv(argv, NATIVE)
 
 
-@pytest.mark.parametrize('values, message', [
-    (dict(fipo_decay_rate=0.0), '--fipo_decay_rate must be a finite number > 0'),
-    (dict(fipo_clip_range=1.5, fipo_clip_high_only=False), r'--fipo_clip_range must be \[0, 1\)'),
-    (dict(fipo_safety_threshold=0.0), '--fipo_safety_threshold must be None, or a number > 0'),
+@pytest.mark.parametrize('argv, message', [
+    (['--fipo_decay_rate', '0'], '--fipo_decay_rate must be a finite number > 0'),
+    (['--fipo_clip_range', '1.5', '--fipo_clip_high_only', 'false'], r'--fipo_clip_range must be \[0, 1\)'),
+    (['--fipo_safety_threshold', '0'], '--fipo_safety_threshold must be None, or a number > 0'),
 ])
-def test_bad_native_values_name_the_flag(values, message):
+def test_bad_native_values_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
-        cli.resolve_config(_args(**values), cli.CommandLineSettings())
+        _config(argv)
 
 
 @pytest.mark.parametrize('values, message', [
@@ -83,14 +131,22 @@ def test_bad_native_values_name_the_flag(values, message):
 def test_run_validation_refuses(values, message):
     args = _args(**values)
     with pytest.raises(ValueError, match=message):
-        cli.validate_run(args, cli.resolve_config(args, cli.CommandLineSettings()))
+        cli.validate_run(args, cli.config_from_arguments(args))
 
 
 def test_filter_threshold_is_checked_against_epsilon_high():
-    found = cli.CommandLineSettings(plugin_values={'filter_threshold': 1.1})
-    args = _args()
     with pytest.raises(ValueError, match='--fipo_filter_threshold must be > 1 \\+ epsilon_high'):
-        cli.validate_run(args, cli.resolve_config(args, found))
+        cli.validate_run(_args(), FIPOConfig(filter_threshold=1.1))
+
+
+def _warnings_of(args) -> list[str]:
+    """The FIPO warnings two validations of ``args`` show, in a process that silences other warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # as in a fresh process: nothing shown yet
+        warnings.simplefilter('ignore')  # as hosts do; FIPO's own warnings must still show
+        for _ in range(2):
+            cli.validate_run(args, cli.config_from_arguments(args))
+    return [str(warning.message) for warning in caught if issubclass(warning.category, FIPOWarning)]
 
 
 @pytest.mark.parametrize('values, expected', [
@@ -99,47 +155,44 @@ def test_filter_threshold_is_checked_against_epsilon_high():
     (dict(num_iterations=1, steps_per_generation=8, gradient_accumulation_steps=4), None),
     (dict(importance_sampling_level='sequence'), '--importance_sampling_level sequence'),
 ])
-def test_warnings_once(values, expected, capsys, monkeypatch):
-    monkeypatch.setattr(cli, '_WARNED', set())
+def test_warnings_once(values, expected, monkeypatch):
     monkeypatch.delenv('RANK', raising=False)
-    args = _args(**values)
-    for _ in range(2):
-        cli.validate_run(args, cli.resolve_config(args, cli.CommandLineSettings()))
-    err = capsys.readouterr().err
+    shown = _warnings_of(_args(**values))
     if expected is None:
-        assert err == ''
+        assert shown == []
     else:
-        assert err.count(expected) == 1
+        assert sum(expected in message for message in shown) == 1
+        assert all(message.startswith('[swift-fipo] WARNING: ') for message in shown)
 
 
-def test_warnings_only_on_rank_zero(capsys, monkeypatch):
-    monkeypatch.setattr(cli, '_WARNED', set())
+def test_warnings_only_on_rank_zero(monkeypatch):
     monkeypatch.setenv('RANK', '1')
-    args = _args(num_iterations=1)
-    cli.validate_run(args, cli.resolve_config(args, cli.CommandLineSettings()))
-    assert capsys.readouterr().err == ''
+    assert _warnings_of(_args(num_iterations=1)) == []
 
 
 def test_every_config_field_has_a_flag():
     assert set(cli.FLAG_NAMES) == set(FIPOConfig.help())
+    assert len(set(cli.FLAG_NAMES.values())) == len(cli.FLAG_NAMES)
     assert set(PRESETS) == {'swift', 'paper-32b', 'paper-7b'}
 
 
 @pytest.mark.parametrize('argv, refused', [(['--loss_type', 'fipo', '--use_liger_kernel', 'true'], True),
                                            (['--use_liger_kernel=True', '--loss_type=fipo'], True),
+                                           (['--use_liger', 'yes', '--loss', 'fipo'], True),
+                                           (['--loss_type', 'fipo', '--use_liger_kernel'], True),
                                            (['--loss_type', 'dapo', '--use_liger_kernel', 'true'], False),
                                            (['--loss_type', 'fipo', '--use_liger_kernel', 'false'], False)])
 def test_liger_is_refused_from_argv(argv, refused):
     if refused:
         with pytest.raises(ValueError, match='--use_liger_kernel'):
-            cli.precheck_argv(argv)
+            cli.precheck_argv(argv, NATIVE | {'use_liger_kernel'})
     else:
-        cli.precheck_argv(argv)
+        cli.precheck_argv(argv, NATIVE | {'use_liger_kernel'})
 
 
 def test_log_tokens_flag_is_consumed():
-    kept, found = cli.split_argv(['--fipo_log_tokens=3', '--seed', '1'], NATIVE)
-    assert kept == ['--seed', '1'] and found.log_tokens == 3
+    found = cli.split_argv(['--fipo_log_tokens=3', '--seed', '1'], NATIVE)
+    assert found.argv == ['--seed', '1'] and found.settings().capture_completions == 3
 
 
 @pytest.mark.parametrize('megatron', [False, True])

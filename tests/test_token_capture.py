@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from swift_fipo import FIPOConfig, compute_fipo_influence
-from swift_fipo.integrations import ms_swift_cli, token_capture
+from swift_fipo.integrations import token_capture
+from swift_fipo.integrations.contract import RunSettings, attach_settings
 
 
 class WordTokenizer:
@@ -27,10 +28,16 @@ class WordTokenizer:
         return ''.join(f'w{token} ' for token in ids)
 
 
+# --fipo_log_tokens N of the trainers make_trainer builds; set per test by the log_tokens fixture.
+_REQUESTED = {'count': 0}
+
+
 def make_trainer(tmp_path: Path, global_step: int = 0, logging_steps: Any = 1, main: bool = True,
                  training: bool = True) -> SimpleNamespace:
+    args = SimpleNamespace(output_dir=str(tmp_path), logging_steps=logging_steps)
+    attach_settings(args, RunSettings(capture_completions=_REQUESTED['count']))
     return SimpleNamespace(
-        args=SimpleNamespace(output_dir=str(tmp_path), logging_steps=logging_steps),
+        args=args,
         state=SimpleNamespace(global_step=global_step, max_steps=10),
         accelerator=SimpleNamespace(is_main_process=main),
         model=SimpleNamespace(training=training),
@@ -52,7 +59,7 @@ def make_batch(batch: int = 3, prompt: int = 5, length: int = 6, seed: int = 0) 
 @pytest.fixture
 def log_tokens(monkeypatch: pytest.MonkeyPatch):
     def set_count(count: int) -> None:
-        monkeypatch.setattr(ms_swift_cli, 'settings', ms_swift_cli.CommandLineSettings(log_tokens=count))
+        monkeypatch.setitem(_REQUESTED, 'count', count)
     return set_count
 
 
@@ -69,7 +76,7 @@ def call_46(trainer: SimpleNamespace, data: dict) -> None:
 
 
 def test_off_by_default_does_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(ms_swift_cli, 'settings', None)
+    monkeypatch.setitem(_REQUESTED, 'count', 0)
     trainer = make_trainer(tmp_path)
     call_46(trainer, make_batch())
     assert read_lines(tmp_path) == [] and not hasattr(trainer, '_swift_fipo_token_capture')

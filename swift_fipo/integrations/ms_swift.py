@@ -7,8 +7,10 @@ read ``future_kl`` / ``influence_weight`` / ``safety_mask`` from the returned di
 ``fipo/*``. We replace that method with a thin adapter over ``compute_fipo_influence``; the rest of
 the loss, and every other loss type, stays ms-swift's own code.
 
-Hook points are found by capability (does the class define ``_compute_fipo_influence``? does it
-have ``_setup_teacher``?), never by version strings.
+Every patch is declared in ``patches_for(module)`` below (which class, which attribute, which
+wrapper), applied by ``install()`` or by the activation hook when ms-swift imports the module, and
+reverted exactly by ``uninstall()``. Hook points are found by capability (does the class define
+``_compute_fipo_influence``? does it have ``_setup_teacher``?), never by version strings.
 """
 
 from __future__ import annotations
@@ -21,36 +23,50 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from swift_fipo.integrations.ms_swift_cli import SUPPORTED_RANGE, resolve_config, unsupported_message
-from swift_fipo.ops.influence import SUMMARY_REDUCTIONS, FIPOStats, combine_summary, compute_fipo_influence
+from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, RunSettings, attach_settings,
+                                              combine_metric, is_patch, original_of, settings_of)
+from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, config_from_arguments,
+                                                  unsupported_message, with_fipo_flags)
+from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
 
-# Marks a class attribute as ours, so installing twice changes nothing.
-_PATCH_MARK = '__swift_fipo_patch__'
-_CONFIG_ATTRIBUTE = '_swift_fipo_config'
-_NATIVE_ATTRIBUTE = '_swift_fipo_native_compute_fipo_influence'
+WATCHED_MODULES = (PIPELINE_MODULE, HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE)
 # The adapter leaves its stats here for the metrics wrapper of the same loss call.
 _STATS_ATTRIBUTE = '_swift_fipo_stats'
 # Summaries ms-swift already logs itself from the adapter's tensors.
 _NATIVE_METRICS = ('future_kl_mean', 'influence_weight_mean', 'safety_keep_ratio')
 
 
+def run_settings(trainer: Any) -> RunSettings:
+    """The FIPO settings of a trainer: resolved once from the command line by the argument hook and
+    attached to its args; built from the args' own FIPO fields when the trainer was made without it."""
+    settings = settings_of(trainer.args)
+    if settings is None:
+        settings = RunSettings(config=config_from_arguments(trainer.args))
+        attach_settings(trainer.args, settings)
+    return settings
+
+
 def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.Tensor, advantages: torch.Tensor,
                            completion_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
     """Drop-in ``_compute_fipo_influence`` for ms-swift's GRPO trainers."""
-    config = getattr(trainer, _CONFIG_ATTRIBUTE, None)
-    if config is None:  # the trainer's --fipo_* / --delta arguments plus the plugin's own flags
-        config = resolve_config(trainer.args)
-        setattr(trainer, _CONFIG_ATTRIBUTE, config)
-    weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=coef_1)
+    weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, run_settings(trainer).config,
+                                           ratio=coef_1)
     setattr(trainer, _STATS_ATTRIBUTE, stats)
     # The keys ms-swift's own metric code reads.
     return weight, {'future_kl': stats.future_kl, 'influence_weight': stats.weight, 'safety_mask': stats.safety_mask}
 
 
-setattr(fipo_influence_adapter, _PATCH_MARK, True)
+def _adapter(native: Callable[..., Any]) -> Callable[..., Any]:
+    """A fresh adapter function per class (a patch remembers what it replaced on its replacement)."""
+
+    @functools.wraps(native)
+    def compute_fipo_influence_with_swift_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fipo_influence_adapter(self, *args, **kwargs)
+
+    return compute_fipo_influence_with_swift_fipo
 
 
 def _call_collecting_stats(self: Any, loss_call: Callable[..., Any], args: tuple, kwargs: dict
@@ -85,10 +101,9 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
             # One gather for all summaries: [world, n] after gathering a [1, n] row per rank.
             gathered = self.accelerator.gather_for_metrics(torch.stack(list(summary.values())).reshape(1, -1))
             for column, key in enumerate(summary):
-                fipo_metrics[key] = combine_summary(key, gathered[:, column])
+                fipo_metrics[key] = combine_metric(key, gathered[:, column])
         return result
 
-    setattr(compute_loss_and_metrics_with_fipo, _PATCH_MARK, True)
     return compute_loss_and_metrics_with_fipo
 
 
@@ -102,14 +117,13 @@ def _with_extreme_aggregation(aggregate: Callable[..., Any]) -> Callable[..., An
         for chunk_metrics, _ in all_metrics_data or ():
             fipo_metrics = chunk_metrics.get('fipo') if isinstance(chunk_metrics, dict) else None
             for key in list(fipo_metrics or ()):
-                if SUMMARY_REDUCTIONS.get(key, 'mean') != 'mean':
+                if METRIC_REDUCTIONS.get(key, 'mean') != 'mean':
                     extremes.setdefault(key, []).append(fipo_metrics.pop(key))
         result = aggregate(self, all_metrics_data, mode, *args, **kwargs)
         for key, values in extremes.items():
-            self._metrics[mode][f'fipo/{key}'].append(combine_summary(key, torch.tensor(values)))
+            self._metrics[mode][f'fipo/{key}'].append(combine_metric(key, torch.tensor(values)))
         return result
 
-    setattr(aggregate_with_extremes, _PATCH_MARK, True)
     return aggregate_with_extremes
 
 
@@ -131,7 +145,7 @@ def _with_megatron_extra_metrics(loss_func: Callable[..., Any]) -> Callable[...,
         for key, value in stats.summary.items():
             if key in _NATIVE_METRICS:
                 continue
-            how = SUMMARY_REDUCTIONS.get(key, 'mean')
+            how = METRIC_REDUCTIONS[key]
             empty = {'mean': 0.0, 'min': torch.inf, 'max': -torch.inf}[how]
             groups[how][key] = torch.nan_to_num(value.to(loss.device, torch.float32), nan=empty)
         operations = torch.distributed.ReduceOp
@@ -142,7 +156,6 @@ def _with_megatron_extra_metrics(loss_func: Callable[..., Any]) -> Callable[...,
                                 for key, value in reduced.items()})
         return result
 
-    setattr(loss_func_with_fipo, _PATCH_MARK, True)
     return loss_func_with_fipo
 
 
@@ -168,7 +181,6 @@ def _without_implicit_teacher(setup_teacher: Callable[..., None]) -> Callable[..
             self._is_dynamic_self_distillation = False
             self._has_teacher = False
 
-    setattr(setup_teacher_for_fipo, _PATCH_MARK, True)
     return setup_teacher_for_fipo
 
 
@@ -182,34 +194,40 @@ def _reject_fipo(init: Callable[..., None], trainer_name: str) -> Callable[..., 
             raise RuntimeError(unsupported_message(trainer_name))
         init(self, *args, **kwargs)
 
-    setattr(init_without_fipo, _PATCH_MARK, True)
     return init_without_fipo
 
 
+def trainer_patches(cls: type) -> list[Patch]:
+    """The patches of one GRPO trainer class, by what it can do."""
+    if not hasattr(cls, '_compute_fipo_influence'):  # no hook: refuse fipo when the trainer is built
+        return [Patch(cls, '__init__', functools.partial(_reject_fipo, trainer_name=cls.__name__), 'refuse fipo: no hook in this ms-swift')]
+    patches = [Patch(cls, '_compute_fipo_influence', _adapter, 'FIPO computed by swift-fipo')]
+    if hasattr(cls, '_compute_loss_and_metrics'):
+        patches.append(Patch(cls, '_compute_loss_and_metrics', _with_extra_metrics, 'HF: extra fipo/* metrics'))
+    elif hasattr(cls, 'loss_func') and hasattr(cls, '_all_reduce_metric'):
+        patches.append(Patch(cls, 'loss_func', _with_megatron_extra_metrics, 'Megatron: extra fipo/* metrics'))
+    if hasattr(cls, '_aggregate_and_update_metrics'):
+        patches.append(Patch(cls, '_aggregate_and_update_metrics', _with_extreme_aggregation,
+                             'min/max metrics combine as min/max over accumulation chunks'))
+    if hasattr(cls, '_setup_teacher'):
+        patches.append(Patch(cls, '_setup_teacher', _without_implicit_teacher, 'fipo without a teacher is not OPD-RL'))
+    return patches
+
+
 def patch_trainer_class(cls: type) -> bool:
-    """Point one GRPO trainer class at the plugin. Returns True if it has the FIPO hook."""
-    if not hasattr(cls, '_compute_fipo_influence'):
-        if not getattr(cls.__init__, _PATCH_MARK, False):
-            cls.__init__ = _reject_fipo(cls.__init__, cls.__name__)
-        return False
-    if not is_patched(cls):
-        # Keep ms-swift's own method reachable: parity tests and benchmarks compare against it.
-        setattr(cls, _NATIVE_ATTRIBUTE, cls._compute_fipo_influence)
-        cls._compute_fipo_influence = fipo_influence_adapter
-    compute_loss_and_metrics = getattr(cls, '_compute_loss_and_metrics', None)
-    if compute_loss_and_metrics is not None and not getattr(compute_loss_and_metrics, _PATCH_MARK, False):
-        cls._compute_loss_and_metrics = _with_extra_metrics(compute_loss_and_metrics)
-    loss_func = getattr(cls, 'loss_func', None)
-    if (compute_loss_and_metrics is None and loss_func is not None and hasattr(cls, '_all_reduce_metric')
-            and not getattr(loss_func, _PATCH_MARK, False)):
-        cls.loss_func = _with_megatron_extra_metrics(loss_func)  # Megatron: metrics live in loss_func
-    aggregate = getattr(cls, '_aggregate_and_update_metrics', None)
-    if aggregate is not None and not getattr(aggregate, _PATCH_MARK, False):
-        cls._aggregate_and_update_metrics = _with_extreme_aggregation(aggregate)
-    setup_teacher = getattr(cls, '_setup_teacher', None)
-    if setup_teacher is not None and not getattr(setup_teacher, _PATCH_MARK, False):
-        cls._setup_teacher = _without_implicit_teacher(setup_teacher)
-    return True
+    """Apply one trainer class's patches; True if it has the FIPO hook (else fipo is refused at start-up)."""
+    PatchSet(trainer_patches(cls)).apply()
+    return hasattr(cls, '_compute_fipo_influence')
+
+
+def patches_for(module: ModuleType) -> PatchSet:
+    """Every patch the plugin makes to one ms-swift module: the one place they are declared."""
+    if module.__name__ == PIPELINE_MODULE:
+        pipeline = getattr(module, 'SwiftPipeline', None)
+        if pipeline is None or not hasattr(pipeline, '_parse_args'):
+            return PatchSet([])
+        return PatchSet([Patch(pipeline, '_parse_args', with_fipo_flags, '--fipo_* flags, presets, validation')])
+    return PatchSet([patch for cls in trainer_classes(module) for patch in trainer_patches(cls)])
 
 
 def trainer_classes(module: ModuleType) -> list[type]:
@@ -220,8 +238,15 @@ def trainer_classes(module: ModuleType) -> list[type]:
     ]
 
 
-def patch_trainer_module(module: ModuleType) -> dict[str, bool]:
-    """Patch every GRPO trainer class of an imported ms-swift trainer module."""
+def patch_module(module: ModuleType) -> dict[str, bool]:
+    """Apply the patches of one imported ms-swift module; ``{class: has the FIPO hook}``.
+
+    The activation hook calls this right after ms-swift imports a watched module.
+    """
+    if module.__name__ == PIPELINE_MODULE:
+        patches = patches_for(module)
+        patches.apply()
+        return {'SwiftPipeline': bool(patches.patches)}
     classes = trainer_classes(module)
     if not classes:
         raise RuntimeError(f'swift-fipo: no GRPO trainer class found in {module.__name__}; '
@@ -230,28 +255,34 @@ def patch_trainer_module(module: ModuleType) -> dict[str, bool]:
 
 
 def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
-    """Hook the plugin into ms-swift's GRPO trainers in this process; idempotent.
+    """Hook the plugin into ms-swift in this process; idempotent.
 
-    The HF-style trainer module is imported and patched. Megatron's module is patched if ms-swift
-    already imported it, or when ``megatron=True`` (importing ``swift.megatron`` has side effects, so
-    we never do it unasked). ms-swift's argument parsing is hooked too (the plugin's flags). Returns
-    ``{module: {class: hooked}}``.
+    The argument parsing and the HF-style trainer module are imported and patched. Megatron's module is
+    patched if ms-swift already imported it, or when ``megatron=True`` (importing ``swift.megatron`` has
+    side effects, so we never do it unasked). Returns ``{module: {class: has the FIPO hook}}``.
     """
-    from swift_fipo.integrations.ms_swift_cli import PIPELINE_MODULE, patch_pipeline_module
-    report = {
-        PIPELINE_MODULE: {'SwiftPipeline': patch_pipeline_module(importlib.import_module(PIPELINE_MODULE))},
-        HF_TRAINER_MODULE: patch_trainer_module(importlib.import_module(HF_TRAINER_MODULE)),
-    }
+    report = {name: patch_module(importlib.import_module(name)) for name in (PIPELINE_MODULE, HF_TRAINER_MODULE)}
     if megatron or (megatron is None and MEGATRON_TRAINER_MODULE in sys.modules):
-        report[MEGATRON_TRAINER_MODULE] = patch_trainer_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
+        report[MEGATRON_TRAINER_MODULE] = patch_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
     return report
+
+
+def uninstall() -> None:
+    """Revert every patch the plugin made to the ms-swift modules imported in this process, exactly.
+
+    The activation hook stays registered: modules ms-swift imports later are still patched (set
+    ``SWIFT_FIPO_DISABLE=1`` before start-up to avoid that).
+    """
+    for name in WATCHED_MODULES:
+        if name in sys.modules:
+            patches_for(sys.modules[name]).revert()
 
 
 def is_patched(cls: type) -> bool:
     """True if ``cls`` computes FIPO through this plugin."""
-    return bool(getattr(getattr(cls, '_compute_fipo_influence', None), _PATCH_MARK, False))
+    return is_patch(vars(cls).get('_compute_fipo_influence'))
 
 
 def native_fipo_influence(cls: type) -> Callable[..., Any]:
     """ms-swift's own ``_compute_fipo_influence`` of ``cls``, whether or not the plugin patched it."""
-    return getattr(cls, _NATIVE_ATTRIBUTE, None) or cls._compute_fipo_influence
+    return original_of(vars(cls).get('_compute_fipo_influence', cls._compute_fipo_influence))

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from swift_fipo.integrations.contract import settings_of
+
 FILE_NAME = 'fipo_tokens.jsonl'
 MAX_TOKENS_PER_COMPLETION = 2048
 MAX_FILE_BYTES = 64 * 2**20
@@ -42,20 +44,15 @@ class _CaptureState:
     disabled: bool = False
 
 
-def requested_completions() -> int:
-    """N of ``--fipo_log_tokens N`` as parsed from this process's command line; 0 when absent."""
-    from swift_fipo.integrations import ms_swift_cli
-    settings = ms_swift_cli.settings
-    return settings.log_tokens if settings is not None else 0
-
-
 def capture(trainer: Any, stats: Any, call_args: Sequence[Any], call_kwargs: Mapping[str, Any]) -> None:
-    """Write per-token FIPO values of up to N completions of this loss call, if asked for.
+    """Write per-token FIPO values of up to N completions of this loss call (``--fipo_log_tokens N``,
+    in the run settings attached to ``trainer.args``).
 
     ``stats`` is the call's ``FIPOStats``; ``call_args`` / ``call_kwargs`` are the arguments of
     ``_compute_loss_and_metrics`` (searched for the completion token ids and advantages).
     """
-    wanted = requested_completions()
+    settings = settings_of(getattr(trainer, 'args', None))
+    wanted = settings.capture_completions if settings is not None else 0
     if wanted <= 0:  # the default: no cost beyond this lookup
         return
     state = getattr(trainer, _STATE_ATTRIBUTE, None)

@@ -18,16 +18,16 @@ call also verifies at run time that the advantages TRL used were the reweighted 
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
-import warnings
 from typing import Any, Optional
 
 import torch
 from trl import GRPOTrainer
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.ops.influence import FIPOStats, combine_summary, compute_fipo_influence
+from swift_fipo.integrations.contract import (combine_metric, installed_version, liger_refusal, on_policy_reason,
+                                              reweight_advantages, warn)
+from swift_fipo.ops.influence import FIPOStats
 
 # Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
 SUPPORTED_RANGE = 'trl >= 0.26'
@@ -41,10 +41,7 @@ _LOSS_METHOD = '_compute_loss'
 
 
 def trl_version() -> str:
-    try:
-        return importlib.metadata.version('trl')
-    except importlib.metadata.PackageNotFoundError:
-        return '(unknown)'
+    return installed_version('trl') or '(unknown)'
 
 
 class UnsupportedTRLError(RuntimeError):
@@ -60,8 +57,8 @@ def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
         source = inspect.getsource(getattr(trainer_cls, _LOSS_METHOD))
     except (OSError, TypeError):
         # No source (e.g. a frozen install): the run-time check in every loss call still guards us.
-        warnings.warn('swift-fipo: cannot read the source of GRPOTrainer._compute_loss to verify the FIPO hook; '
-                      'relying on the per-step check.', stacklevel=2)
+        warn('cannot read the source of GRPOTrainer._compute_loss to verify the FIPO hook; relying on the '
+             'per-step check.')
         return
     logps_at = source.find(f'self.{_LOGPS_METHOD}(')
     advantages_at = source.find('inputs["advantages"]')
@@ -84,26 +81,15 @@ def validate_grpo_args(args: Any) -> None:
     """Refuse TRL settings under which FIPO would silently not be applied; warn if it cannot act."""
     # The Liger path computes a fused loss in compute_liger_loss and never calls _compute_loss.
     if getattr(args, 'use_liger_kernel', False) or getattr(args, 'use_liger_loss', False):
-        raise ValueError('swift-fipo: FIPOGRPOTrainer cannot apply FIPO with use_liger_kernel=True: TRL then computes '
-                         "Liger's fused GRPO loss, which has no per-token weights, and training would silently be "
-                         'plain GRPO/DAPO. Set use_liger_kernel=False.')
+        raise ValueError(liger_refusal('swift-fipo: FIPOGRPOTrainer', 'use_liger_kernel=True'))
     loss_type = getattr(args, 'loss_type', None)
     if loss_type not in SUPPORTED_LOSS_TYPES:
         raise ValueError(f'swift-fipo: FIPOGRPOTrainer supports loss_type in {SUPPORTED_LOSS_TYPES} (FIPO reweights '
                          f"the clipped PPO surrogate; 'dapo' is the paper's and ms-swift's choice); got {loss_type!r}.")
-    num_iterations = getattr(args, 'num_iterations', 1)
-    accumulation = getattr(args, 'gradient_accumulation_steps', 1)
-    steps_per_generation = getattr(args, 'steps_per_generation', None) or accumulation
-    # TRL's own test for "is any rollout optimised by a policy other than the one that sampled it".
-    if accumulation % (steps_per_generation * num_iterations) == 0:
-        warnings.warn(
-            f'swift-fipo: nothing is reused off-policy (num_iterations={num_iterations}, steps_per_generation='
-            f'{steps_per_generation}, gradient_accumulation_steps={accumulation}): every rollout is optimised by the '
-            'policy that sampled it, so the log-ratio is 0, every FIPO weight is 1 and training equals plain '
-            f'{loss_type}. Set num_iterations > 1 (or steps_per_generation > gradient_accumulation_steps) for FIPO '
-            'to act.',
-            UserWarning,
-            stacklevel=3)
+    reason = on_policy_reason(getattr(args, 'num_iterations', 1), getattr(args, 'steps_per_generation', None),
+                              getattr(args, 'gradient_accumulation_steps', 1))
+    if reason is not None:
+        warn(reason, stacklevel=3)
 
 
 def _config_for(args: Any, fipo: Optional[FIPOConfig]) -> FIPOConfig:
@@ -118,11 +104,8 @@ def _config_for(args: Any, fipo: Optional[FIPOConfig]) -> FIPOConfig:
     if not isinstance(fipo, FIPOConfig):
         raise TypeError(f'swift-fipo: fipo must be a swift_fipo.FIPOConfig; got {type(fipo).__name__}.')
     if fipo.delta != trl_delta:
-        warnings.warn(
-            f"swift-fipo: FIPOConfig.delta={fipo.delta!r} (FIPO's participation filter) differs from "
-            f"GRPOConfig.delta={trl_delta!r} (TRL's dual clip); ms-swift uses one value for both.",
-            UserWarning,
-            stacklevel=3)
+        warn(f"FIPOConfig.delta={fipo.delta!r} (FIPO's participation filter) differs from "
+             f"GRPOConfig.delta={trl_delta!r} (TRL's dual clip); ms-swift uses one value for both.", stacklevel=3)
     return fipo
 
 
@@ -208,10 +191,8 @@ class FIPOGRPOTrainer(GRPOTrainer):
             # The same sequence-level ratio TRL's loss clips, for the safety rule and the filter.
             mean_log_ratio = torch.where(mask, log_ratio, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)
             ratio = torch.exp(mean_log_ratio).unsqueeze(-1)
-        advantages = dict.__getitem__(batch, 'advantages')
-        weight, stats = compute_fipo_influence(log_ratio, mask, advantages, self.fipo_config, ratio=ratio)
-        rows = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-        batch['advantages'] = rows * weight.to(rows.dtype)
+        batch['advantages'], stats = reweight_advantages(dict.__getitem__(batch, 'advantages'), log_ratio, mask,
+                                                         self.fipo_config, ratio=ratio)
         batch.weighted = True
         self.last_fipo_stats = stats
         self._log_fipo_metrics(stats)
@@ -224,4 +205,4 @@ class FIPOGRPOTrainer(GRPOTrainer):
         # One gather and one device sync for all the metrics of this micro-batch.
         gathered = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys)).float().cpu()
         for index, key in enumerate(keys):
-            self._metrics[mode][METRIC_PREFIX + key].append(combine_summary(key, gathered[:, index]))
+            self._metrics[mode][METRIC_PREFIX + key].append(combine_metric(key, gathered[:, index]))

@@ -22,18 +22,6 @@ _LOG_RATIO_LIMIT = 1e30
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 # Weight interval the safety rule clamps flagged tokens into (ms-swift and the authors agree).
 SAFETY_WEIGHT_BOUNDS = (0.8, 1.0)
-# How each summary combines across ranks and gradient-accumulation chunks; the rest are token means.
-SUMMARY_REDUCTIONS = {'influence_weight_min': 'min', 'influence_weight_max': 'max', 'neg_adv_ratio_p99': 'max'}
-
-
-def combine_summary(key: str, values: torch.Tensor) -> float:
-    """Combine one summary's values from several ranks or chunks as ``SUMMARY_REDUCTIONS`` says;
-    NaN entries (a rank or chunk without such tokens) are ignored, NaN if all are."""
-    finite = values[~torch.isnan(values)]
-    if finite.numel() == 0:
-        return math.nan
-    how = SUMMARY_REDUCTIONS.get(key, 'mean')
-    return float(finite.min() if how == 'min' else finite.max() if how == 'max' else finite.mean())
 
 
 @dataclass(frozen=True)
@@ -65,6 +53,7 @@ class FIPOStats:
     def summary(self) -> dict[str, torch.Tensor]:
         """Scalar (0-dim float32) summaries over completion tokens; NaN where there are none.
 
+        How each combines across ranks and accumulation chunks: ``integrations.contract.METRIC_REDUCTIONS``.
         Tensors rather than floats so that no device sync happens until a caller asks for one.
         """
         mask = self.completion_mask

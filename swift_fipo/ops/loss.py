@@ -1,7 +1,9 @@
-"""FIPO for any PPO/GRPO-style loop: reweight a per-token policy loss by the influence weights.
+"""FIPO for any PPO/GRPO-style loop, in the two forms a host's loss can take it.
 
-Pure torch; it knows nothing of trainers. A hand-written loop computes its usual clipped per-token
-loss and passes it through ``apply_fipo`` together with the log-ratio it was built from.
+FIPO's objective is the clipped PPO/DAPO surrogate with every advantage A_t replaced by A_t * f_t.
+The weight f_t is positive and detached, so a host can either reweight the advantages before its own
+loss reads them (``reweight_advantages``) or multiply the per-token loss it already computed
+(``apply_fipo``). Pure torch; it knows nothing of trainers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,30 @@ from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
 Reduction = Literal['none', 'token_mean', 'sum']
 _REDUCTIONS = ('none', 'token_mean', 'sum')
+
+
+def reweight_advantages(advantages: torch.Tensor,
+                        log_ratio: torch.Tensor,
+                        completion_mask: torch.Tensor,
+                        config: Optional[FIPOConfig] = None,
+                        *,
+                        ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, FIPOStats]:
+    """Advantages multiplied by FIPO's influence weights, for a loss that reads advantages.
+
+    Since f_t > 0, ``A_t * f_t`` keeps every sign the clipped surrogate branches on (the dual clip of
+    negative advantages included), so the host's own loss with these advantages is FIPO's loss.
+
+    Args:
+        advantages: ``[B]``, ``[B, 1]`` or ``[B, T]``.
+        log_ratio, completion_mask, config, ratio: as for ``compute_fipo_influence``.
+
+    Returns:
+        ``(weighted, stats)``: ``weighted`` is ``[B, T]`` in the advantages' dtype (a new tensor;
+        ``advantages`` is not modified), ``stats`` as from ``compute_fipo_influence``.
+    """
+    weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=ratio)
+    rows = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    return rows * weight.to(rows.dtype), stats
 
 
 def apply_fipo(per_token_loss: torch.Tensor,

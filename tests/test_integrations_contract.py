@@ -1,0 +1,131 @@
+"""The host contract shared by every integration: config resolution, refusals, the off-policy test,
+metric reductions and revertible patches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reference import random_inputs
+from swift_fipo import FIPOConfig, compute_fipo_influence
+from swift_fipo.config import PRESETS
+from swift_fipo.integrations import contract
+
+
+def test_resolve_config_applies_the_preset_then_explicit_values():
+    config = contract.resolve_config('paper-32b', {'safety_threshold': 5.0}, lambda field: field, 'host')
+    assert config == FIPOConfig(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0,
+                                log_ratio_clamp=20.0, sequence_drop=True, unclipped_weight_cap=10.0,
+                                clip_high_only=True, safety_threshold=5.0)
+
+
+@pytest.mark.parametrize('preset, explicit, message', [
+    ('paper-70b', {}, r'host: the FIPO preset must be one of swift, paper-32b, paper-7b'),
+    ('swift', {'clip_range': -1.0}, r'host: fipo\.clip_range must be None, or a finite number >= 0'),
+    ('swift', {'gamma': 0.9}, r'host: unknown FIPO option\(s\) fipo\.gamma'),
+])
+def test_resolve_config_names_the_hosts_option(preset, explicit, message):
+    with pytest.raises(ValueError, match=message):
+        contract.resolve_config(preset, explicit, lambda field: f'fipo.{field}', 'host')
+
+
+@pytest.mark.parametrize('iterations, steps, accumulation, off_policy', [
+    (1, None, 4, False),  # steps_per_generation defaults to the accumulation window
+    (1, 4, 4, False),
+    (2, 4, 4, True),
+    (1, 8, 4, True),
+    (2, 2, 4, False),  # two passes, both inside one optimizer step: still on-policy
+    (1, 3, 4, True),  # rollouts straddle optimizer steps
+    (None, None, None, False),
+])
+def test_on_policy_reason(iterations, steps, accumulation, off_policy):
+    reason = contract.on_policy_reason(iterations, steps, accumulation)
+    assert (reason is None) is off_policy
+    if reason is not None:
+        assert 'FIPO is a no-op' in reason and 'nothing is reused off-policy' in reason
+
+
+def test_every_summary_has_a_reduction():
+    log_ratio, mask, advantages = random_inputs(3, 20, seed=0)
+    _, stats = compute_fipo_influence(log_ratio, mask, advantages, FIPOConfig())
+    assert set(stats.summary) == set(contract.METRIC_REDUCTIONS)
+
+
+@pytest.mark.parametrize('key, expected', [('influence_weight_min', 0.5), ('influence_weight_max', 3.0),
+                                           ('neg_adv_ratio_p99', 3.0), ('future_kl_mean', 1.75)])
+def test_combine_metric_across_disagreeing_ranks(key, expected):
+    # Ranks disagree, one has no such tokens (NaN): min, max and mean over the others.
+    assert contract.combine_metric(key, torch.tensor([0.5, 3.0, math.nan])) == expected
+    assert math.isnan(contract.combine_metric(key, torch.tensor([math.nan, math.nan])))
+
+
+def test_warn_is_silent_off_rank_zero(monkeypatch, recwarn):
+    monkeypatch.setenv('RANK', '3')
+    contract.warn('quiet')
+    monkeypatch.setenv('RANK', '0')
+    contract.warn('loud')
+    assert [str(warning.message) for warning in recwarn] == ['[swift-fipo] WARNING: loud']
+
+
+def test_reweight_advantages_is_advantage_times_weight():
+    log_ratio, mask, advantages = random_inputs(4, 30, seed=2, scale=0.4)
+    config = PRESETS['paper-7b']
+    weighted, stats = contract.reweight_advantages(advantages, log_ratio, mask, config)
+    weight, _ = compute_fipo_influence(log_ratio, mask, advantages, config)
+    assert weighted.shape == (4, 30)
+    torch.testing.assert_close(weighted, advantages[:, None] * weight, rtol=0, atol=0)
+    assert weighted.data_ptr() != advantages.data_ptr()
+
+
+class _Base:
+
+    def greet(self) -> str:
+        return 'base'
+
+
+class _Owner(_Base):
+
+    def own(self) -> str:
+        return 'own'
+
+
+def _shout(original):
+    import functools
+
+    @functools.wraps(original)
+    def shout(self) -> str:
+        return original(self).upper()
+
+    return shout
+
+
+def test_patches_apply_once_and_revert_exactly():
+    patches = contract.PatchSet([contract.Patch(_Owner, 'own', _shout), contract.Patch(_Owner, 'greet', _shout)])
+    own_before = vars(_Owner)['own']
+    patches.apply()
+    patches.apply()  # idempotent: wrapped once
+    assert (_Owner().own(), _Owner().greet()) == ('OWN', 'BASE')
+    assert contract.is_patch(_Owner.own) and contract.original_of(_Owner.own) is own_before
+    assert contract.original_of(_Owner.greet) is _Base.greet
+    patches.revert()
+    assert vars(_Owner)['own'] is own_before
+    assert 'greet' not in vars(_Owner)  # it was inherited: the revert removes ours, not the base's
+    assert (_Owner().own(), _Owner().greet()) == ('own', 'base')
+    patches.revert()  # reverting twice changes nothing
+    assert vars(_Owner)['own'] is own_before
+
+
+def test_a_subclass_of_a_patched_class_is_not_wrapped_twice():
+    class Child(_Owner):
+        pass
+
+    parent = contract.Patch(_Owner, 'own', _shout)
+    parent.apply()
+    try:
+        contract.Patch(Child, 'own', _shout).apply()
+        assert Child().own() == 'OWN' and 'own' not in vars(Child)
+    finally:
+        parent.revert()
+    assert _Owner().own() == 'own'
