@@ -20,6 +20,7 @@ import swift_fipo.integrations.trl as fipo_trl  # noqa: E402
 from swift_fipo.config import FIPOConfig  # noqa: E402
 from swift_fipo.integrations.trl import FIPOGRPOTrainer, UnsupportedTRLError, check_trl_support  # noqa: E402
 from swift_fipo.ops.influence import compute_fipo_influence  # noqa: E402
+import swift_fipo.ops.loss as fipo_loss_module  # noqa: E402
 
 from tiny_trl_model import PROMPTS, build_tiny_model  # noqa: E402
 
@@ -194,7 +195,8 @@ def test_constant_weights_scale_trl_loss(offpolicy: tuple[FIPOGRPOTrainer, dict[
         weight, stats = compute_fipo_influence(log_ratio, mask, advantages, config, ratio)
         return torch.full_like(weight, scale), stats
 
-    monkeypatch.setattr(fipo_trl, 'compute_fipo_influence', constant_influence)
+    # The trainer reweights through ops.loss.reweight_advantages, which calls this.
+    monkeypatch.setattr(fipo_loss_module, 'compute_fipo_influence', constant_influence)
     fipo_loss = trainer._compute_loss(trainer.model, dict(inputs))
     dapo_loss = GRPOTrainer._compute_loss(trainer, trainer.model, dict(inputs))
     # Weights of 1 reproduce TRL's loss exactly; every supported loss is linear in the weight.
