@@ -41,8 +41,8 @@ def test_preset_fills_what_was_not_given_and_explicit_flags_win():
     found = cli.split_argv(argv, NATIVE)
     assert found.argv[:2] == ['--loss_type', 'fipo']
     handed_to_swift = dict(zip(found.argv[2::2], found.argv[3::2]))
-    assert handed_to_swift == {'--fipo_decay_rate': '32.0', '--fipo_clip_range': '0.2', '--fipo_clip_high_only': 'false',
-                               '--fipo_safety_threshold': '5.0', '--delta': '10.0'}
+    assert handed_to_swift == {'--fipo_decay_rate': '32.0', '--fipo_clip_range': '0.2',
+                               '--fipo_clip_high_only': 'false', '--fipo_safety_threshold': '5.0', '--delta': '10.0'}
     assert found.settings().config == FIPOConfig.from_preset('paper-7b', safety_threshold=5.0, filter_threshold=20.0)
 
 

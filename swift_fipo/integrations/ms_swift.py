@@ -200,7 +200,8 @@ def _reject_fipo(init: Callable[..., None], trainer_name: str) -> Callable[..., 
 def trainer_patches(cls: type) -> list[Patch]:
     """The patches of one GRPO trainer class, by what it can do."""
     if not hasattr(cls, '_compute_fipo_influence'):  # no hook: refuse fipo when the trainer is built
-        return [Patch(cls, '__init__', functools.partial(_reject_fipo, trainer_name=cls.__name__), 'refuse fipo: no hook in this ms-swift')]
+        refuse = functools.partial(_reject_fipo, trainer_name=cls.__name__)
+        return [Patch(cls, '__init__', refuse, 'refuse fipo: this ms-swift has no FIPO hook')]
     patches = [Patch(cls, '_compute_fipo_influence', _adapter, 'FIPO computed by swift-fipo')]
     if hasattr(cls, '_compute_loss_and_metrics'):
         patches.append(Patch(cls, '_compute_loss_and_metrics', _with_extra_metrics, 'HF: extra fipo/* metrics'))
