@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 
 pytest.importorskip('trl')
 
+from accelerate import Accelerator  # noqa: E402
+from accelerate.state import is_initialized as accelerate_state_initialized  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
@@ -22,11 +25,15 @@ from swift_fipo.integrations.trl import FIPOGRPOTrainer, UnsupportedTRLError, ch
 from swift_fipo.ops.influence import compute_fipo_influence  # noqa: E402
 import swift_fipo.ops.loss as fipo_loss_module  # noqa: E402
 
+from reference import brute_fipo_weight  # noqa: E402
 from tiny_trl_model import PROMPTS, build_tiny_model  # noqa: E402
 
 MISSING_MODEL = '/nonexistent/model'  # refusals must happen before GRPOTrainer tries to load it
 # ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__ when another test module imports it;
 # scripts/test.sh therefore also runs this file in a process of its own.
+OFFERED_LOSS_TYPES = fipo_trl.trl_loss_types(GRPOTrainer) or frozenset()
+# The supported losses this TRL has ('luspo' only from TRL 1.x).
+TESTED_LOSS_TYPES = [loss_type for loss_type in fipo_trl.SUPPORTED_LOSS_TYPES if loss_type in OFFERED_LOSS_TYPES]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -61,8 +68,53 @@ def make_trainer(model: str | Path, args: GRPOConfig, cls: type = FIPOGRPOTraine
                processing_class=tokenizer, **kwargs)
 
 
+def loss_mask(inputs: dict[str, Any]) -> torch.Tensor:
+    """The tokens TRL's loss counts: completion tokens that are not tool output."""
+    mask = inputs['completion_mask'].bool()
+    return mask & inputs['tool_mask'].bool() if 'tool_mask' in inputs else mask
+
+
+def current_logps(trainer: FIPOGRPOTrainer, inputs: dict[str, Any]) -> torch.Tensor:
+    """The policy's log-probs of the completion tokens, computed here without TRL's helpers."""
+    ids = torch.cat([inputs['prompt_ids'], inputs['completion_ids']], dim=1)
+    attention = torch.cat([inputs['prompt_mask'], inputs['completion_mask']], dim=1)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=attention).logits
+    logits = logits[:, -inputs['completion_ids'].shape[1] - 1:-1] / trainer.temperature
+    return torch.log_softmax(logits.float(), -1).gather(-1, inputs['completion_ids'].unsqueeze(-1)).squeeze(-1)
+
+
+def reference_weight(trainer: FIPOGRPOTrainer, inputs: dict[str, Any]) -> torch.Tensor:
+    """FIPO weights from the float64 brute force of tests/reference.py, on a log-ratio computed here."""
+    config = trainer.fipo_config
+    # The brute force knows ms-swift's options; the authors' extras must be off in these tests.
+    assert (config.filter_threshold, config.log_ratio_clamp, config.sequence_drop, config.unclipped_weight_cap) \
+        == (None, None, False, None)
+    old = inputs.get('old_per_token_logps')
+    new = current_logps(trainer, inputs).double()
+    log_ratio = new - (new if old is None else old.double())
+    mask = loss_mask(inputs)
+    ratio = None
+    if trainer.importance_sampling_level == 'sequence':  # GSPO: one ratio per completion, its mean log-ratio
+        ratio = torch.exp(torch.where(mask, log_ratio, 0.0).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True))
+    weight, _, _ = brute_fipo_weight(log_ratio, mask, inputs['advantages'], decay_rate=config.decay_rate,
+                                     clip_range=config.clip_range, clip_high_only=config.clip_high_only,
+                                     safety_threshold=config.safety_threshold, delta=config.delta, ratio=ratio)
+    return weight
+
+
+def trl_loss(trainer: FIPOGRPOTrainer, inputs: dict[str, Any], weight: Any = None) -> torch.Tensor:
+    """TRL's own loss on the batch, its advantages multiplied by ``weight`` ([B, T]) when given."""
+    batch = dict(inputs)
+    if weight is not None:
+        advantages = batch['advantages']
+        rows = advantages[:, None] if advantages.dim() == 1 else advantages
+        batch['advantages'] = rows * weight.to(rows.dtype)
+    return GRPOTrainer._compute_loss(trainer, trainer.model, batch)  # the FIPO hook is idle outside its own call
+
+
 class RecordingTrainer(FIPOGRPOTrainer):
-    """Also computes TRL's own DAPO loss on every batch, with the same parameters, for comparison."""
+    """Also computes, on every batch, TRL's own loss (plain, and with advantages times the reference weights)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,9 +125,11 @@ class RecordingTrainer(FIPOGRPOTrainer):
         fipo_loss = super()._compute_loss(model, inputs)
         weight = self.last_fipo_stats.weight
         dapo_loss = GRPOTrainer._compute_loss(self, model, inputs)  # _fipo_batch is None: no reweighting
+        reference_loss = trl_loss(self, inputs, reference_weight(self, inputs))
         key = inputs['completion_ids'].numpy().tobytes()
         self.records.append({'reuse': key in self._seen, 'fipo': fipo_loss.detach().clone(),
-                             'dapo': dapo_loss.detach().clone(), 'weight': weight[inputs['completion_mask'].bool()]})
+                             'dapo': dapo_loss.detach().clone(), 'reference': reference_loss.detach().clone(),
+                             'weight': weight[inputs['completion_mask'].bool()]})
         self._seen.add(key)
         return fipo_loss
 
@@ -88,6 +142,7 @@ def test_training_applies_fipo_on_reuse_steps_only(model_dir: Path, tmp_path: Pa
     # num_iterations=2, one micro-batch per step: generate, reuse, generate, reuse.
     assert [record['reuse'] for record in trainer.records] == [False, True, False, True]
     for record in trainer.records:
+        torch.testing.assert_close(record['fipo'], record['reference'], rtol=1e-4, atol=1e-6)
         if not record['reuse']:  # on-policy: weights are 1, FIPO is DAPO
             torch.testing.assert_close(record['weight'], torch.ones_like(record['weight']))
             torch.testing.assert_close(record['fipo'], record['dapo'])
@@ -111,8 +166,18 @@ def test_training_applies_fipo_on_reuse_steps_only(model_dir: Path, tmp_path: Pa
             assert entry['fipo/future_kl_mean'] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.fixture
+def offpolicy(offpolicy_once: tuple[FIPOGRPOTrainer, dict[str, Any]]) -> tuple[FIPOGRPOTrainer, dict[str, Any]]:
+    # Every GRPOConfig (TrainingArguments) built since resets accelerate's process-wide state, which TRL's
+    # forward pass reads: set it up again as the trainer's Accelerator(cpu=True) had it.
+    if not accelerate_state_initialized():
+        Accelerator(cpu=True)
+    return offpolicy_once
+
+
 @pytest.fixture(scope='module')
-def offpolicy(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[FIPOGRPOTrainer, dict[str, Any]]:
+def offpolicy_once(model_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[FIPOGRPOTrainer, dict[str, Any]]:
     """A trainer and one generated batch whose stored old log-probs are perturbed: a reuse step."""
     trainer = make_trainer(model_dir, grpo_args(tmp_path_factory.mktemp('offpolicy')),
                            fipo=FIPOConfig(decay_rate=4.0, clip_range=0.5, clip_high_only=False))
@@ -126,16 +191,6 @@ def offpolicy(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     inputs['old_per_token_logps'] = inputs['old_per_token_logps'] + noise
     assert inputs['advantages'].abs().sum() > 0
     return trainer, inputs
-
-
-def current_logps(trainer: FIPOGRPOTrainer, inputs: dict[str, Any]) -> torch.Tensor:
-    """The policy's log-probs of the completion tokens, computed here without TRL's helpers."""
-    ids = torch.cat([inputs['prompt_ids'], inputs['completion_ids']], dim=1)
-    attention = torch.cat([inputs['prompt_mask'], inputs['completion_mask']], dim=1)
-    with torch.no_grad():
-        logits = trainer.model(input_ids=ids, attention_mask=attention).logits
-    logits = logits[:, -inputs['completion_ids'].shape[1] - 1:-1] / trainer.temperature
-    return torch.log_softmax(logits.float(), -1).gather(-1, inputs['completion_ids'].unsqueeze(-1)).squeeze(-1)
 
 
 def test_loss_is_trl_loss_with_advantages_times_weight(offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]]) -> None:
@@ -183,7 +238,7 @@ def test_sequence_level_importance_sampling_tests_the_sequence_ratio(
     assert torch.equal(flagged_rows, (inputs['advantages'] < 0) & (sequence_ratio.squeeze(-1) > threshold))
 
 
-@pytest.mark.parametrize('loss_type', fipo_trl.SUPPORTED_LOSS_TYPES)
+@pytest.mark.parametrize('loss_type', TESTED_LOSS_TYPES)
 @pytest.mark.parametrize('scale', [1.0, 2.0])
 def test_constant_weights_scale_trl_loss(offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]],
                                          monkeypatch: pytest.MonkeyPatch, scale: float, loss_type: str) -> None:
@@ -206,16 +261,147 @@ def test_constant_weights_scale_trl_loss(offpolicy: tuple[FIPOGRPOTrainer, dict[
         torch.testing.assert_close(fipo_loss, scale * dapo_loss)
 
 
+# TRL options that change the loss FIPO reweights, each set on a real trainer and batch. vLLM and tool-calling
+# rollouts cannot run here (no CUDA; the tiny model calls no tools), so their outputs are put into the batch
+# as TRL's generation would: vLLM's importance-sampling ratio ([B, T] in token modes, [B, 1] in sequence
+# modes, 0 where a *_mask mode drops) and a tool_mask with 0 on tool-output tokens.
+LOSS_OPTIONS = ['token', 'sequence', 'vllm_is_token', 'vllm_is_sequence', 'tool_mask', 'tool_mask_sequence', 'delta',
+                'beta', 'top_entropy_quantile', 'off_policy_mask_threshold']
+
+
+def set_loss_option(option: str, trainer: FIPOGRPOTrainer, inputs: dict[str, Any],
+                    monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Turn one TRL option on for ``trainer`` (undone by monkeypatch); returns the batch it needs."""
+    batch = dict(inputs)
+    shape = batch['completion_mask'].shape
+    generator = torch.Generator().manual_seed(2)
+    if option.endswith('sequence'):
+        monkeypatch.setattr(trainer, 'importance_sampling_level', 'sequence')
+    if option.startswith('vllm_is'):
+        monkeypatch.setattr(trainer, 'use_vllm', True)
+        monkeypatch.setattr(trainer, 'vllm_importance_sampling_correction', True)
+        rows = (shape[0], 1) if option == 'vllm_is_sequence' else shape
+        ratio = 0.5 + torch.rand(rows, generator=generator)
+        ratio[0] = 0.0  # a masked-out row (or tokens)
+        batch['importance_sampling_ratio'] = ratio
+    if option.startswith('tool_mask'):
+        tool_mask = torch.ones(shape, dtype=batch['completion_mask'].dtype)
+        tool_mask[:, 2:5] = 0  # a tool's output inside every completion
+        batch['tool_mask'] = tool_mask
+        monkeypatch.setattr(trainer, 'tools', [reward_length], raising=False)  # TRL 0.26 reads tool_mask only then
+    if option == 'delta':
+        monkeypatch.setattr(trainer.args, 'delta', 1.5)
+        monkeypatch.setattr(trainer, 'fipo_config', dataclasses.replace(trainer.fipo_config, delta=1.5))
+    if option == 'beta':
+        monkeypatch.setattr(trainer, 'beta', 0.1)
+        batch['ref_per_token_logps'] = batch['old_per_token_logps'] + 0.2 * torch.randn(shape, generator=generator)
+    if option == 'top_entropy_quantile':
+        monkeypatch.setattr(trainer, 'top_entropy_quantile', 0.5)
+    if option == 'off_policy_mask_threshold':
+        if not hasattr(trainer, 'off_policy_mask_threshold'):
+            pytest.skip(f'trl {fipo_trl.trl_version()} has no off_policy_mask_threshold')
+        monkeypatch.setattr(trainer, 'off_policy_mask_threshold', 0.02)
+    return batch
+
+
+@pytest.mark.parametrize('loss_type', TESTED_LOSS_TYPES)
+@pytest.mark.parametrize('option', LOSS_OPTIONS)
+def test_each_loss_option_trains_fipo(offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]],
+                                      monkeypatch: pytest.MonkeyPatch, option: str, loss_type: str) -> None:
+    trainer, inputs = offpolicy
+    monkeypatch.setattr(trainer, 'loss_type', loss_type)
+    batch = set_loss_option(option, trainer, inputs, monkeypatch)
+    fipo_loss = trainer._compute_loss(trainer.model, dict(batch))
+    plain = trl_loss(trainer, batch)
+
+    # Off-policy: TRL's own loss with A * w, w the float64 brute force on a log-ratio computed independently.
+    torch.testing.assert_close(fipo_loss, trl_loss(trainer, batch, reference_weight(trainer, batch)),
+                               rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(fipo_loss, plain)
+
+    # Weights forced to 1: exactly TRL's loss.
+    def unit_influence(log_ratio: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, config: FIPOConfig,
+                       ratio: Any = None) -> Any:
+        weight, stats = compute_fipo_influence(log_ratio, mask, advantages, config, ratio)
+        return torch.ones_like(weight), stats
+
+    monkeypatch.setattr(fipo_loss_module, 'compute_fipo_influence', unit_influence)
+    assert torch.equal(trainer._compute_loss(trainer.model, dict(batch)), plain)
+
+
+def test_tool_output_tokens_do_not_enter_future_kl(offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer, inputs = offpolicy
+    batch = set_loss_option('tool_mask', trainer, inputs, monkeypatch)
+    trainer._compute_loss(trainer.model, dict(batch))
+    weight = trainer.last_fipo_stats.weight
+    # Other log-probs at the tool tokens change nothing where TRL's loss counts.
+    tool = ~batch['tool_mask'].bool()
+    moved = dict(batch, old_per_token_logps=torch.where(tool, batch['old_per_token_logps'] - 2.0,
+                                                        batch['old_per_token_logps']))
+    trainer._compute_loss(trainer.model, moved)
+    counted = loss_mask(batch)
+    assert torch.equal(trainer.last_fipo_stats.weight[counted], weight[counted])
+    # ... while at a model-sampled token they do.
+    moved['old_per_token_logps'] = moved['old_per_token_logps'] - 2.0 * counted
+    trainer._compute_loss(trainer.model, moved)
+    assert not torch.allclose(trainer.last_fipo_stats.weight[counted], weight[counted])
+
+
+def test_steps_per_generation_trains_its_later_steps_with_fipo(model_dir: Path, tmp_path: Path) -> None:
+    # num_iterations=1, but each rollout (8 completions) feeds two optimizer steps of 4: the second step's
+    # policy has moved since the rollout, so it is off-policy.
+    args = grpo_args(tmp_path, num_iterations=1, steps_per_generation=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)  # off-policy: no "nothing is reused" warning
+        # The symmetric clip: Future-KL of either sign moves the weights off 1.
+        trainer = make_trainer(model_dir, args, cls=RecordingTrainer,
+                               fipo=FIPOConfig(decay_rate=8.0, clip_high_only=False))
+    trainer.train()
+    assert len(trainer.records) == 4 and not any(record['reuse'] for record in trainer.records)
+    for step, record in enumerate(trainer.records):
+        torch.testing.assert_close(record['fipo'], record['reference'], rtol=1e-4, atol=1e-6)
+        if step % 2 == 0:  # the first step of a rollout: on-policy
+            torch.testing.assert_close(record['weight'], torch.ones_like(record['weight']))
+            torch.testing.assert_close(record['fipo'], record['dapo'])
+        else:
+            assert not torch.allclose(record['weight'], torch.ones_like(record['weight']))
+            assert abs(record['fipo'] - record['dapo']) > 1e-6 * max(1.0, abs(record['dapo']))
+
+
 def test_refuses_liger_before_loading_the_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match='use_liger_kernel'):
         make_trainer(MISSING_MODEL, grpo_args(tmp_path, use_liger_kernel=True))
 
 
-@pytest.mark.parametrize('loss_type', ['sapo', 'cispo', 'luspo'])
+@pytest.mark.parametrize('loss_type', sorted(OFFERED_LOSS_TYPES - set(fipo_trl.SUPPORTED_LOSS_TYPES)))
 def test_refuses_losses_that_are_not_the_clipped_surrogate(tmp_path: Path, loss_type: str) -> None:
-    extra = {'importance_sampling_level': 'sequence'} if loss_type == 'luspo' else {}
-    with pytest.raises(ValueError, match=f"loss_type.*{loss_type}"):
-        make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type, **extra))
+    with pytest.raises(ValueError, match=f"loss_type='{loss_type}' \\({fipo_trl.REFUSED_LOSS_TYPES[loss_type]}"):
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type))
+
+
+@pytest.mark.parametrize('loss_type', sorted({'no_such_loss'} | set(fipo_trl.SUPPORTED_LOSS_TYPES) - OFFERED_LOSS_TYPES))
+def test_refuses_a_loss_type_this_trl_lacks(tmp_path: Path, loss_type: str) -> None:
+    # GRPOConfig takes any string; without this check TRL would fail only at the first loss step.
+    with pytest.raises(ValueError, match=f"loss_type='{loss_type}'"):
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type))
+
+
+def test_loss_types_read_from_trl_are_the_ones_trl_computes(offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer, inputs = offpolicy
+    assert {'grpo', 'dapo', 'bnpo', 'dr_grpo', 'cispo', 'sapo'} <= OFFERED_LOSS_TYPES  # every TRL >= 0.26 has these
+    for loss_type in sorted(OFFERED_LOSS_TYPES):
+        monkeypatch.setattr(trainer, 'loss_type', loss_type)
+        assert torch.isfinite(trl_loss(trainer, inputs)), loss_type
+    monkeypatch.setattr(trainer, 'loss_type', 'no_such_loss')
+    with pytest.raises(ValueError, match='no_such_loss'):
+        trl_loss(trainer, inputs)
+
+
+def test_refuses_an_unknown_importance_sampling_level(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="importance_sampling_level.*'segment'"):
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path, importance_sampling_level='segment'))
 
 
 def test_refuses_a_fipo_argument_of_the_wrong_type(tmp_path: Path) -> None:

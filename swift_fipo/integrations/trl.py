@@ -19,6 +19,7 @@ call also verifies at run time that the advantages TRL used were the reweighted 
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Optional
 
 import torch
@@ -32,8 +33,16 @@ from swift_fipo.ops.influence import FIPOStats
 # Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
 SUPPORTED_RANGE = 'trl >= 0.26'
 TESTED_VERSIONS = ('0.26.2', '0.28.0', '0.29.1', '1.16.0')
-# The clipped-surrogate losses on which "A_t -> A_t * f_t" is FIPO; they differ only in normalisation.
-SUPPORTED_LOSS_TYPES = ('dapo', 'grpo', 'bnpo', 'dr_grpo')
+# The clipped-surrogate losses on which "A_t -> A_t * f_t" is FIPO; they differ only in normalisation
+# (TRL computes all five in one branch; 'luspo' exists from TRL 0.29).
+SUPPORTED_LOSS_TYPES = ('dapo', 'grpo', 'bnpo', 'dr_grpo', 'luspo')
+# TRL's other losses, and why FIPO (defined on the clipped surrogate) is not applied to them.
+REFUSED_LOSS_TYPES = {
+    'cispo': 'a REINFORCE loss with a clipped, detached importance weight, not the clipped surrogate',
+    'sapo': "a soft sigmoid gate on the ratio replaces the surrogate's clip",
+    'vespo': 'sequence-level Gamma weights of the log-ratios replace the clipped surrogate',
+}
+IMPORTANCE_SAMPLING_LEVELS = ('token', 'sequence')
 METRIC_PREFIX = 'fipo/'
 
 _LOGPS_METHOD = '_get_per_token_logps_and_entropies'
@@ -74,18 +83,67 @@ def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
 def _unsupported(reason: str) -> str:
     return (f'swift-fipo: FIPOGRPOTrainer cannot hook this TRL (installed: trl {trl_version()}): {reason}. '
             f"It supports {SUPPORTED_RANGE} (tested: {', '.join(TESTED_VERSIONS)}); "
-            f"install one with: pip install 'trl>=0.26,<1.0' (ms-swift's pin)")
+            f"install one with: pip install 'trl>=0.26'")
 
 
-def validate_grpo_args(args: Any) -> None:
-    """Refuse TRL settings under which FIPO would silently not be applied; warn if it cannot act."""
+def trl_loss_types(trainer_cls: type = GRPOTrainer) -> Optional[frozenset[str]]:
+    """The ``loss_type`` values ``trainer_cls._compute_loss`` handles, read from its source; None if unreadable.
+
+    TRL's ``GRPOConfig`` accepts any string, so a name the installed TRL lacks would only fail at the first
+    loss step, after the model loaded and generated.
+    """
+    source = _loss_source(trainer_cls)
+    if source is None:
+        return None
+    names = set(re.findall(r'self\.loss_type\s*[!=]=\s*["\'](\w+)["\']', source))
+    for group in re.findall(r'self\.loss_type\s+in\s+[\[(]([^\])]*)[\])]', source):
+        names.update(re.findall(r'["\'](\w+)["\']', group))
+    return frozenset(names) or None
+
+
+def luspo_masks_padding(trainer_cls: type = GRPOTrainer) -> bool:
+    """Whether TRL sums LUSPO's per-token loss over the loss mask only (TRL 1.x).
+
+    TRL 0.29 takes ``(per_token_loss * lengths).mean()`` over every position, padding included: right for its
+    own ``[B, 1]`` sequence loss, but FIPO's per-token weights make the loss ``[B, T]``, and padding would
+    then count.
+    """
+    source = _loss_source(trainer_cls) or ''
+    branch = re.search(r'self\.loss_type\s*==\s*["\']luspo["\']\s*:(.*?)\n\s*(?:elif|else)\b', source, re.S)
+    return bool(branch) and re.search(r'\(\s*per_token_loss\s*\*\s*mask\s*\)', branch.group(1)) is not None
+
+
+def _loss_source(trainer_cls: type) -> Optional[str]:
+    try:
+        return inspect.getsource(getattr(trainer_cls, _LOSS_METHOD))
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+def validate_grpo_args(args: Any, trainer_cls: type = GRPOTrainer) -> None:
+    """Refuse TRL settings under which FIPO would silently not be applied or not be FIPO; warn if it cannot act."""
     # The Liger path computes a fused loss in compute_liger_loss and never calls _compute_loss.
     if getattr(args, 'use_liger_kernel', False) or getattr(args, 'use_liger_loss', False):
         raise ValueError(liger_refusal('swift-fipo: FIPOGRPOTrainer', 'use_liger_kernel=True'))
     loss_type = getattr(args, 'loss_type', None)
     if loss_type not in SUPPORTED_LOSS_TYPES:
+        why = f' ({REFUSED_LOSS_TYPES[loss_type]})' if loss_type in REFUSED_LOSS_TYPES else ''
         raise ValueError(f'swift-fipo: FIPOGRPOTrainer supports loss_type in {SUPPORTED_LOSS_TYPES} (FIPO reweights '
-                         f"the clipped PPO surrogate; 'dapo' is the paper's and ms-swift's choice); got {loss_type!r}.")
+                         f"the clipped PPO surrogate; 'dapo' is the paper's and ms-swift's choice); got "
+                         f'loss_type={loss_type!r}{why}.')
+    offered = trl_loss_types(trainer_cls)
+    if offered is not None and loss_type not in offered:
+        raise ValueError(f'swift-fipo: loss_type={loss_type!r} is not a loss of the installed TRL (trl '
+                         f'{trl_version()}, which has {", ".join(sorted(offered))}); upgrade TRL or choose another.')
+    if loss_type == 'luspo' and not luspo_masks_padding(trainer_cls):
+        raise ValueError(f"swift-fipo: loss_type='luspo' with FIPO needs a TRL that sums LUSPO's loss over "
+                         f'completion tokens only (TRL 1.x); trl {trl_version()} averages it over padding '
+                         "positions too, where FIPO's per-token weights would count. Upgrade TRL or choose another "
+                         'loss_type.')
+    level = getattr(args, 'importance_sampling_level', 'token')
+    if level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f'swift-fipo: importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}; '
+                         f'got {level!r}.')
     reason = on_policy_reason(getattr(args, 'num_iterations', 1), getattr(args, 'steps_per_generation', None),
                               getattr(args, 'gradient_accumulation_steps', 1))
     if reason is not None:
@@ -148,11 +206,11 @@ class FIPOGRPOTrainer(GRPOTrainer):
         self.last_fipo_stats: Optional[FIPOStats] = None
         # Validate before GRPOTrainer loads the model (and, for Liger, fails with its own import error).
         if grpo_args is not None:
-            validate_grpo_args(grpo_args)
+            validate_grpo_args(grpo_args, GRPOTrainer)
             self.fipo_config = _config_for(grpo_args, fipo)
         super().__init__(*args, **kwargs)
         if grpo_args is None:  # GRPOTrainer built its default GRPOConfig
-            validate_grpo_args(self.args)
+            validate_grpo_args(self.args, GRPOTrainer)
             self.fipo_config = _config_for(self.args, fipo)
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
