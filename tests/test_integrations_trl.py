@@ -6,6 +6,7 @@ import dataclasses
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,8 +33,20 @@ MISSING_MODEL = '/nonexistent/model'  # refusals must happen before GRPOTrainer 
 # ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__ when another test module imports it;
 # scripts/test.sh therefore also runs this file in a process of its own.
 OFFERED_LOSS_TYPES = fipo_trl.trl_loss_types(GRPOTrainer) or frozenset()
-# The supported losses this TRL has ('luspo' only from TRL 1.x).
-TESTED_LOSS_TYPES = [loss_type for loss_type in fipo_trl.SUPPORTED_LOSS_TYPES if loss_type in OFFERED_LOSS_TYPES]
+
+
+def accepted(loss_type: str) -> bool:
+    """Whether FIPOGRPOTrainer's validation lets ``loss_type`` train on the installed TRL."""
+    args = SimpleNamespace(loss_type=loss_type, num_iterations=2, steps_per_generation=1, gradient_accumulation_steps=1)
+    try:
+        fipo_trl.validate_grpo_args(args, GRPOTrainer)
+    except ValueError:
+        return False
+    return True
+
+
+# Every loss type validation accepts is tested below; every other one TRL offers must be refused.
+TESTED_LOSS_TYPES = [loss_type for loss_type in sorted(OFFERED_LOSS_TYPES) if accepted(loss_type)]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -385,6 +398,26 @@ def test_refuses_a_loss_type_this_trl_lacks(tmp_path: Path, loss_type: str) -> N
     # GRPOConfig takes any string; without this check TRL would fail only at the first loss step.
     with pytest.raises(ValueError, match=f"loss_type='{loss_type}'"):
         make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type))
+
+
+def test_every_loss_type_trl_offers_is_tested_or_refused(tmp_path: Path) -> None:
+    assert set(TESTED_LOSS_TYPES) >= {'dapo', 'grpo', 'bnpo', 'dr_grpo'}
+    for loss_type in sorted(OFFERED_LOSS_TYPES - set(TESTED_LOSS_TYPES)):
+        with pytest.raises(ValueError, match=f"loss_type='{loss_type}'"):
+            make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type, importance_sampling_level='sequence'))
+
+
+@pytest.mark.skipif('luspo' not in OFFERED_LOSS_TYPES, reason=f'trl {fipo_trl.trl_version()} has no luspo loss')
+def test_luspo_is_accepted_exactly_where_trl_keeps_padding_out_of_it(
+        offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer, inputs = offpolicy
+    monkeypatch.setattr(trainer, 'loss_type', 'luspo')
+    monkeypatch.setattr(trainer, 'importance_sampling_level', 'sequence')
+    # Per-token advantages that differ only at padding positions: a loss that ignores padding cannot tell.
+    at_padding = torch.where(inputs['completion_mask'].bool(), 1.0, 3.0)
+    ignores_padding = torch.allclose(trl_loss(trainer, inputs, torch.ones_like(at_padding)),
+                                     trl_loss(trainer, inputs, at_padding))
+    assert fipo_trl.luspo_masks_padding(GRPOTrainer) == ignores_padding == accepted('luspo')
 
 
 def test_loss_types_read_from_trl_are_the_ones_trl_computes(offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]],
