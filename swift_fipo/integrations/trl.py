@@ -34,7 +34,7 @@ from swift_fipo.ops.influence import FIPOStats
 SUPPORTED_RANGE = 'trl >= 0.26'
 TESTED_VERSIONS = ('0.26.2', '0.28.0', '0.29.1', '1.16.0')
 # The clipped-surrogate losses on which "A_t -> A_t * f_t" is FIPO; they differ only in normalisation
-# (TRL computes all five in one branch; 'luspo' exists from TRL 0.29).
+# (TRL computes all five in one branch; 0.26 has no 'luspo').
 SUPPORTED_LOSS_TYPES = ('dapo', 'grpo', 'bnpo', 'dr_grpo', 'luspo')
 # TRL's other losses, and why FIPO (defined on the clipped surrogate) is not applied to them.
 REFUSED_LOSS_TYPES = {
@@ -102,7 +102,7 @@ def trl_loss_types(trainer_cls: type = GRPOTrainer) -> Optional[frozenset[str]]:
 
 
 def luspo_masks_padding(trainer_cls: type = GRPOTrainer) -> bool:
-    """Whether TRL sums LUSPO's per-token loss over the loss mask only (TRL 1.x).
+    """Whether TRL sums LUSPO's per-token loss over the loss mask only (TRL 1.16 does).
 
     TRL 0.29 takes ``(per_token_loss * lengths).mean()`` over every position, padding included: right for its
     own ``[B, 1]`` sequence loss, but FIPO's per-token weights make the loss ``[B, T]``, and padding would
@@ -137,7 +137,7 @@ def validate_grpo_args(args: Any, trainer_cls: type = GRPOTrainer) -> None:
                          f'{trl_version()}, which has {", ".join(sorted(offered))}); upgrade TRL or choose another.')
     if loss_type == 'luspo' and not luspo_masks_padding(trainer_cls):
         raise ValueError(f"swift-fipo: loss_type='luspo' with FIPO needs a TRL that sums LUSPO's loss over "
-                         f'completion tokens only (TRL 1.x); trl {trl_version()} averages it over padding '
+                         f'completion tokens only (as TRL 1.16 does); trl {trl_version()} averages it over padding '
                          "positions too, where FIPO's per-token weights would count. Upgrade TRL or choose another "
                          'loss_type.')
     level = getattr(args, 'importance_sampling_level', 'token')
