@@ -279,7 +279,7 @@ def test_constant_weights_scale_trl_loss(offpolicy: tuple[FIPOGRPOTrainer, dict[
 # as TRL's generation would: vLLM's importance-sampling ratio ([B, T] in token modes, [B, 1] in sequence
 # modes, 0 where a *_mask mode drops) and a tool_mask with 0 on tool-output tokens.
 LOSS_OPTIONS = ['token', 'sequence', 'vllm_is_token', 'vllm_is_sequence', 'tool_mask', 'tool_mask_sequence', 'delta',
-                'beta', 'top_entropy_quantile', 'off_policy_mask_threshold']
+                'beta', 'top_entropy_quantile', 'off_policy_mask_threshold', 'entropy_coef']
 
 
 def set_loss_option(option: str, trainer: FIPOGRPOTrainer, inputs: dict[str, Any],
@@ -314,6 +314,11 @@ def set_loss_option(option: str, trainer: FIPOGRPOTrainer, inputs: dict[str, Any
         if not hasattr(trainer, 'off_policy_mask_threshold'):
             pytest.skip(f'trl {fipo_trl.trl_version()} has no off_policy_mask_threshold')
         monkeypatch.setattr(trainer, 'off_policy_mask_threshold', 0.02)
+    if option == 'entropy_coef':  # an entropy bonus added after the policy term
+        if not hasattr(trainer, '_entropy_bonus_enabled'):
+            pytest.skip(f'trl {fipo_trl.trl_version()} has no entropy_coef')
+        monkeypatch.setattr(trainer, 'entropy_coef', 0.05)
+        monkeypatch.setattr(trainer, '_entropy_bonus_enabled', True)
     return batch
 
 
@@ -323,9 +328,11 @@ def test_each_loss_option_trains_fipo(offpolicy: tuple[FIPOGRPOTrainer, dict[str
                                       monkeypatch: pytest.MonkeyPatch, option: str, loss_type: str) -> None:
     trainer, inputs = offpolicy
     monkeypatch.setattr(trainer, 'loss_type', loss_type)
+    without_option = trl_loss(trainer, inputs)
     batch = set_loss_option(option, trainer, inputs, monkeypatch)
     fipo_loss = trainer._compute_loss(trainer.model, dict(batch))
     plain = trl_loss(trainer, batch)
+    assert option == 'token' or not torch.allclose(plain, without_option)  # the option is on, in TRL's loss
 
     # Off-policy: TRL's own loss with A * w, w the float64 brute force on a log-ratio computed independently.
     torch.testing.assert_close(fipo_loss, trl_loss(trainer, batch, reference_weight(trainer, batch)),
