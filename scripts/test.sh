@@ -57,7 +57,7 @@ for name in "${failed[@]}"; do
     cat "$logs/$name.log"
 done
 for name in "${suites[@]}"; do
-    printf '%-28s %s\n' "$name" "$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$logs/$name.log" | tr -d '=' | paste -sd ';' -)"
+    printf '%-28s %s\n' "$name" "$(grep -E '(passed|failed|errors?|skipped)[^=]* in [0-9.]+s' "$logs/$name.log" | tr -d '=' | paste -sd ';' -)"
 done
 echo "all suites: ${#suites[@]}, failed: ${#failed[@]}, wall time $(( $(date +%s) - start )) s"
 [ "${#failed[@]}" -eq 0 ]
