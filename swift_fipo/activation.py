@@ -28,6 +28,9 @@ WATCHED_MODULES = {
     'swift.pipelines.base': 'swift_fipo.integrations.ms_swift:patch_module',
     'swift.rlhf_trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
     'swift.megatron.trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
+    # verl: the policy_loss.fipo option in its config schema, and the loss in its registry.
+    'verl.workers.config.actor': 'swift_fipo.integrations.verl:patch_config_module',
+    'verl.trainer.ppo.core_algos': 'swift_fipo.integrations.verl:patch_core_algos',
 }
 
 

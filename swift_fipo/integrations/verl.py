@@ -1,0 +1,253 @@
+"""FIPO as verl's policy loss ``fipo`` (``actor_rollout_ref.actor.policy_loss.loss_mode=fipo``).
+
+The loss is verl's own ``vanilla`` loss called with the advantages reweighted by FIPO: vanilla reads
+the advantage only through ``-A * ratio``, ``-A * clip(ratio)``, the dual clip ``-A * clip_ratio_c``
+and the sign test ``A < 0``; the weight is positive and detached, so every branch, the rollout
+importance-sampling weights and verl's aggregation (``agg_loss`` with its global-batch numbers) apply
+exactly as in vanilla, per token scaled by the weight. A response the sequence drop removes gets
+weight 0: it adds nothing to the loss, but still counts in verl's denominators.
+
+verl's dual clip ``clip_ratio_c`` is always on; it plays the role of ms-swift's ``--delta`` (the
+participation filter and the sequence drop use it), so ``fipo.delta`` is not an option here.
+
+Options live under ``actor_rollout_ref.actor.policy_loss.fipo`` (a dict: ``preset`` plus any
+``FIPOConfig`` field). verl builds its config dataclasses from Hydra with ``OmegaConf.structured`` and
+a merge, which rejects unknown keys, so ``patch_config_module`` adds the field ``fipo`` to verl's
+``PolicyLossConfig`` and validates it when the dataclass is built: on the driver, verl's
+``validate_config`` builds the actor config before Ray starts any worker. ``patch_core_algos``
+registers the loss. The interpreter-start activation calls both in every process (Ray workers
+included) when verl imports those modules; ``install()`` (``swift_fipo.verl_plugin``) is the
+explicit route.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import typing
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from swift_fipo.config import FIPOConfig
+from swift_fipo.integrations.contract import (Patch, PatchSet, on_policy_reason, resolve_config, reweight_advantages,
+                                              warn)
+
+if TYPE_CHECKING:
+    import torch
+
+HOST = 'verl'
+LOSS_MODE = 'fipo'
+OPTION_PREFIX = 'actor_rollout_ref.actor.policy_loss.fipo'
+DUAL_CLIP_OPTION = 'actor_rollout_ref.actor.clip_ratio_c'
+CONFIG_MODULE = 'verl.workers.config.actor'
+CORE_ALGOS_MODULE = 'verl.trainer.ppo.core_algos'
+# verl averages every loss metric over micro-batches and ranks (ppo_loss wraps them as means); a
+# quantile cannot be averaged meaningfully, and it is NaN in a micro-batch without negative advantages.
+_UNLOGGED = frozenset({'neg_adv_ratio_p99'})
+_LOSS_PARAMETERS = ('old_log_prob', 'log_prob', 'advantages', 'response_mask', 'loss_agg_mode', 'config',
+                    'rollout_is_weights')
+
+
+def option_name(field: str) -> str:
+    """The Hydra path of a FIPO option, as error messages name it."""
+    return f'{OPTION_PREFIX}.{field}'
+
+
+@dataclasses.dataclass
+class _FIPOField:
+    # The Field object that patch_config_module adds to PolicyLossConfig, built by dataclasses itself.
+    fipo: dict = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[float] = None) -> FIPOConfig:
+    """The FIPOConfig of ``policy_loss.fipo`` (``preset`` plus explicit fields; explicit wins).
+
+    ``clip_ratio_c`` (verl's dual clip) becomes FIPO's ``delta`` when given. A bad value raises
+    ``ValueError`` naming the Hydra option.
+    """
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f'{HOST}: {OPTION_PREFIX} must be a mapping of FIPO options; got {options!r}.')
+    explicit = dict(options or {})
+    preset = explicit.pop('preset', 'swift')
+    if 'delta' in explicit:
+        raise ValueError(f'{HOST}: {option_name("delta")} is not an option under verl: verl always applies its '
+                         f'dual clip {DUAL_CLIP_OPTION}, and FIPO uses that value. Set {DUAL_CLIP_OPTION} instead.')
+    config = resolve_config(preset, explicit, option_name, HOST)
+    if clip_ratio_c is None:
+        return config
+    try:
+        return dataclasses.replace(config, delta=clip_ratio_c)
+    except ValueError:
+        raise ValueError(f'{HOST}: {DUAL_CLIP_OPTION} must be a number > 1 for FIPO (it is the dual clip FIPO '
+                         f'filters and drops by); got {clip_ratio_c!r}.') from None
+
+
+def _options_of(policy_loss: Any) -> Any:
+    # A dict, an OmegaConf DictConfig (a Mapping too), or a user error that fipo_config reports.
+    return policy_loss.get('fipo', None) if policy_loss is not None else None
+
+
+def config_of_actor(actor_config: Any) -> FIPOConfig:
+    """The FIPOConfig of an actor config (verl's ``ActorConfig`` or its DictConfig)."""
+    return fipo_config(_options_of(actor_config.get('policy_loss', None)), actor_config.get('clip_ratio_c', 3.0))
+
+
+def _validate_policy_loss(policy_loss: Any) -> None:
+    options = _options_of(policy_loss)
+    if policy_loss.get('loss_mode', None) == LOSS_MODE:
+        fipo_config(options)
+    elif options:
+        warn(f'{OPTION_PREFIX} is set but actor_rollout_ref.actor.policy_loss.loss_mode is '
+             f'{policy_loss.get("loss_mode", None)!r}: the FIPO options do nothing.')
+
+
+def _validate_actor(actor_config: Any, train_batch_size: int) -> None:
+    if actor_config.policy_loss.get('loss_mode', None) != LOSS_MODE:
+        return
+    config_of_actor(actor_config)
+    mini_batch = actor_config.get('ppo_mini_batch_size', None) or train_batch_size
+    updates_per_rollout = max(1, train_batch_size // mini_batch) if mini_batch else 1
+    if on_policy_reason(actor_config.get('ppo_epochs', 1), updates_per_rollout, 1) is not None:
+        warn('FIPO is a no-op here: with actor_rollout_ref.actor.ppo_epochs=1 and one mini-batch per rollout '
+             f'(data.train_batch_size={train_batch_size}, actor_rollout_ref.actor.ppo_mini_batch_size='
+             f'{mini_batch}), every rollout is optimised once, by the policy that sampled it: Future-KL is 0 '
+             'and the loss is vanilla. Use ppo_epochs > 1 or ppo_mini_batch_size < train_batch_size.')
+
+
+def _accept_fipo_options(original_init: Any) -> Any:
+    """PolicyLossConfig.__init__ that also takes ``fipo`` and validates it (verl validates in its
+    config dataclasses; this one is built on the driver before any worker starts)."""
+
+    def __init__(self: Any, *args: Any, fipo: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
+        # Set first: verl's __post_init__ runs inside the original __init__, and fields freeze after it.
+        object.__setattr__(self, 'fipo', dict(fipo) if isinstance(fipo, Mapping) else {} if fipo is None else fipo)
+        original_init(self, *args, **kwargs)
+        _validate_policy_loss(self)
+
+    __init__.__wrapped__ = original_init  # type: ignore[attr-defined]
+    return __init__
+
+
+def _validate_fipo_too(original_validate: Any) -> Any:
+
+    def validate(self: Any, n_gpus: int, train_batch_size: int, *args: Any, **kwargs: Any) -> Any:
+        result = original_validate(self, n_gpus, train_batch_size, *args, **kwargs)
+        _validate_actor(self, train_batch_size)
+        return result
+
+    validate.__wrapped__ = original_validate  # type: ignore[attr-defined]
+    return validate
+
+
+class _Extended(dict):
+    """A class's ``__annotations__`` / ``__dataclass_fields__`` with ``fipo`` added; a dict subclass so
+    that a Patch can mark it as its replacement."""
+
+
+def _with_fipo(mapping: dict, value: Any) -> _Extended:
+    return _Extended({**mapping, 'fipo': value})
+
+
+def config_patches(module: Any) -> PatchSet:
+    """The patches that give ``module.PolicyLossConfig`` the field ``fipo`` and validate it."""
+    policy_loss, actor = module.PolicyLossConfig, module.ActorConfig
+    fipo_field = dataclasses.fields(_FIPOField)[0]
+    return PatchSet([
+        # OmegaConf.structured reads the type hints and dataclasses.fields; hydra and to_object call __init__.
+        Patch(policy_loss, '__annotations__', lambda hints: _with_fipo(hints, dict), 'fipo type hint'),
+        Patch(policy_loss, '__dataclass_fields__', lambda fields: _with_fipo(fields, fipo_field), 'fipo field'),
+        Patch(policy_loss, '__init__', _accept_fipo_options, 'accept and validate policy_loss.fipo'),
+        Patch(actor, 'validate', _validate_fipo_too, 'FIPO with clip_ratio_c; the no-op warning'),
+    ])
+
+
+def patch_config_module(module: Any) -> dict[str, Any]:
+    """Extend verl's PolicyLossConfig (``verl.workers.config.actor``) with ``fipo``; idempotent."""
+    for name in ('PolicyLossConfig', 'ActorConfig'):
+        if not dataclasses.is_dataclass(getattr(module, name, None)):
+            return {'fipo_options': f'no dataclass {name} in {module.__name__}'}
+    if 'fipo' in {field.name for field in dataclasses.fields(module.PolicyLossConfig)} and not \
+            config_patches(module).patches[1].is_applied():
+        return {'fipo_options': 'verl defines policy_loss.fipo itself; left alone'}
+    config_patches(module).apply()
+    return {'fipo_options': True}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loss
+
+
+def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
+                             log_prob: 'torch.Tensor',
+                             advantages: 'torch.Tensor',
+                             response_mask: 'torch.Tensor',
+                             loss_agg_mode: str = 'token-mean',
+                             config: Any = None,
+                             rollout_is_weights: Optional['torch.Tensor'] = None) -> tuple['torch.Tensor', dict]:
+    """verl's vanilla PPO loss with the advantages multiplied by FIPO's influence weights."""
+    if config is None:
+        raise ValueError(f'{HOST}: the {LOSS_MODE} policy loss needs the actor config.')
+    fipo = config_of_actor(config)
+    weighted, stats = reweight_advantages(advantages, log_prob - old_log_prob, response_mask, fipo)
+    vanilla = importlib.import_module(CORE_ALGOS_MODULE).get_policy_loss_fn('vanilla')
+    loss, metrics = vanilla(old_log_prob=old_log_prob, log_prob=log_prob, advantages=weighted,
+                            response_mask=response_mask, loss_agg_mode=loss_agg_mode, config=config,
+                            rollout_is_weights=rollout_is_weights)
+    metrics = dict(metrics)
+    for key, value in stats.summary.items():
+        if key not in _UNLOGGED:
+            metrics[f'actor/fipo/{key}'] = float(value)
+    return loss, metrics
+
+
+def serves(core_algos: Any) -> Optional[str]:
+    """Why this verl's policy-loss registry cannot take FIPO, or None if it can (checked by
+    capability: the registry, and a vanilla loss taking the arguments FIPO passes through)."""
+    for name in ('POLICY_LOSS_REGISTRY', 'register_policy_loss', 'get_policy_loss_fn'):
+        if not hasattr(core_algos, name):
+            return f'{core_algos.__name__} has no {name} (verl < 0.6.1)'
+    vanilla = core_algos.POLICY_LOSS_REGISTRY.get('vanilla')
+    if vanilla is None:
+        return 'verl has no vanilla policy loss to build FIPO on'
+    parameters = inspect.signature(vanilla).parameters
+    missing = [name for name in _LOSS_PARAMETERS if name not in parameters]
+    if missing:
+        return f'verl\'s vanilla policy loss lacks {", ".join(missing)} (verl < 0.6.1)'
+    returned = typing.get_args(inspect.signature(vanilla).return_annotation)
+    if len(returned) != 2 or typing.get_origin(returned[1]) is not dict:
+        return 'verl\'s vanilla policy loss does not return (loss, metrics) (verl < 0.6.1)'
+    return None
+
+
+def patch_core_algos(module: Any) -> dict[str, Any]:
+    """Register ``fipo`` in verl's policy-loss registry (``verl.trainer.ppo.core_algos``); idempotent."""
+    reason = serves(module)
+    if reason is not None:
+        return {LOSS_MODE: f'not registered: {reason}'}
+    registered = module.POLICY_LOSS_REGISTRY.get(LOSS_MODE)
+    if registered is not None and registered is not compute_policy_loss_fipo:
+        return {LOSS_MODE: 'verl registers its own fipo loss; left alone'}
+    module.register_policy_loss(LOSS_MODE)(compute_policy_loss_fipo)
+    return {LOSS_MODE: True}
+
+
+def install() -> dict[str, Any]:
+    """Explicit route: import verl's config and policy-loss modules and hook both (idempotent)."""
+    report = patch_config_module(importlib.import_module(CONFIG_MODULE))
+    report.update(patch_core_algos(importlib.import_module(CORE_ALGOS_MODULE)))
+    return report
+
+
+def uninstall() -> None:
+    """Undo ``install()`` / the activation in this process."""
+    import sys
+    core_algos = sys.modules.get(CORE_ALGOS_MODULE)
+    if core_algos is not None and core_algos.POLICY_LOSS_REGISTRY.get(LOSS_MODE) is compute_policy_loss_fipo:
+        del core_algos.POLICY_LOSS_REGISTRY[LOSS_MODE]
+    config_module = sys.modules.get(CONFIG_MODULE)
+    if config_module is not None:
+        config_patches(config_module).revert()
