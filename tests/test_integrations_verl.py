@@ -5,6 +5,7 @@ missing or broken verl into a failure."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -23,6 +24,7 @@ else:
     pytest.importorskip('verl')
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
@@ -102,6 +104,13 @@ def test_a_fresh_worker_process_gets_fipo_from_the_pth_activation():
     code = 'from verl.trainer.ppo import core_algos; print(sorted(core_algos.POLICY_LOSS_REGISTRY))'
     assert 'fipo' in _run(code)
     assert 'fipo' not in _run(code, SWIFT_FIPO_DISABLE='1')
+
+
+def test_interpreter_start_imports_neither_torch_nor_verl():
+    loaded = _run('import sys; print(" ".join(sorted(sys.modules)))').split()
+    assert 'swift_fipo.activation' in loaded
+    assert not [name for name in loaded if name.split('.')[0] in ('torch', 'verl', 'ray', 'hydra', 'omegaconf')]
+    assert 'swift_fipo.integrations.verl' not in loaded
 
 
 def test_explicit_route_with_the_activation_off():
@@ -189,6 +198,21 @@ def test_off_policy_follows_the_float64_reference(preset, agg):
     if preset != 'swift':
         assert metrics['actor/fipo/dropped_response_ratio'] > 0 and metrics['actor/fipo/safety_fired_ratio'] > 0
         assert float(grad[0].abs().sum()) == 0.0  # the dropped response adds nothing
+
+
+def test_a_dropped_response_still_counts_in_verls_token_count():
+    """The authors remove a dropped response from the loss mask before their token mean; verl's
+    aggregation divides by the batch's token count, dropped tokens included: the losses differ by
+    exactly N_kept / N_all (docs/verl.md)."""
+    old, new, advantages, mask, _ = batch(seed=2, off_policy=True, spikes=True)
+    config = actor('fipo', {'preset': 'paper-32b'}, clip_ratio_c=10.0)
+    loss, _, _ = loss_and_grad(core_algos.get_policy_loss_fn('fipo'), old, new, advantages, mask, config, None)
+    weight, stats = compute_fipo_influence(new.detach() - old, mask, advantages, fipo_verl.config_of_actor(config))
+    kept = mask & ~stats.dropped[:, None]
+    assert 0 < int(kept.sum()) < int(mask.sum())
+    authors, _, _ = loss_and_grad(core_algos.get_policy_loss_fn('vanilla'), old, new, advantages * weight, kept,
+                                  actor('vanilla', clip_ratio_c=10.0), None)
+    assert loss.item() == pytest.approx(authors.item() * int(kept.sum()) / int(mask.sum()), rel=1e-5)
 
 
 def test_loss_metrics_use_verl_names():
@@ -357,6 +381,57 @@ def test_a_command_line_with_a_preset_composes_validates_and_reaches_the_loss():
 def test_a_bad_command_line_is_refused_by_the_driver_check(override, message):
     with pytest.raises(Exception, match=message):
         compose_and_validate(BASE_OVERRIDES + ['actor_rollout_ref.actor.policy_loss.loss_mode=fipo', override])
+
+
+RAY_WORKER = """
+import json, os, sys
+import ray
+from omegaconf import OmegaConf
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+@ray.remote
+def train_step_loss(actor_yaml):
+    import torch
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+    from verl.utils.config import omega_conf_to_dataclass
+    config = omega_conf_to_dataclass(OmegaConf.create(actor_yaml))  # what a verl worker does
+    loss_fn = get_policy_loss_fn(config.policy_loss.loss_mode)
+    old = torch.zeros(2, 6)
+    new = torch.linspace(-0.5, 0.5, 12).reshape(2, 6).requires_grad_()
+    loss, metrics = loss_fn(old_log_prob=old, log_prob=new, advantages=torch.tensor([[1.0], [-1.0]]).expand(2, 6),
+                            response_mask=torch.ones(2, 6, dtype=torch.bool), loss_agg_mode='token-mean',
+                            config=config, rollout_is_weights=None)
+    loss.backward()
+    return {'pid': os.getpid(), 'loss_fn': loss_fn.__module__ + '.' + loss_fn.__name__,
+            'fipo_metrics': sorted(key for key in metrics if key.startswith('actor/fipo/')),
+            'weight_max': metrics['actor/fipo/influence_weight_max'], 'grad': float(new.grad.abs().sum())}
+
+print(json.dumps(ray.get(train_step_loss.remote(sys.argv[1]))))
+ray.shutdown()
+"""
+
+
+def test_a_ray_worker_reaches_the_fipo_loss_of_a_composed_command_line():
+    config = compose_and_validate(BASE_OVERRIDES + [
+        'actor_rollout_ref.actor.policy_loss.loss_mode=fipo', '+actor_rollout_ref.actor.policy_loss.fipo.preset=paper-7b'])
+    actor_yaml = OmegaConf.to_yaml(config.actor_rollout_ref.actor)
+    result = subprocess.run([sys.executable, '-c', RAY_WORKER, actor_yaml], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reply = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reply['pid'] != os.getpid() and reply['loss_fn'] == 'swift_fipo.integrations.verl.compute_policy_loss_fipo'
+    assert 'actor/fipo/influence_weight_mean' in reply['fipo_metrics']
+    assert 1.0 < reply['weight_max'] <= 1.2 + 1e-6 and reply['grad'] > 0  # paper-7b's clip [0.8, 1.2], off-policy
+
+
+def test_verls_own_entry_point_refuses_a_bad_option_before_ray_starts():
+    overrides = BASE_OVERRIDES + ['actor_rollout_ref.actor.policy_loss.loss_mode=fipo',
+                                  '+actor_rollout_ref.actor.policy_loss.fipo.decay_rate=0']
+    result = subprocess.run([sys.executable, '-m', 'verl.trainer.main_ppo', *overrides], capture_output=True,
+                            text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert 'actor_rollout_ref.actor.policy_loss.fipo.decay_rate must be a finite number > 0; got 0' in output
+    assert 'ray init' not in output and 'Traceback' not in output
 
 
 def recipe_overrides() -> list[str]:
