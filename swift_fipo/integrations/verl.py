@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import sys
 import typing
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -86,18 +87,13 @@ def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[flo
                          f'filters and drops by); got {clip_ratio_c!r}.') from None
 
 
-def _options_of(policy_loss: Any) -> Any:
-    # A dict, an OmegaConf DictConfig (a Mapping too), or a user error that fipo_config reports.
-    return policy_loss.get('fipo', None) if policy_loss is not None else None
-
-
 def config_of_actor(actor_config: Any) -> FIPOConfig:
-    """The FIPOConfig of an actor config (verl's ``ActorConfig`` or its DictConfig)."""
-    return fipo_config(_options_of(actor_config.get('policy_loss', None)), actor_config.get('clip_ratio_c', 3.0))
+    """The FIPOConfig of an actor config (verl's ``ActorConfig``, or its DictConfig in older verl)."""
+    return fipo_config(actor_config.policy_loss.get('fipo', None), actor_config.get('clip_ratio_c', 3.0))
 
 
 def _validate_policy_loss(policy_loss: Any) -> None:
-    options = _options_of(policy_loss)
+    options = policy_loss.get('fipo', None)
     if policy_loss.get('loss_mode', None) == LOSS_MODE:
         fipo_config(options)
     elif options:
@@ -109,8 +105,9 @@ def _validate_actor(actor_config: Any, train_batch_size: int) -> None:
     if actor_config.policy_loss.get('loss_mode', None) != LOSS_MODE:
         return
     config_of_actor(actor_config)
+    # At validation time ppo_mini_batch_size still counts prompts, like data.train_batch_size.
     mini_batch = actor_config.get('ppo_mini_batch_size', None) or train_batch_size
-    updates_per_rollout = max(1, train_batch_size // mini_batch) if mini_batch else 1
+    updates_per_rollout = max(1, train_batch_size // mini_batch)
     if on_policy_reason(actor_config.get('ppo_epochs', 1), updates_per_rollout, 1) is not None:
         warn('FIPO is a no-op here: with actor_rollout_ref.actor.ppo_epochs=1 and one mini-batch per rollout '
              f'(data.train_batch_size={train_batch_size}, actor_rollout_ref.actor.ppo_mini_batch_size='
@@ -170,10 +167,11 @@ def patch_config_module(module: Any) -> dict[str, Any]:
     for name in ('PolicyLossConfig', 'ActorConfig'):
         if not dataclasses.is_dataclass(getattr(module, name, None)):
             return {'fipo_options': f'no dataclass {name} in {module.__name__}'}
-    if 'fipo' in {field.name for field in dataclasses.fields(module.PolicyLossConfig)} and not \
-            config_patches(module).patches[1].is_applied():
+    patches = config_patches(module)
+    fields_patch = patches.patches[1]
+    if 'fipo' in {field.name for field in dataclasses.fields(module.PolicyLossConfig)} and not fields_patch.is_applied():
         return {'fipo_options': 'verl defines policy_loss.fipo itself; left alone'}
-    config_patches(module).apply()
+    patches.apply()
     return {'fipo_options': True}
 
 
@@ -197,11 +195,10 @@ def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
     loss, metrics = vanilla(old_log_prob=old_log_prob, log_prob=log_prob, advantages=weighted,
                             response_mask=response_mask, loss_agg_mode=loss_agg_mode, config=config,
                             rollout_is_weights=rollout_is_weights)
-    metrics = dict(metrics)
-    for key, value in stats.summary.items():
-        if key not in _UNLOGGED:
-            metrics[f'actor/fipo/{key}'] = float(value)
-    return loss, metrics
+    import torch
+    summary = {key: value for key, value in stats.summary.items() if key not in _UNLOGGED}
+    values = torch.stack(list(summary.values())).tolist()  # one device sync for all of them
+    return loss, {**metrics, **{f'actor/fipo/{key}': value for key, value in zip(summary, values)}}
 
 
 def serves(core_algos: Any) -> Optional[str]:
@@ -244,7 +241,6 @@ def install() -> dict[str, Any]:
 
 def uninstall() -> None:
     """Undo ``install()`` / the activation in this process."""
-    import sys
     core_algos = sys.modules.get(CORE_ALGOS_MODULE)
     if core_algos is not None and core_algos.POLICY_LOSS_REGISTRY.get(LOSS_MODE) is compute_policy_loss_fipo:
         del core_algos.POLICY_LOSS_REGISTRY[LOSS_MODE]
