@@ -423,11 +423,11 @@ def test_a_ray_worker_reaches_the_fipo_loss_of_a_composed_command_line():
     assert 1.0 < reply['weight_max'] <= 1.2 + 1e-6 and reply['grad'] > 0  # paper-7b's clip [0.8, 1.2], off-policy
 
 
-def test_verls_own_entry_point_refuses_a_bad_option_before_ray_starts():
+def test_verls_own_entry_point_refuses_a_bad_option_before_ray_starts(tmp_path):
     overrides = BASE_OVERRIDES + ['actor_rollout_ref.actor.policy_loss.loss_mode=fipo',
                                   '+actor_rollout_ref.actor.policy_loss.fipo.decay_rate=0']
     result = subprocess.run([sys.executable, '-m', 'verl.trainer.main_ppo', *overrides], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, cwd=tmp_path)  # Hydra writes outputs/ into the cwd
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert 'actor_rollout_ref.actor.policy_loss.fipo.decay_rate must be a finite number > 0; got 0' in output
