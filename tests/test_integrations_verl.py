@@ -412,10 +412,11 @@ ray.shutdown()
 
 
 def test_a_ray_worker_reaches_the_fipo_loss_of_a_composed_command_line():
-    config = compose_and_validate(BASE_OVERRIDES + [
-        'actor_rollout_ref.actor.policy_loss.loss_mode=fipo', '+actor_rollout_ref.actor.policy_loss.fipo.preset=paper-7b'])
+    config = compose_and_validate(BASE_OVERRIDES + ['actor_rollout_ref.actor.policy_loss.loss_mode=fipo',
+                                                    '+actor_rollout_ref.actor.policy_loss.fipo.preset=paper-7b'])
     actor_yaml = OmegaConf.to_yaml(config.actor_rollout_ref.actor)
-    result = subprocess.run([sys.executable, '-c', RAY_WORKER, actor_yaml], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, '-c', RAY_WORKER, actor_yaml], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reply = json.loads(result.stdout.strip().splitlines()[-1])
     assert reply['pid'] != os.getpid() and reply['loss_fn'] == 'swift_fipo.integrations.verl.compute_policy_loss_fipo'

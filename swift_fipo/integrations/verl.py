@@ -168,8 +168,8 @@ def patch_config_module(module: Any) -> dict[str, Any]:
         if not dataclasses.is_dataclass(getattr(module, name, None)):
             return {'fipo_options': f'no dataclass {name} in {module.__name__}'}
     patches = config_patches(module)
-    fields_patch = patches.patches[1]
-    if 'fipo' in {field.name for field in dataclasses.fields(module.PolicyLossConfig)} and not fields_patch.is_applied():
+    declared = {field.name for field in dataclasses.fields(module.PolicyLossConfig)}
+    if 'fipo' in declared and not patches.patches[1].is_applied():  # [1]: the field patch
         return {'fipo_options': 'verl defines policy_loss.fipo itself; left alone'}
     patches.apply()
     return {'fipo_options': True}
