@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create (or refresh) a virtual environment with torch (CPU), upstream verl and this package, apart from
+# ms-swift's (their transformers pins conflict).
+#   bash scripts/setup_verl.sh VERL_VERSION VENV_DIR [EXTRA_REQUIREMENT ...]
+# Extra requirements pin what an old verl release forgets to (0.6.1 imports names transformers 5 removed).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+version="$1"
+venv="$2"
+shift 2
+constraints="$root/scripts/constraints-cpu.txt"
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+if [ ! -f "$venv/.swift-fipo-deps-verl-$version" ]; then
+    "${pip[@]}" install -c "$constraints" torch==2.13.0
+    "${pip[@]}" install -c "$constraints" "verl==$version" 'pytest>=8' "$@"
+    touch "$venv/.swift-fipo-deps-verl-$version"
+fi
+# Non-editable, as users get it: its .pth activation must run in every fresh interpreter (Ray workers).
+# --no-deps: swift-fipo's own dependencies (ms-swift) do not belong in verl's environment.
+"${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
+echo "ready: $venv (verl $version)"
