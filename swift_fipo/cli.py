@@ -22,10 +22,25 @@ def _pth_file() -> Optional[Path]:
     return None
 
 
+def _doctor_verl(lines: list[str]) -> bool:
+    """Hook verl here as its processes are hooked; report. True if loss_mode=fipo works."""
+    from swift_fipo.integrations import verl
+    try:
+        report = verl.install()
+    except Exception as error:  # report, do not crash: this command exists to diagnose
+        lines.append(f'  {verl.CORE_ALGOS_MODULE}: cannot hook: {error}')
+        return False
+    lines.append(f'  {verl.CORE_ALGOS_MODULE}: ' + ('fipo registered (loss_mode=fipo)' if report[verl.LOSS_MODE] is True
+                                                     else str(report[verl.LOSS_MODE])))
+    lines.append(f'  {verl.CONFIG_MODULE}: ' + ('PolicyLossConfig takes the fipo options'
+                                                if report['fipo_options'] is True else str(report['fipo_options'])))
+    return report[verl.LOSS_MODE] is True and report['fipo_options'] is True
+
+
 def doctor() -> int:
     """Print the environment and the state of every hook; exit 1 if FIPO would not be ours."""
     lines = [f'swift-fipo {__version__} (python {sys.version.split()[0]})']
-    for distribution in ('torch', 'ms-swift', 'transformers', 'trl', 'megatron-core', 'deepspeed', 'vllm'):
+    for distribution in ('torch', 'ms-swift', 'transformers', 'trl', 'megatron-core', 'deepspeed', 'vllm', 'verl'):
         lines.append(f'  {distribution:<13} {installed_version(distribution) or "not installed"}')
     pth = _pth_file()
     lines.append('activation:')
@@ -33,15 +48,16 @@ def doctor() -> int:
     if activation.is_disabled():
         lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}')
     elif activation.watcher_installed():
-        lines.append('  state         active: trainer modules are hooked when ms-swift imports them')
+        lines.append('  state         active: host modules are hooked when ms-swift or verl imports them')
     else:
         lines.append('  state         inactive in this interpreter (use --external_plugins or install())')
+    has_verl = installed_version('verl') is not None
     healthy = installed_version('ms-swift') is not None
 
     lines.append('hooks:')
-    if not healthy:
+    if not healthy and not has_verl:
         lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2"')
-    else:
+    elif healthy:
         from swift_fipo.integrations import ms_swift
         from swift_fipo.integrations.ms_swift_cli import PIPELINE_MODULE
         try:
@@ -65,6 +81,9 @@ def doctor() -> int:
             lines.append(f'  {ms_swift.MEGATRON_TRAINER_MODULE}: not available')
         else:
             lines.append(f'  {ms_swift.MEGATRON_TRAINER_MODULE}: hooked when `megatron rlhf` imports it')
+    if has_verl:
+        verl_healthy = _doctor_verl(lines)
+        healthy = verl_healthy if installed_version('ms-swift') is None else healthy and verl_healthy
     print('\n'.join(lines))
     return 0 if healthy else 1
 

@@ -139,6 +139,15 @@ def test_uninstall_restores_verl():
     assert _run(code).splitlines() == ['False False False False False', 'refused', "{'clip_range': 0.1}"]
 
 
+def test_doctor_reports_the_verl_hooks():
+    doctor = Path(sys.executable).parent / 'swift-fipo'
+    result = subprocess.run([str(doctor), 'doctor'], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert f'verl          {verl.__version__}' in result.stdout
+    assert 'verl.trainer.ppo.core_algos: fipo registered (loss_mode=fipo)' in result.stdout
+    assert 'verl.workers.config.actor: PolicyLossConfig takes the fipo options' in result.stdout
+
+
 def test_capability_check_refuses_a_registry_without_the_two_value_loss():
     def four_values(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode='token-mean', config=None,
                     rollout_is_weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
