@@ -18,6 +18,6 @@ if [ ! -f "$venv/.swift-fipo-deps-verl-$version" ]; then
     touch "$venv/.swift-fipo-deps-verl-$version"
 fi
 # Non-editable, as users get it: its .pth activation must run in every fresh interpreter (Ray workers).
-# --no-deps: swift-fipo's own dependencies (ms-swift) do not belong in verl's environment.
+# --no-deps: its one dependency, torch, is already there (pinned to the CPU build).
 "${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
 echo "ready: $venv (verl $version)"

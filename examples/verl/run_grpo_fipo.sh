@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GRPO + FIPO in upstream verl on one node of 8 GPUs: the FIPO paper's 7B recipe (arXiv 2603.19835, the
 # authors' verl loss mode future_kl) scaled from 16 nodes to one.
-#   pip install 'verl[vllm]==0.9.1' && pip install --no-deps swift-fipo   (CUDA; swift-fipo then registers
-#   loss_mode=fipo in every Ray worker; --no-deps keeps ms-swift, swift-fipo's other host, out)
+#   pip install 'verl[vllm]==0.9.1' swift-fipo   (CUDA; swift-fipo then registers loss_mode=fipo in every
+#   Ray worker)
 #   TRAIN_FILES=... VAL_FILES=... bash examples/verl/run_grpo_fipo.sh [more Hydra overrides]
 # Status: overrides composed and validated against verl's own config by tests/test_integrations_verl.py;
 # never run here (no GPU).
