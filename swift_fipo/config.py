@@ -8,8 +8,35 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+# float32 facts the bounds below derive from (this module imports neither numpy nor torch).
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32, (2 - 2**-23) * 2**127."""
+FLOAT32_TINY = 2.0**-126
+"""The smallest normal float32."""
+MIN_DECAY_RATE = 1.0 / 126
+"""Below it gamma = 2**(-1/decay_rate) < 2**-126: the window shrinks to the current token in float32."""
+MAX_DECAY_RATE = 2.0**24
+"""Above it gamma rounds towards 1 in float32 (the spacing of float32 just below 1 is 2**-24): no decay."""
+MAX_LOG_RATIO_CLAMP = 88.0
+"""exp(x) must stay finite in float32: ln(FLOAT32_MAX) = 88.72; 88 is the round number below it."""
+
+_DECAY_RATE_ALLOWED = (f'a number in [1/126, 2**24] = [{MIN_DECAY_RATE:.4g}, {MAX_DECAY_RATE:.0f}] (gamma = '
+                       '2**(-1/decay_rate) must be a float32 number in [2**-126, 1): smaller values underflow '
+                       'it, larger ones round it to 1 and nothing decays)')
+_CLIP_RANGE_ALLOWED = (f'None, or a number in [0, {FLOAT32_MAX!r}] (0 disables clipping; '
+                       '1+clip_range must be a finite float32)')
+_SAFETY_ALLOWED = (f'None, or a number in (0, {FLOAT32_MAX!r}] (the float32 importance ratio is compared '
+                   'with it)')
+_RATIO_THRESHOLD_ALLOWED = (f'None, or a number in (1, {FLOAT32_MAX!r}] (a bound on the float32 importance '
+                            'ratio)')
+_CLAMP_ALLOWED = (f'None, or a number in (0, {MAX_LOG_RATIO_CLAMP:g}] (exp(+-log_ratio_clamp) must stay finite '
+                  'in float32, whose largest exponent is ln(3.4e38) = 88.7)')
+_CAP_ALLOWED = (f'None, or a number in [2**-126, {FLOAT32_MAX!r}] (a normal float32 number: smaller caps '
+                'round to 0, larger ones overflow)')
 
 
 @dataclass(frozen=True)
@@ -72,28 +99,23 @@ class FIPOConfig:
                           'the largest finite float32 (ms-swift leaves it unbounded). Must be > 0.'})
 
     def __post_init__(self) -> None:
-        _require(_is_number(self.decay_rate) and math.isfinite(self.decay_rate) and self.decay_rate > 0,
-                 'decay_rate', self.decay_rate, 'a finite number > 0')
-        if self.clip_range is not None:
-            _require(_is_number(self.clip_range) and math.isfinite(self.clip_range) and self.clip_range >= 0,
-                     'clip_range', self.clip_range, 'None, or a finite number >= 0 (0 disables clipping)')
-            if not self.clip_high_only:
-                _require(self.clip_range < 1, 'clip_range', self.clip_range,
-                         '[0, 1) when clip_high_only is False (the lower bound 1-clip_range must stay > 0)')
-        _require(isinstance(self.clip_high_only, bool), 'clip_high_only', self.clip_high_only, 'True or False')
-        if self.safety_threshold is not None:
-            _require(_is_number(self.safety_threshold) and self.safety_threshold > 0, 'safety_threshold',
-                     self.safety_threshold, 'None, or a number > 0')
+        # Every bound is what the float32 maths of ``compute_fipo_influence`` needs to stay finite and
+        # meaningful (see the constants above); numbers are stored as Python floats, whatever scalar
+        # type they arrived as.
+        _number_field(self, 'decay_rate', _DECAY_RATE_ALLOWED, lambda x: MIN_DECAY_RATE <= x <= MAX_DECAY_RATE)
+        clip_high_only = _bool_field(self, 'clip_high_only')
+        if clip_high_only:
+            _number_field(self, 'clip_range', _CLIP_RANGE_ALLOWED, lambda x: 0 <= x <= FLOAT32_MAX, optional=True)
+        else:
+            _number_field(self, 'clip_range', '[0, 1) when clip_high_only is False (the lower bound 1-clip_range '
+                          'must stay > 0), or None', lambda x: 0 <= x < 1, optional=True)
+        _number_field(self, 'safety_threshold', _SAFETY_ALLOWED, lambda x: 0 < x <= FLOAT32_MAX, optional=True)
         for name in ('delta', 'filter_threshold'):
-            value = getattr(self, name)
-            if value is not None:
-                _require(_is_number(value) and value > 1, name, value, 'None, or a number > 1')
-        for name in ('log_ratio_clamp', 'unclipped_weight_cap'):
-            value = getattr(self, name)
-            if value is not None:
-                _require(_is_number(value) and value > 0, name, value, 'None, or a number > 0')
-        _require(isinstance(self.sequence_drop, bool), 'sequence_drop', self.sequence_drop, 'True or False')
-        if self.sequence_drop:
+            _number_field(self, name, _RATIO_THRESHOLD_ALLOWED, lambda x: 1 < x <= FLOAT32_MAX, optional=True)
+        _number_field(self, 'log_ratio_clamp', _CLAMP_ALLOWED, lambda x: 0 < x <= MAX_LOG_RATIO_CLAMP, optional=True)
+        _number_field(self, 'unclipped_weight_cap', _CAP_ALLOWED, lambda x: FLOAT32_TINY <= x <= FLOAT32_MAX,
+                      optional=True)
+        if _bool_field(self, 'sequence_drop'):
             _require(self.dual_clip_threshold is not None, 'sequence_drop', self.sequence_drop,
                      'False unless delta or filter_threshold is set (it needs a dual-clip threshold)')
 
@@ -143,8 +165,59 @@ class FIPOConfig:
         return {f.name: f.metadata['help'] for f in fields(cls)}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def real_number(value: Any) -> Optional[float]:
+    """``value`` as a Python float if it is a real number, else None.
+
+    Python ints and floats, ``numbers.Real`` (numpy's scalars included) and 0-dim array or tensor
+    scalars (anything with ``shape == ()`` and ``.item()``) are numbers; bool, complex and strings are
+    not. An int too large for a float becomes +-inf, so range checks refuse it like any infinity.
+    Detected by duck typing: this module imports neither numpy nor torch.
+    """
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, numbers.Real):
+        item = getattr(value, 'item', None)
+        if not callable(item) or getattr(value, 'shape', None) != ():
+            return None
+        value = item()  # a 0-dim array or tensor: its Python scalar
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return math.inf if value > 0 else -math.inf
+
+
+def _as_bool(value: Any) -> Optional[bool]:
+    """``value`` as a Python bool if it is a bool, numpy bool or 0-dim bool tensor, else None (1 is not)."""
+    if isinstance(value, bool):
+        return value
+    item = getattr(value, 'item', None)
+    if callable(item) and getattr(value, 'shape', None) == ():
+        value = item()
+        if isinstance(value, bool):
+            return value
+    return None
+
+
+def _number_field(config: FIPOConfig, name: str, allowed: str, in_range: Callable[[float], bool],
+                  optional: bool = False) -> None:
+    """Check that field ``name`` holds a real number inside ``in_range`` (or None if ``optional``), and
+    store it as a Python float. NaN fails every range."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    number = real_number(value)
+    _require(number is not None and in_range(number), name, value, allowed)
+    object.__setattr__(config, name, number)  # frozen dataclass: the one sanctioned write, at creation
+
+
+def _bool_field(config: FIPOConfig, name: str) -> bool:
+    value = getattr(config, name)
+    flag = _as_bool(value)
+    _require(flag is not None, name, value, 'True or False')
+    object.__setattr__(config, name, flag)
+    return bool(flag)
 
 
 class FIPOConfigError(ValueError):
@@ -159,12 +232,22 @@ class FIPOConfigError(ValueError):
         super().__init__(self.describe(f'FIPOConfig.{field}'))
 
     def describe(self, option: str) -> str:
-        return f'{option} must be {self.allowed}; got {self.value!r}.'
+        return f'{option} must be {self.allowed}; got {_shown(self.value)}.'
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise FIPOConfigError(name, value, allowed)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message, bounded: a hostile value must not flood it, and the repr
+    of an int with more than 4300 digits raises."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f'an int of {value.bit_length()} bits' if isinstance(value, int) else f'a {type(value).__name__}'
+    return text if len(text) <= 80 else f'{text[:60]}... ({len(text)} characters)'
 
 
 _PAPER = dict(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0, log_ratio_clamp=20.0,
