@@ -30,6 +30,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from swift_fipo.config import real_number
+
 DEFAULT_BLOCK_SIZE = 32
 # Sequences (or block-head sequences) up to this length take one matmul against a dense decay matrix:
 # a [B, 256] x [256, 256] product costs less than the few small kernels of another level of blocks.
@@ -68,15 +70,26 @@ def _flush_subnormal(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = DEFAULT_BLOCK_SIZE) -> torch.Tensor:
     """Return ``out[..., t] = sum_{k >= t} gamma**(k - t) * values[..., k]`` over the last dimension.
 
-    ``values`` must be finite (non-finite entries would turn the zero entries of the decay matrix
-    into NaN); the result has the dtype of ``values``. Not differentiable by design: callers run it
-    under ``torch.no_grad``.
+    ``values``: a floating-point tensor with at least one dimension (the last may be empty).
+    Integer, bool and complex tensors are refused (a decay matrix in their dtype would round every
+    gamma**k to 0 or 1). Values should be finite: a NaN or inf makes every output of its row NaN
+    (the zero entries of the decay matrix multiply it), checking would cost a pass over the input.
+    The result has the dtype of ``values``. Not differentiable by design: callers run it under
+    ``torch.no_grad``.
     """
-    if block_size < 2:  # blocks of 1 would never shorten the carry recursion
-        raise ValueError(f'block_size must be >= 2; got {block_size}.')
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f'gamma must be in [0, 1]; got {gamma}.')
-    return _future_sum(values, float(gamma), block_size)
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f'values must be a floating-point torch.Tensor; got {type(values).__name__}.')
+    if not values.dtype.is_floating_point:
+        raise TypeError(f'values must be a floating-point tensor; got dtype {values.dtype} (cast it yourself).')
+    if values.dim() == 0:
+        raise ValueError('values must have at least one dimension (the sequence); got a 0-dim tensor.')
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2:
+        # blocks of 1 would never shorten the carry recursion
+        raise ValueError(f'block_size must be an int >= 2; got {block_size!r}.')
+    number = real_number(gamma)
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ValueError(f'gamma must be a number in [0, 1]; got {gamma!r}.')
+    return _future_sum(values, number, block_size)
 
 
 def _future_sum(values: torch.Tensor, gamma: float, block_size: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -54,8 +54,10 @@ class FIPOStats:
         """Scalar (0-dim float32) summaries over completion tokens; NaN where there are none.
 
         How each combines across ranks and accumulation chunks: ``integrations.contract.METRIC_REDUCTIONS``.
-        Tensors rather than floats so that no device sync happens until a caller asks for one.
+        Tensors rather than floats so that no device sync happens until a caller asks for one. An
+        empty batch (B = 0 or T = 0) gives NaN everywhere.
         """
+        self._check()
         mask = self.completion_mask
         count = mask.sum().to(torch.float32)
 
@@ -63,6 +65,8 @@ class FIPOStats:
             return torch.where(mask, values.to(torch.float32), 0.0).sum() / count
 
         def extreme(values: torch.Tensor, largest: bool) -> torch.Tensor:
+            if values.numel() == 0:  # max()/min() of an empty tensor raise
+                return torch.tensor(math.nan, device=values.device)
             fill = -torch.inf if largest else torch.inf
             masked = torch.where(mask, values, fill)
             found = masked.max() if largest else masked.min()
@@ -86,6 +90,26 @@ class FIPOStats:
             stats['clipped_low_ratio'] = mean(self.raw_weight < low)
         return stats
 
+    def _check(self) -> None:
+        """Refuse fields ``summary`` cannot interpret (stats built by hand), naming the field."""
+        mask = self.completion_mask
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
+            raise ValueError(f'FIPOStats.completion_mask must be a [B, T] bool tensor; got {_describe(mask)}.')
+        batch, length = mask.shape
+        shapes = {'future_kl': ((batch, length), ), 'raw_weight': ((batch, length), ),
+                  'weight': ((batch, length), ), 'safety_mask': ((batch, length), ),
+                  'participation_mask': ((batch, length), ), 'ratio': ((batch, length), (batch, 1)),
+                  'negative_advantage': ((batch, length), (batch, 1)), 'dropped': ((batch, ), )}
+        for name, allowed in shapes.items():
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) not in allowed:
+                raise ValueError(f'FIPOStats.{name} must be a tensor of shape '
+                                 f'{" or ".join(str(shape) for shape in allowed)}; got {_describe(value)}.')
+            wants_bool = name in ('safety_mask', 'participation_mask', 'negative_advantage', 'dropped')
+            if (value.dtype == torch.bool) != wants_bool or value.is_complex():
+                raise ValueError(f'FIPOStats.{name} must be a {"bool" if wants_bool else "real floating"} '
+                                 f'tensor; got {value.dtype}.')
+
 
 @torch.no_grad()
 def compute_fipo_influence(log_ratio: torch.Tensor,
@@ -106,37 +130,71 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
 
     Returns:
         ``(weight, stats)``: ``weight`` is ``[B, T]`` float32 and detached; multiply the per-token
-        policy loss by it (equivalently, the advantage, since the weight is positive). Always finite.
+        policy loss by it (equivalently, the advantage, since the weight is positive). Always finite,
+        whatever the values of the inputs (NaN, inf, huge).
+
+    Raises:
+        TypeError: an argument is not a tensor (``config`` not a ``FIPOConfig``), or has a dtype it
+            cannot be read as (integer, bool or complex log-ratio or ratio; complex mask or
+            advantages; bool advantages). Nothing is cast silently.
+        ValueError: a shape that does not fit ``[B, T]``, or tensors on different devices.
+
+    No returned tensor shares memory with another one or with an input: ``weight`` is not
+    ``stats.weight`` (equal values, separate storage), so editing either in place, or editing an
+    input afterwards, cannot change the other or ``stats.summary``.
     """
-    config = config if config is not None else FIPOConfig()
+    weight, stats = fipo_influence(log_ratio, completion_mask, advantages, config, ratio)
+    return weight.clone(), stats
+
+
+def fipo_influence(log_ratio: torch.Tensor,
+                   completion_mask: torch.Tensor,
+                   advantages: torch.Tensor,
+                   config: Optional[FIPOConfig] = None,
+                   ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, FIPOStats]:
+    """``compute_fipo_influence`` whose returned weight IS ``stats.weight`` (saves a copy): for
+    callers in this package that only read it, e.g. to build a new tensor from it."""
+    config = _check_config(config)
+    _check_tensor(log_ratio, 'log_ratio', 'a [B, T] floating-point', floating=True)
     if log_ratio.dim() != 2:
         raise ValueError(f'log_ratio must be [B, T]; got shape {tuple(log_ratio.shape)}.')
     batch, length = log_ratio.shape
+    device = log_ratio.device
+    _check_tensor(completion_mask, 'completion_mask', 'a [B, T] bool or 0/1', device=device)
     if completion_mask.shape != log_ratio.shape:
         raise ValueError(f'completion_mask must match log_ratio {tuple(log_ratio.shape)}; '
                          f'got {tuple(completion_mask.shape)}.')
+    _check_tensor(advantages, 'advantages', 'a [B], [B, 1] or [B, T] real', device=device, boolean=False)
     advantages = _as_rows(advantages.detach(), 'advantages', batch, length)
+    if ratio is not None:
+        _check_tensor(ratio, 'ratio', 'a [B, T] or [B, 1] floating-point', floating=True, device=device)
 
     log_ratio = log_ratio.detach().to(torch.float32)
-    mask = completion_mask.detach().to(torch.bool)
+    # A copy even when it is already bool: stats.completion_mask must not be the caller's tensor.
+    mask = completion_mask.detach().to(torch.bool, copy=True)
     # Masks enter the arithmetic as float 0/1 (and bools are made from floats through uint8): on CPU,
     # kernels that read or write bool tensors run several times slower than float ones.
     mask_f = mask.view(torch.uint8).to(torch.float32)
-    ratio = torch.exp(log_ratio) if ratio is None else _as_rows(ratio.detach(), 'ratio', batch, length).float()
-    if config.log_ratio_clamp is not None:
-        limit = config.log_ratio_clamp
-        log_ratio = log_ratio.clamp(-limit, limit)
-        ratio = ratio.clamp(math.exp(-limit), math.exp(limit))
+    clamp = config.log_ratio_clamp
+    if ratio is None:
+        ratio = torch.exp(log_ratio)
+    else:  # a copy unless the clamp below makes one: stats.ratio must not be the caller's tensor
+        ratio = _as_rows(ratio.detach(), 'ratio', batch, length).to(torch.float32, copy=clamp is None)
+    if clamp is not None:
+        ratio = ratio.clamp(math.exp(-clamp), math.exp(clamp))
 
-    participation, keep = mask, mask_f
+    participation, keep = None, mask_f
     threshold = config.participation_threshold
     if threshold is not None:
         keep = torch.addcmul(mask_f, mask_f, _indicator(torch.gt, ratio, threshold), value=-1.0)  # mask * not-high
         participation = _as_bool(keep)
-    # NaN/inf are replaced before the mask multiplies, so that excluded positions contribute exactly 0.
-    delta = torch.nan_to_num(log_ratio, nan=0.0, posinf=_LOG_RATIO_LIMIT, neginf=-_LOG_RATIO_LIMIT).mul_(keep)
+    # Huge finite log-ratios are clamped too (two of 3e38 would sum to inf), and NaN is replaced,
+    # before the mask multiplies, so that excluded positions contribute exactly 0.
+    limit = clamp if clamp is not None else _LOG_RATIO_LIMIT
+    delta = log_ratio.clamp(-limit, limit).nan_to_num_(0.0).mul_(keep)
 
-    # |Future-KL| <= 1e30 * T is finite, so multiplying by the mask cannot produce NaN.
+    # |Future-KL| <= 1e30 / (1 - gamma) <= 2.5e37 (decay_rate <= 2**24) is finite, so multiplying by
+    # the mask cannot produce NaN.
     future_kl = discounted_future_sum(delta, config.gamma)
     future_kl = future_kl.mul_(mask_f) if future_kl.is_contiguous() else future_kl * mask_f
     raw_weight = torch.exp(future_kl).clamp_(max=_FLOAT32_MAX)
@@ -160,6 +218,8 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
         target = _safety_target(weight, bounds)
         weight = torch.lerp(weight, target, flagged) if weight is raw_weight else weight.lerp_(target, flagged)
         safety_mask = ~_as_bool(flagged)
+    if weight is raw_weight:  # nothing bounded it: stats.weight and stats.raw_weight must not alias
+        weight = raw_weight.clone()
 
     dropped = torch.zeros(batch, dtype=torch.bool, device=weight.device)
     if config.sequence_drop:
@@ -170,7 +230,8 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
         weight = torch.where(dropped[:, None], 0.0, weight)
 
     stats = FIPOStats(future_kl=future_kl, raw_weight=raw_weight, weight=weight, safety_mask=safety_mask,
-                      participation_mask=participation.expand(batch, length), completion_mask=mask, ratio=ratio,
+                      participation_mask=mask.clone() if participation is None else participation,
+                      completion_mask=mask, ratio=ratio,
                       negative_advantage=negative_advantage, dropped=dropped, weight_bounds=bounds)
     return weight, stats
 
@@ -213,6 +274,33 @@ def _safety_target(weight: torch.Tensor, bounds: Optional[tuple[float, float]]) 
 @functools.lru_cache(maxsize=16)
 def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype, device=device)  # cached: creating a tensor costs ~5 us
+
+
+def _check_config(config: Any) -> FIPOConfig:
+    if config is None:
+        return FIPOConfig()
+    if not isinstance(config, FIPOConfig):
+        raise TypeError(f'config must be a FIPOConfig (or None for the defaults); got {type(config).__name__}. '
+                        'Build one with FIPOConfig(**values) or FIPOConfig.from_preset(name).')
+    return config
+
+
+def _check_tensor(value: Any, name: str, expected: str, *, floating: bool = False, boolean: bool = True,
+                  device: Optional[torch.device] = None) -> None:
+    """Metadata checks only (type, dtype, device): no pass over the values."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f'{name} must be {expected} torch.Tensor; got {type(value).__name__}.')
+    dtype = value.dtype
+    if (floating and not dtype.is_floating_point) or dtype.is_complex or (not boolean and dtype == torch.bool):
+        raise TypeError(f'{name} must be {expected} tensor; got dtype {dtype} (cast it yourself if that is meant).')
+    if device is not None and value.device != device:
+        raise ValueError(f'{name} must be on the device of log_ratio ({device}); got {value.device}.')
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f'{value.dtype} tensor of shape {tuple(value.shape)}'
+    return type(value).__name__
 
 
 def _as_rows(values: torch.Tensor, name: str, batch: int, length: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import torch
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
+from swift_fipo.ops.influence import FIPOStats, fipo_influence
 
 Reduction = Literal['none', 'token_mean', 'sum']
 _REDUCTIONS = ('none', 'token_mean', 'sum')
@@ -75,21 +75,32 @@ def apply_fipo(per_token_loss: torch.Tensor,
     Returns:
         ``(loss, stats)``. ``loss`` has the promoted dtype of ``per_token_loss`` and float32 (half
         precision losses come back in float32). ``stats.summary`` holds the scalar metrics; log them
-        as ``fipo/<key>``.
+        as ``fipo/<key>``. ``loss`` is a new tensor: editing it in place changes nothing in ``stats``.
+
+    Raises:
+        TypeError / ValueError: as ``compute_fipo_influence``, and for a ``per_token_loss`` that is not
+        a floating-point ``[B, T]`` or ``[B, 1]`` tensor on the device of ``log_ratio``.
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f'reduction must be one of {_REDUCTIONS}; got {reduction!r}.')
+    if not isinstance(per_token_loss, torch.Tensor) or not per_token_loss.dtype.is_floating_point:
+        got = per_token_loss.dtype if isinstance(per_token_loss, torch.Tensor) else type(per_token_loss).__name__
+        raise TypeError(f'per_token_loss must be a floating-point torch.Tensor; got {got}.')
+    if not isinstance(log_ratio, torch.Tensor):
+        raise TypeError(f'log_ratio must be a [B, T] floating-point torch.Tensor; got {type(log_ratio).__name__}.')
     if log_ratio.dim() != 2:
         raise ValueError(f'log_ratio must be [B, T]; got shape {tuple(log_ratio.shape)}.')
-    try:
-        broadcast = torch.broadcast_shapes(per_token_loss.shape, log_ratio.shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != log_ratio.shape:
-        raise ValueError(f'per_token_loss must be [B, T] or [B, 1] matching log_ratio {tuple(log_ratio.shape)}; '
-                         f'got {tuple(per_token_loss.shape)}.')
+    batch, length = log_ratio.shape
+    # Exactly [B, T] or [B, 1]: a 0-dim, [T] or [1, T] loss would broadcast into a [B, T] result
+    # silently, every row then carrying the same loss.
+    if per_token_loss.dim() != 2 or per_token_loss.shape[0] != batch or per_token_loss.shape[1] not in (1, length):
+        raise ValueError(f'per_token_loss must be [B, T] or [B, 1] with B={batch}, T={length} (the shape of '
+                         f'log_ratio); got {_shape(per_token_loss)}.')
+    if per_token_loss.device != log_ratio.device:
+        raise ValueError(f'per_token_loss must be on the device of log_ratio ({log_ratio.device}); '
+                         f'got {per_token_loss.device}.')
 
-    weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=ratio)
+    weight, stats = fipo_influence(log_ratio, completion_mask, advantages, config, ratio=ratio)
     weighted = per_token_loss * weight
     if reduction == 'none':
         return weighted, stats
@@ -99,3 +110,7 @@ def apply_fipo(per_token_loss: torch.Tensor,
     if reduction == 'sum':
         return total, stats
     return total / stats.completion_mask.sum().clamp(min=1), stats
+
+
+def _shape(value: object) -> str:
+    return f'shape {tuple(value.shape)}' if isinstance(value, torch.Tensor) else type(value).__name__
