@@ -41,3 +41,18 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, str(TINY_BUILDER), str(out), '--rows', '32'], check=True,
                    capture_output=True, text=True, env={**os.environ, 'SWIFT_FIPO_DISABLE': '1'})
     return out
+
+
+try:  # the property tests (tests/test_properties.py) skip without hypothesis
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    pass
+else:
+    # ci: bounded and derandomized (the same examples every run: never flaky, no example database
+    # written); search: HYPOTHESIS_PROFILE=search for a longer random hunt on a developer's machine.
+    _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile('ci', max_examples=150, derandomize=True, database=None, deadline=None,
+                              suppress_health_check=_SLOW, print_blob=True)
+    settings.register_profile('search', max_examples=3000, deadline=None, suppress_health_check=_SLOW,
+                              print_blob=True)
+    settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))

@@ -29,28 +29,42 @@ def brute_fipo_weight(log_ratio: torch.Tensor,
                       clip_high_only: bool = True,
                       safety_threshold: Optional[float] = 4.0,
                       delta: Optional[float] = None,
-                      ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ratio: Optional[torch.Tensor] = None,
+                      filter_threshold: Optional[float] = None,
+                      log_ratio_clamp: Optional[float] = None,
+                      unclipped_weight_cap: Optional[float] = None,
+                      sequence_drop: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weight, future_kl, safety_mask), each [B, T], in float64."""
     log_ratio = log_ratio.double()
     mask = mask.bool()
     batch, length = log_ratio.shape
     ratio = torch.exp(log_ratio) if ratio is None else ratio.double().expand(batch, length)
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+        ratio = ratio.clamp(math.exp(-log_ratio_clamp), math.exp(log_ratio_clamp))
     advantages = advantages.double()
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     advantages = advantages.expand(batch, length)
     contributes = mask.clone()
-    if delta is not None:
-        contributes &= ~(ratio > delta)
+    for threshold in (delta, filter_threshold):
+        if threshold is not None:
+            contributes &= ~(ratio > threshold)
     step = torch.where(contributes, log_ratio, torch.zeros((), dtype=torch.float64))
     future_kl = torch.where(mask, brute_future_kl(step, 2.0**(-1.0 / decay_rate)), 0.0)
     weight = torch.exp(future_kl)
     if clip_range:
         weight = weight.clamp(1.0 if clip_high_only else 1.0 - clip_range, 1.0 + clip_range)
+    elif unclipped_weight_cap is not None:
+        weight = weight.clamp(max=unclipped_weight_cap)
     safety = torch.ones_like(mask)
     if safety_threshold is not None:
         safety = ~((advantages < 0) & (ratio > safety_threshold))
         weight = torch.where(safety, weight, weight.clamp(0.8, 1.0))
+    if sequence_drop:  # more than one negative-advantage token past the dual clip c: the response is dropped
+        c = delta if delta is not None else filter_threshold
+        binding = mask & (advantages < 0) & (ratio > c) & (weight != 0)
+        weight = torch.where((binding.sum(dim=1) > 1)[:, None], 0.0, weight)
     return weight, future_kl, safety
 
 
@@ -75,6 +89,10 @@ def is_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5,
     relative to that, not to a result that cancellation made small.
     """
     actual, expected = actual.double(), expected.double()
+    if actual.shape != expected.shape:
+        return False
+    if actual.numel() == 0:
+        return True
     scale = expected.abs() if scale is None else scale.double()
     error = (actual - expected).abs()
     return not math.isnan(float(error.max())) and bool((error <= tol * scale.clamp(min=1.0)).all())

@@ -102,12 +102,13 @@ def _future_sum(values: torch.Tensor, gamma: float, block_size: int) -> torch.Te
     lead = values.shape[:-1]
     padding = (-length) % block_size
     # Zeros appended after the end contribute nothing to any earlier position.
-    blocks = (F.pad(values, (0, padding)) if padding else values).reshape(*lead, -1, block_size)
+    count = (length + padding) // block_size  # explicit, not -1: an empty batch (B = 0) must reshape too
+    blocks = (F.pad(values, (0, padding)) if padding else values).reshape(*lead, count, block_size)
     args = (block_size, gamma, values.dtype, values.device)
     # Future sum at every block head: its own block (a dot product) plus the decayed next head.
     heads = _future_sum(blocks @ _head_decay(*args), gamma**block_size, block_size)
     local = blocks @ _decay_matrix(*args)
     # Carry-in from the next block's head; the last block has none.
     local[..., :-1, :].addcmul_(heads[..., 1:].unsqueeze(-1), _carry_decay(*args))
-    out = local.reshape(*lead, -1)
+    out = local.reshape(*lead, count * block_size)
     return out[..., :length] if padding else out
