@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TextIO
 
 from swift_fipo import __version__, activation
 from swift_fipo.integrations.contract import installed_version
@@ -91,8 +91,12 @@ def doctor() -> int:
 def plugin_path() -> int:
     """Print the file to pass to ms-swift's --external_plugins."""
     spec = importlib.util.find_spec('swift_fipo.plugin')
-    assert spec is not None and spec.origin is not None
-    print(spec.origin)
+    origin = Path(spec.origin) if spec is not None and spec.origin is not None else None
+    if origin is None or not origin.is_file():
+        package = Path(__file__).resolve().parent
+        return _fail('plugin-path', f'{package / "plugin.py"} is missing: this swift-fipo installation is incomplete; '
+                                    'reinstall it (pip install --force-reinstall swift-fipo)', code=1)
+    _say(str(origin))
     return 0
 
 
@@ -100,7 +104,7 @@ def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str]) 
     """Write the metric charts of one run, or of several on shared axes."""
     from swift_fipo.viz.plot import plot as plot_runs  # matplotlib only for this command
     written = plot_runs(run_dirs, output, labels)
-    print(f'wrote {written}')
+    _say(f'wrote {written}')
     return 0
 
 
@@ -108,8 +112,25 @@ def inspect(run_dir: str, output: Optional[str]) -> int:
     """Write the per-token HTML page of a run captured with --fipo_log_tokens."""
     from swift_fipo.viz.inspect import inspect as inspect_run
     written = inspect_run(run_dir, output)
-    print(f'wrote {written}')
+    _say(f'wrote {written}')
     return 0
+
+
+def _one_line(text: str, stream: TextIO) -> str:
+    """``text`` as one line the stream can encode: newlines (legal in file names) escaped, and what
+    the encoding lacks (lone surrogates from undecodable file names) backslash-escaped."""
+    text = text.replace('\r', '\\r').replace('\n', '\\n')
+    encoding = getattr(stream, 'encoding', None) or 'utf-8'
+    return text.encode(encoding, 'backslashreplace').decode(encoding)
+
+
+def _say(text: str) -> None:
+    print(_one_line(text, sys.stdout))
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(_one_line(f'swift-fipo {command}: error: {message}', sys.stderr), file=sys.stderr)
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -132,6 +153,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inspect_parser.add_argument('run_dir', metavar='RUN_DIR')
     inspect_parser.add_argument('-o', '--output', help='HTML to write (default: fipo_tokens.html beside the input)')
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return _fail(args.command, 'interrupted', code=130)
+    except BrokenPipeError:  # e.g. `swift-fipo doctor | head -1`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except Exception as error:  # last resort, never reached by known faults: no traceback at a user
+        return _fail(args.command, f'unexpected {type(error).__name__}: {error} (please report this at '
+                                   'the swift-fipo issue tracker)', code=1)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in ('plot', 'inspect'):
         from swift_fipo.viz.rundir import RunDirError
         try:
@@ -139,8 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return plot(args.run_dirs, args.output, args.label)
             return inspect(args.run_dir, args.output)
         except (RunDirError, OSError) as error:  # a user's input problem: one line, no traceback
-            print(f'swift-fipo {args.command}: error: {error}', file=sys.stderr)
-            return 2
+            return _fail(args.command, str(error), code=2)
     return {'doctor': doctor, 'plugin-path': plugin_path}[args.command]()
 
 

@@ -66,7 +66,7 @@ def test_title_is_escaped():
     ('{"step": "2", "tokens": []}\n', '"step" must be an integer'),
     ('{"step": 2, "tokens": {}}\n', '"tokens" must be a list'),
     ('{"step": 2, "tokens": [{"weight": 1.0}]}\n', 'expected an object with a "text" string'),
-    ('{"step": 2, "tokens": [{"text": "a", "weight": "1"}]}\n', '"weight" must be a number'),
+    ('{"step": 2, "tokens": [{"text": "a", "weight": "1"}]}\n', '"weight" must be a finite number, got "1"'),
     ('{"step": 2, "tokens": [{"text": "a"}]}\n', '"weight" must be a finite number'),
     ('{"step": 2}\n{oops\n{"step": 3}\n', 'fipo_tokens.jsonl:2: not valid JSON'),
 ])

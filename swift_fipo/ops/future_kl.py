@@ -72,8 +72,8 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
 
     ``values``: a floating-point tensor with at least one dimension (the last may be empty).
     Integer, bool and complex tensors are refused (a decay matrix in their dtype would round every
-    gamma**k to 0 or 1). Values should be finite: a NaN or inf makes every output of its row NaN
-    (the zero entries of the decay matrix multiply it), checking would cost a pass over the input.
+    gamma**k to 0 or 1). Values should be finite: a NaN or inf can turn outputs anywhere in its row
+    into NaN (the zero entries of the decay matrix multiply it); checking would cost a pass.
     The result has the dtype of ``values``. Not differentiable by design: callers run it under
     ``torch.no_grad``.
     """

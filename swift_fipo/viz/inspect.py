@@ -9,40 +9,88 @@ from __future__ import annotations
 
 import html
 import json
-import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from swift_fipo.viz.rundir import TOKENS_FILE, RunDirError, find_run_file, read_jsonl, run_label
+from swift_fipo.viz.rundir import TOKENS_FILE, RunDirError, find_run_file, finite_number, read_jsonl, run_label
 
 TEMPLATE = 'inspect_template.html'
 _NUMBER_FIELDS = ('weight', 'future_kl', 'raw_weight')
+_LARGEST_INT = 2**53  # what the page's JavaScript numbers hold exactly
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a fipo_tokens.jsonl, checked field by field (errors name the line)."""
+    """The records of a fipo_tokens.jsonl, checked field by field (errors name the record, token and
+    field) and reduced to the fields the page shows, so nothing else in the file reaches it."""
     records = read_jsonl(path)
     if not records:
         raise RunDirError(f'{path}: empty; no logging step has been captured yet.')
-    for number, record in enumerate(records, start=1):
-        where = f'{path}: record {number}'
-        step = record.get('step')
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise RunDirError(f'{where}: "step" must be an integer, got {step!r}.')
-        tokens = record.get('tokens')
-        if not isinstance(tokens, list):
-            raise RunDirError(f'{where}: "tokens" must be a list.')
-        for position, token in enumerate(tokens):
-            if not isinstance(token, dict) or not isinstance(token.get('text'), str):
-                raise RunDirError(f'{where}, token {position}: expected an object with a "text" string.')
-            for name in _NUMBER_FIELDS:
-                value = token.get(name)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                    raise RunDirError(f'{where}, token {position}: "{name}" must be a number, got {value!r}.')
-            if not isinstance(token.get('weight'), (int, float)) or not math.isfinite(token['weight']):
-                raise RunDirError(f'{where}, token {position}: "weight" must be a finite number.')
-    return records
+    return [_record(record, f'{path}: record {number}') for number, record in enumerate(records, start=1)]
+
+
+def _record(record: dict[str, Any], where: str) -> dict[str, Any]:
+    step = record.get('step')
+    if isinstance(step, bool) or not isinstance(step, int) or abs(step) > _LARGEST_INT:
+        raise RunDirError(f'{where}: "step" must be an integer, got {_shown(step)}.')
+    tokens = record.get('tokens')
+    if not isinstance(tokens, list):
+        raise RunDirError(f'{where}: "tokens" must be a list.')
+    clean: dict[str, Any] = {'step': step, 'tokens': [_token(token, f'{where}, token {position}')
+                                                      for position, token in enumerate(tokens)]}
+    for name in ('index', 'num_tokens'):
+        clean[name] = _optional(record, name, where, integer=True)
+    clean['advantage'] = _optional(record, 'advantage', where)
+    truncated = record.get('truncated')
+    if truncated is not None and not isinstance(truncated, bool):
+        raise RunDirError(f'{where}: "truncated" must be true or false, got {_shown(truncated)}.')
+    clean['truncated'] = bool(truncated)
+    return clean
+
+
+def _token(token: Any, where: str) -> dict[str, Any]:
+    if not isinstance(token, dict) or not isinstance(token.get('text'), str):
+        raise RunDirError(f'{where}: expected an object with a "text" string.')
+    clean: dict[str, Any] = {'text': token['text'], 'id': _optional(token, 'id', where, integer=True)}
+    for name in _NUMBER_FIELDS:
+        clean[name] = _optional(token, name, where)
+    if clean['weight'] is None:
+        raise RunDirError(f'{where}: "weight" must be a finite number.')
+    for name in ('in_loss', 'safety'):
+        flag = token.get(name)
+        if flag is not None and not isinstance(flag, bool):
+            raise RunDirError(f'{where}: "{name}" must be true or false, got {_shown(flag)}.')
+        if flag is not None:
+            clean[name] = flag
+    return clean
+
+
+def _optional(holder: dict[str, Any], name: str, where: str, integer: bool = False) -> Any:
+    """``holder[name]`` if it is a finite number (an integer if ``integer``), None if absent or null;
+    anything else (NaN, Infinity, 1e999, a string, an integer beyond 2**53) is an error naming it."""
+    value = holder.get(name)
+    if value is None:
+        return None
+    if integer:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _LARGEST_INT:
+            return value
+        raise RunDirError(f'{where}: "{name}" must be an integer, got {_shown(value)}.')
+    number = finite_number(value)
+    if number is None:
+        raise RunDirError(f'{where}: "{name}" must be a finite number, got {_shown(value)}.')
+    return number
+
+
+def _shown(value: Any) -> str:
+    """A JSON value in an error message, short."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, int) and abs(value) > _LARGEST_INT:
+        return f'an integer of {value.bit_length()} bits'
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)[:40]
+    return 'null' if value is None else f'a JSON {"array" if isinstance(value, list) else "object"}'
 
 
 def render(records: list[dict[str, Any]], title: str, source: str) -> str:
@@ -52,7 +100,9 @@ def render(records: list[dict[str, Any]], title: str, source: str) -> str:
                          separators=(',', ':'), allow_nan=False)
     # Inside <script> only "</script" (and "<!--") can end the block; escaping every < > & keeps it valid JSON.
     payload = payload.replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
-    return template.replace('__FIPO_TITLE__', html.escape(title)).replace('__FIPO_DATA__', payload)
+    # One pass: a title or token text containing a placeholder's name must not be expanded again.
+    fills = {'__FIPO_TITLE__': html.escape(title), '__FIPO_DATA__': payload}
+    return re.sub('__FIPO_TITLE__|__FIPO_DATA__', lambda match: fills[match.group(0)], template)
 
 
 def inspect(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
@@ -62,6 +112,11 @@ def inspect(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
                          hint='Train with `--fipo_log_tokens N` to capture N completions per logging step.')
     records = load_records(path)
     target = Path(output) if output is not None else path.with_suffix('.html')
+    if target.is_dir():
+        raise RunDirError(f'{target}: is a directory; -o needs a file name.')
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(records, f'FIPO tokens: {run_label(run_dir)}', str(path)), encoding='utf-8')
+    # errors='replace': a lone surrogate (a JSON "\\ud800" in a token, undecodable bytes in a directory
+    # name) has no UTF-8 form; it becomes U+FFFD rather than an exception.
+    target.write_text(render(records, f'FIPO tokens: {run_label(run_dir)}', str(path)), encoding='utf-8',
+                      errors='replace')
     return target

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from swift_fipo.viz.rundir import LOGGING_FILE, RunDirError, find_run_file, read_jsonl, run_label, step_of
+from swift_fipo.viz.rundir import (LOGGING_FILE, RunDirError, find_run_file, finite_number, read_jsonl, run_label,
+                                  step_of)
 
 # (panel title, logged keys drawn in it). Related metrics share a panel; any other fipo/* key gets its own.
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -24,6 +26,11 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # 1 - safety_fired_ratio: a panel of its own would only mirror that one.
 _REDUNDANT = {'fipo/safety_keep_ratio'}
 _COLUMNS = 3
+_LARGEST_PLOTTED = 1e300
+# Panels for fipo/* keys the plot does not know: a file with thousands of them must not make a figure
+# larger than matplotlib can render (2**16 pixels a side).
+_MAX_EXTRA_PANELS = 24
+_MAX_TEXT = 80
 _LINE_STYLES = ('-', '--', ':', '-.')
 
 
@@ -44,12 +51,13 @@ def load_run(run_dir: str | Path, label: Optional[str] = None) -> Run:
         if step is None:
             continue
         for key, value in row.items():
-            if not _plottable(key) or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if math.isfinite(value):
+            number = finite_number(value) if _plottable(key) else None
+            # matplotlib cannot scale an axis to +-1e308 (its range overflows): such values are skipped
+            # like NaN; no metric of a real run comes near.
+            if number is not None and abs(number) <= _LARGEST_PLOTTED:
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(step)
-                values.append(float(value))
+                values.append(number)
     if not series:
         raise RunDirError(f'{path}: no logged training step with a reward, completion length or fipo/* '
                           'metric (is the run still starting, or was it not GRPO?).')
@@ -65,21 +73,26 @@ def panels_for(runs: Sequence[Run]) -> list[tuple[str, tuple[str, ...]]]:
     present = {key for run in runs for key in run.series}
     panels = [(title, keys) for title, keys in PANELS if present.intersection(keys)]
     known = {key for _, keys in PANELS for key in keys}
-    panels += [(key, (key, )) for key in sorted(present - known)]
+    extra = sorted(present - known)
+    if len(extra) > _MAX_EXTRA_PANELS:
+        print(f'swift-fipo: note: {len(extra) - _MAX_EXTRA_PANELS} further fipo/* metrics not drawn '
+              f'(at most {_MAX_EXTRA_PANELS} beyond the known ones)', file=sys.stderr)
+    panels += [(key, (key, )) for key in extra[:_MAX_EXTRA_PANELS]]
     return panels
+
+
+def _text(value: str) -> str:
+    """A label or title as matplotlib must get it: '$' would start mathtext (a parse error on '$x'),
+    a lone surrogate (invalid UTF-8 in a directory name or a JSON string) breaks its font code."""
+    value = value.encode('utf-8', 'replace').decode('utf-8').replace('$', r'\$')
+    return value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT - 3] + '...'
 
 
 def plot_runs(runs: Sequence[Run], output: Path) -> Path:
     """Draw every panel for every run (one colour per run when comparing) into one PNG."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise RunDirError('swift-fipo plot needs matplotlib: pip install matplotlib') from None
-
+    Figure, FigureCanvasAgg = _matplotlib()
     panels = panels_for(runs)
     rows = math.ceil(len(panels) / _COLUMNS)
-    # Figure/FigureCanvasAgg directly rather than pyplot: no global backend is chosen or changed.
     figure = Figure(figsize=(4.6 * _COLUMNS, 3.0 * rows), dpi=110, layout='constrained')
     FigureCanvasAgg(figure)
     colours = [f'C{index}' for index in range(10)]
@@ -92,11 +105,11 @@ def plot_runs(runs: Sequence[Run], output: Path) -> Path:
                 steps, values = run.series[key]
                 if len(runs) > 1:  # colour tells runs apart, line style tells keys apart
                     colour, style = colours[run_index % 10], _LINE_STYLES[key_index % len(_LINE_STYLES)]
-                    name = run.label if len(keys) == 1 else f'{run.label}: {_short(key)}'
+                    name = _text(run.label if len(keys) == 1 else f'{run.label}: {_short(key)}')
                 else:
-                    colour, style, name = colours[key_index % 10], '-', _short(key)
+                    colour, style, name = colours[key_index % 10], '-', _text(_short(key))
                 axes.plot(steps, values, style, color=colour, marker='o', markersize=3, linewidth=1.4, label=name)
-        axes.set_title(title, fontsize=10)
+        axes.set_title(_text(title), fontsize=10)
         axes.set_xlabel('step', fontsize=8)
         axes.tick_params(labelsize=8)
         axes.grid(alpha=0.3)
@@ -104,10 +117,35 @@ def plot_runs(runs: Sequence[Run], output: Path) -> Path:
         if len(runs) > 1 or len(keys) > 1:
             axes.legend(fontsize=7)
     names = ' vs '.join(run.label for run in runs)
-    figure.suptitle(f'{names}: FIPO metrics per step', fontsize=12)
+    figure.suptitle(_text(f'{names}: FIPO metrics per step'), fontsize=12)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output)
+    try:
+        figure.savefig(output, format=output.suffix[1:].lower())
+    except (ValueError, OverflowError) as error:  # values or text matplotlib cannot lay out
+        raise RunDirError(f'cannot draw the chart: {error}') from None
     return output
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """(Figure, FigureCanvasAgg), imported only for this command. Figure/FigureCanvasAgg directly rather
+    than pyplot: no global backend is chosen or changed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise RunDirError('swift-fipo plot needs matplotlib: pip install matplotlib') from None
+    return Figure, FigureCanvasAgg
+
+
+def output_path(output: str | Path) -> Path:
+    """Where ``-o`` writes: the name as given when it ends in a format matplotlib writes (.png,
+    .pdf, .svg, ...), else that name with ``.png`` added (as matplotlib itself would)."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    path = Path(output)
+    if path.name in ('', '.', '..') or path.is_dir():
+        raise RunDirError(f'{output}: is a directory; -o needs a file name.')
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    return path if path.suffix[1:].lower() in formats else path.with_name(path.name + '.png')
 
 
 def _short(key: str) -> str:
@@ -135,4 +173,4 @@ def plot(run_dirs: Sequence[str | Path], output: Optional[str | Path] = None,
             run.label = f'{run.label} ({seen[run.label]})'
     if output is None:
         output = runs[0].source.parent / ('fipo_metrics.png' if len(runs) == 1 else 'fipo_compare.png')
-    return plot_runs(runs, Path(output))
+    return plot_runs(runs, output_path(output))

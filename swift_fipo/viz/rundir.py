@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ LOGGING_FILE = 'logging.jsonl'
 TOKENS_FILE = 'fipo_tokens.jsonl'  # the name swift_fipo.integrations.token_capture writes
 # "global_step/max_steps" in HF-style logs, "iteration" in Megatron's: both "done/total".
 _STEP_KEYS = ('global_step/max_steps', 'iteration')
-_STEP_PATTERN = re.compile(r'^\s*(\d+)\s*/\s*\d+\s*$')
+_STEP_PATTERN = re.compile(r'^\s*(\d{1,18})\s*/\s*\d{1,18}\s*$')  # bounded: int() of 4300+ digits raises
 _VERSION_DIR = re.compile(r'^v\d+-\d{8}-\d{6}$')  # ms-swift's per-run subdirectory
 
 
@@ -27,16 +28,21 @@ def find_run_file(run_dir: str | Path, name: str, hint: str = '') -> Path:
     run), one of those subdirectories, a directory above them, or the file itself.
     """
     path = Path(run_dir)
-    if not path.exists():
-        raise RunDirError(f'{path}: no such file or directory.')
-    if path.is_file():
-        if path.name != name:
-            raise RunDirError(f'{path}: expected a run directory or a {name} file.')
-        return path
-    found = [candidate for candidate in path.rglob(name) if candidate.is_file()]
-    if not found:
-        raise RunDirError(f'{path}: no {name} in it or below it. {hint}'.rstrip())
-    return max(found, key=lambda candidate: (candidate.stat().st_mtime, str(candidate)))
+    try:
+        if not path.exists():
+            raise RunDirError(f'{path}: no such file or directory.')
+        if path.is_file():
+            if path.name != name:
+                raise RunDirError(f'{path}: expected a run directory or a {name} file.')
+            return path
+        if not path.is_dir():
+            raise RunDirError(f'{path}: neither a directory nor a regular file.')
+        found = [candidate for candidate in path.rglob(name) if candidate.is_file()]
+        if not found:
+            raise RunDirError(f'{path}: no {name} in it or below it. {hint}'.rstrip())
+        return max(found, key=lambda candidate: (candidate.stat().st_mtime, str(candidate)))
+    except (OSError, ValueError) as error:  # unreadable directories, a NUL in the name, a file removed meanwhile
+        raise RunDirError(f'{path}: cannot search it: {error}') from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -61,6 +67,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 print(f'swift-fipo: note: skipped the unfinished last line of {path}', file=sys.stderr)
                 continue
             raise RunDirError(f'{path}:{number}: not valid JSON ({error.msg}).') from None
+        except ValueError as error:  # an integer literal of more than 4300 digits
+            raise RunDirError(f'{path}:{number}: unreadable JSON ({str(error).split(":")[0]}).') from None
+        except RecursionError:
+            raise RunDirError(f'{path}:{number}: JSON nested too deeply to read.') from None
         if not isinstance(row, dict):
             raise RunDirError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}.')
         rows.append(row)
@@ -78,9 +88,24 @@ def step_of(row: dict[str, Any]) -> Optional[int]:
     return None
 
 
+def finite_number(value: Any) -> Optional[float]:
+    """A JSON value as a finite float, or None: bool, non-numbers, NaN, +-inf and ints beyond the float
+    range (json reads 1e999 as inf and keeps big integers exact) are not plottable numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def run_label(run_dir: str | Path) -> str:
     """A short name for a run in legends: the directory as the user named it."""
-    path = Path(run_dir).resolve()
+    try:
+        path = Path(run_dir).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return str(run_dir)
     if path.is_file():
         path = path.parent
     # "output" and "v0-20260101-120000" say nothing on their own: name the directory above them too.
