@@ -30,6 +30,7 @@ from swift_fipo.config import (FLOAT32_MAX, FLOAT32_TINY, MAX_DECAY_RATE, MAX_LO
 from swift_fipo.ops.future_kl import discounted_future_sum  # noqa: E402
 from swift_fipo.ops.influence import SAFETY_WEIGHT_BOUNDS  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings('ignore:overflow encountered in cast:RuntimeWarning')  # numpy's float32() of 1e39
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FIELDS = ('decay_rate', 'clip_range', 'clip_high_only', 'safety_threshold', 'delta', 'filter_threshold',
           'log_ratio_clamp', 'sequence_drop', 'unclipped_weight_cap')
