@@ -113,9 +113,9 @@ def test_malformed_flags_are_named(argv, message):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--fipo_decay_rate', '0'], '--fipo_decay_rate must be a finite number > 0'),
+    (['--fipo_decay_rate', '0'], r'--fipo_decay_rate must be a number in \[1/126, 2\*\*24\]'),
     (['--fipo_clip_range', '1.5', '--fipo_clip_high_only', 'false'], r'--fipo_clip_range must be \[0, 1\)'),
-    (['--fipo_safety_threshold', '0'], '--fipo_safety_threshold must be None, or a number > 0'),
+    (['--fipo_safety_threshold', '0'], r'--fipo_safety_threshold must be None, or a number in \(0, '),
 ])
 def test_bad_native_values_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import torch
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.ops.influence import FIPOStats, fipo_influence
+from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence, fipo_influence
 
 Reduction = Literal['none', 'token_mean', 'sum']
 _REDUCTIONS = ('none', 'token_mean', 'sum')
