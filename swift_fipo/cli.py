@@ -4,10 +4,14 @@ viewers ``plot`` (metric charts) and ``inspect`` (per-token HTML page)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import importlib.util
+import io
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Optional, Sequence, TextIO
 
 from swift_fipo import __version__, activation
@@ -15,30 +19,28 @@ from swift_fipo.integrations.contract import installed_version
 
 
 def _pth_file() -> Optional[Path]:
-    for entry in sys.path:
+    """The activation file in a site-packages directory (only there does Python run it at start-up)."""
+    import site
+    directories = [*site.getsitepackages(), site.getusersitepackages()]
+    for entry in directories:
         candidate = Path(entry) / 'swift_fipo.pth'
         if candidate.is_file():
             return candidate
     return None
 
 
-def _doctor_verl(lines: list[str]) -> bool:
-    """Hook verl here as its processes are hooked; report. True if loss_mode=fipo works."""
-    from swift_fipo.integrations import verl
-    try:
-        report = verl.install()
-    except Exception as error:  # report, do not crash: this command exists to diagnose
-        lines.append(f'  {verl.CORE_ALGOS_MODULE}: cannot hook: {error}')
-        return False
-    lines.append(f'  {verl.CORE_ALGOS_MODULE}: ' + ('fipo registered (loss_mode=fipo)' if report[verl.LOSS_MODE] is True
-                                                     else str(report[verl.LOSS_MODE])))
-    lines.append(f'  {verl.CONFIG_MODULE}: ' + ('PolicyLossConfig takes the fipo options'
-                                                if report['fipo_options'] is True else str(report['fipo_options'])))
-    return report[verl.LOSS_MODE] is True and report['fipo_options'] is True
+# What a training run imports (and the activation hooks), in that order: argument parsing, then the trainer.
+_PIPELINE_MODULE = 'swift.pipelines.base'
+_HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 
 
 def doctor() -> int:
-    """Print the environment and the state of every hook; exit 1 if FIPO would not be ours."""
+    """Print the environment and whether ``swift rlhf --loss_type fipo`` is served by swift-fipo here.
+
+    The state is observed, never made: ms-swift's modules are imported through the normal import
+    system, so the activation hook (if this interpreter has it) patches them exactly as in a training
+    run, and then the classes are inspected. Exit 0 if FIPO would be computed by swift-fipo, else 1.
+    """
     lines = [f'swift-fipo {__version__} (python {sys.version.split()[0]})']
     for distribution in ('torch', 'ms-swift', 'transformers', 'trl', 'megatron-core', 'deepspeed', 'vllm', 'verl'):
         lines.append(f'  {distribution:<13} {installed_version(distribution) or "not installed"}')
@@ -46,46 +48,143 @@ def doctor() -> int:
     lines.append('activation:')
     lines.append(f'  .pth file     {pth or "missing (installed editable or not via pip?)"}')
     if activation.is_disabled():
-        lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}')
+        lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}: '
+                     'ms-swift runs its own code')
     elif activation.watcher_installed():
         lines.append('  state         active: host modules are hooked when ms-swift or verl imports them')
     else:
-        lines.append('  state         inactive in this interpreter (use --external_plugins or install())')
-    has_verl = installed_version('verl') is not None
-    healthy = installed_version('ms-swift') is not None
-
-    lines.append('hooks:')
-    if not healthy and not has_verl:
-        lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2"')
-    elif healthy:
-        from swift_fipo.integrations import ms_swift
-        from swift_fipo.integrations.ms_swift_cli import PIPELINE_MODULE
-        try:
-            report = ms_swift.install(megatron=False)
-        except Exception as error:  # report, do not crash: this command exists to diagnose
-            report = {}
-            healthy = False
-            lines.append(f'  {ms_swift.HF_TRAINER_MODULE}: cannot hook: {error}')
-        for module, classes in report.items():
-            for name, has_hook in classes.items():
-                if has_hook and module == PIPELINE_MODULE:
-                    lines.append(f'  {module}.{name}: hooked (--fipo_* flags, presets, validation)')
-                elif has_hook:
-                    lines.append(f'  {module}.{name}: hooked (FIPO computed by swift-fipo)')
-                else:
-                    healthy = False
-                    lines.append(f'  {module}.{name}: no _compute_fipo_influence hook: '
-                                 f'--loss_type fipo needs {ms_swift.SUPPORTED_RANGE}')
-        # Importing swift.megatron has side effects (and needs CUDA): only look it up.
-        if importlib.util.find_spec('swift.megatron') is None:
-            lines.append(f'  {ms_swift.MEGATRON_TRAINER_MODULE}: not available')
-        else:
-            lines.append(f'  {ms_swift.MEGATRON_TRAINER_MODULE}: hooked when `megatron rlhf` imports it')
+        lines.append('  state         inactive in this interpreter (the .pth file did not run; explicit routes: '
+                     '--external_plugins "$(swift-fipo plugin-path)" or swift_fipo.install())')
+    lines.append('hooks (host modules imported as a training run imports them):')
+    has_swift, has_verl = installed_version('ms-swift') is not None, installed_version('verl') is not None
+    verdicts = []
+    if has_swift:
+        swift_served = _ms_swift_hooks(lines)
+        lines.append(_megatron_state())
+        verdicts.append(('`swift rlhf --loss_type fipo`', swift_served))
     if has_verl:
-        verl_healthy = _doctor_verl(lines)
-        healthy = verl_healthy if installed_version('ms-swift') is None else healthy and verl_healthy
-    print('\n'.join(lines))
-    return 0 if healthy else 1
+        verdicts.append(('verl `policy_loss.loss_mode=fipo`', _verl_hooks(lines)))
+    if not verdicts:
+        lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2" (or verl, see docs/verl.md)')
+    for what, served in verdicts:
+        lines.append(f'verdict: {what} is ' + ('computed by swift-fipo' if served else
+                                                'NOT computed by swift-fipo here (see above)'))
+    for line in lines:
+        _say(line)
+    return 0 if verdicts and all(served for _, served in verdicts) else 1
+
+
+def _ms_swift_hooks(lines: list[str]) -> bool:
+    """Import ms-swift's argument parsing and GRPO trainer modules, report each hook, and say whether
+    swift-fipo serves fipo (both hooked)."""
+    modules = {}
+    for name in (_PIPELINE_MODULE, _HF_TRAINER_MODULE):
+        module, error, notes = _import_observed(name)
+        lines.extend(f'  {note}' for note in notes)
+        if module is None:
+            # An ms-swift older than 4.x has neither module (3.x: swift.trainers.rlhf_trainer.grpo_trainer).
+            lines.append(f'  {name}: cannot import it: {error}')
+            return False
+        modules[name] = module
+    from swift_fipo.integrations import ms_swift  # after ms-swift: our module imports torch
+    from swift_fipo.integrations.contract import is_patch
+
+    pipeline = getattr(modules[_PIPELINE_MODULE], 'SwiftPipeline', None)
+    flags_hooked = pipeline is not None and is_patch(vars(pipeline).get('_parse_args'))
+    lines.append(f'  {_PIPELINE_MODULE}.SwiftPipeline: ' + ('hooked (--fipo_* flags, presets, validation)'
+                                                           if flags_hooked else f'not hooked: {_why_not_hooked()}'))
+    served = flags_hooked
+    classes = ms_swift.trainer_classes(modules[_HF_TRAINER_MODULE])
+    if not classes:
+        lines.append(f'  {_HF_TRAINER_MODULE}: no GRPO trainer class found')
+        return False
+    for cls in classes:
+        where = f'  {_HF_TRAINER_MODULE}.{cls.__name__}: '
+        if not hasattr(cls, '_compute_fipo_influence'):
+            served = False
+            lines.append(where + f'no _compute_fipo_influence hook: --loss_type fipo needs {ms_swift.SUPPORTED_RANGE}')
+        elif ms_swift.is_patched(cls):
+            lines.append(where + 'hooked (FIPO computed by swift-fipo)')
+        else:
+            served = False
+            lines.append(where + f"not hooked: {_why_not_hooked()}; ms-swift's own FIPO would run")
+    return served
+
+
+def _verl_hooks(lines: list[str]) -> bool:
+    """Import verl's config and policy-loss modules as a run does, report whether the activation
+    hooked them, and say whether ``loss_mode=fipo`` is served (both hooked)."""
+    config_module, config_error, config_notes = _import_observed('verl.workers.config.actor')
+    core, core_error, core_notes = _import_observed('verl.trainer.ppo.core_algos')
+    lines.extend(f'  {note}' for note in config_notes + core_notes)
+    if core is None or config_module is None:
+        lines.append(f'  verl: cannot import it: {core_error or config_error}')
+        return False
+    from swift_fipo.integrations import verl
+
+    registered = getattr(core, 'POLICY_LOSS_REGISTRY', {}).get(verl.LOSS_MODE)
+    if registered is verl.compute_policy_loss_fipo:
+        loss_state = 'fipo registered (loss_mode=fipo)'
+    elif verl.serves(core) is not None:
+        loss_state = f'not registered: {verl.serves(core)}'
+    elif registered is not None:
+        loss_state = 'verl registers its own fipo loss; left alone'
+    else:
+        loss_state = f'not registered: {_why_not_hooked()}'
+    lines.append(f'  {verl.CORE_ALGOS_MODULE}: {loss_state}')
+    try:
+        options = all(patch.is_applied() for patch in verl.config_patches(config_module).patches)
+    except AttributeError as error:  # a verl without PolicyLossConfig / ActorConfig
+        options, reason = False, str(error)
+    else:
+        reason = _why_not_hooked()
+    lines.append(f'  {verl.CONFIG_MODULE}: ' + ('PolicyLossConfig takes the fipo options' if options
+                                                else f'fipo options not hooked: {reason}'))
+    return registered is verl.compute_policy_loss_fipo and options
+
+
+def _import_observed(name: str) -> tuple[Optional[ModuleType], str, list[str]]:
+    """``(module or None, error, notes)``: import ``name`` as a training run would. Whatever the import
+    raises (``import swift`` itself may fail, some packages even exit) becomes one line; what it writes
+    to stderr is kept back, except the activation's own reports, shortened to their first line."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            module = importlib.import_module(name)
+        error = ''
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exception:  # SystemExit included: a diagnosis must survive it
+        module = None
+        message = str(exception).strip().splitlines()
+        error = f'{type(exception).__name__}: {message[0] if message else ""}'.rstrip(': ')
+    notes = [line.removeprefix('[swift-fipo] ') for line in captured.getvalue().splitlines()
+             if line.startswith('[swift-fipo] ')]
+    return module, error, notes
+
+
+def _why_not_hooked() -> str:
+    if activation.is_disabled():
+        return f'{activation.DISABLE_ENV} is set'
+    if not activation.watcher_installed():
+        return 'the activation is not running in this interpreter'
+    return 'the activation could not patch it (see the note above)'
+
+
+def _megatron_state() -> str:
+    """Megatron's trainer is looked at, not imported: importing swift.megatron has side effects (and
+    needs CUDA)."""
+    name = '  swift.megatron.trainers.grpo_trainer (megatron rlhf): '
+    if installed_version('megatron-core') is None:
+        return name + 'unavailable: megatron-core is not installed (only `megatron rlhf` needs it)'
+    from swift_fipo.integrations.ms_swift_cli import check_trainer_has_hook
+    try:
+        check_trainer_has_hook(megatron=True)
+    except Exception as error:  # its message names the supported range
+        return name + str(error)
+    if activation.is_disabled() or not activation.watcher_installed():
+        return name + f'not hooked: {_why_not_hooked()}'
+    return name + 'hooked when `megatron rlhf` imports it'
 
 
 def plugin_path() -> int:

@@ -1,0 +1,225 @@
+"""Every `swift-fipo` command in a faulty environment: one clear line (or doctor's report), a non-zero
+exit, never a traceback.
+
+The environments are real, not mocked: the activation disabled by its variable; an interpreter that
+never ran the .pth file (``python -S`` with site-packages on PYTHONPATH); ms-swift absent (``-S`` and
+only swift-fipo on the path); ``import swift`` failing (a broken ``swift`` package ahead of the real
+one); an installation missing plugin.py; matplotlib absent; directories, FIFOs and symlink loops
+where files are expected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import swift_fipo
+from swift_fipo.integrations.contract import installed_version
+
+PACKAGE = Path(swift_fipo.__file__).resolve().parent
+SITE_PACKAGES = sysconfig.get_paths()['purelib']
+needs_ms_swift = pytest.mark.skipif(installed_version('ms-swift') is None, reason='ms-swift is not installed')
+
+
+@pytest.fixture(autouse=True)
+def neutral_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m` puts the working directory first on sys.path: not the repository's source tree."""
+    monkeypatch.chdir(tmp_path)
+
+
+def swift_fipo_command(*args: str, env: dict[str, str] | None = None, python_flags: tuple[str, ...] = (),
+                       timeout: int = 600) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key not in ('SWIFT_FIPO_DISABLE', 'PYTHONPATH')}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, *python_flags, '-m', 'swift_fipo.cli', *args], capture_output=True,
+                          text=True, errors='replace', check=False, timeout=timeout, env=environment)
+
+
+def only_swift_fipo(tmp_path: Path, without: tuple[str, ...] = ()) -> Path:
+    """A directory holding a copy of the installed swift_fipo package and nothing else (minus ``without``)."""
+    root = tmp_path / 'path'
+    shutil.copytree(PACKAGE, root / 'swift_fipo', ignore=shutil.ignore_patterns('__pycache__', *without))
+    return root
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, command: str) -> None:
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr + result.stdout, result.stderr
+
+
+# --- doctor ------------------------------------------------------------------------------------------
+
+
+@needs_ms_swift
+@pytest.mark.ms_swift
+def test_doctor_active_reports_the_patched_classes_and_exits_0():
+    result = swift_fipo_command('doctor')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'state         active' in result.stdout
+    assert 'swift.rlhf_trainers.grpo_trainer.GRPOTrainer: hooked (FIPO computed by swift-fipo)' in result.stdout
+    assert 'SwiftPipeline: hooked' in result.stdout and 'is computed by swift-fipo' in result.stdout
+    if installed_version('megatron-core') is None:
+        assert 'megatron rlhf): unavailable: megatron-core is not installed' in result.stdout
+    assert 'Traceback' not in result.stderr
+
+
+@needs_ms_swift
+@pytest.mark.ms_swift
+def test_doctor_disabled_never_says_hooked_and_exits_1():
+    # Before: doctor installed the hook itself and reported "hooked", exit 0.
+    result = swift_fipo_command('doctor', env={'SWIFT_FIPO_DISABLE': '1'})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'disabled by SWIFT_FIPO_DISABLE=1' in result.stdout
+    assert ': hooked' not in result.stdout and 'not hooked: SWIFT_FIPO_DISABLE is set' in result.stdout
+    assert 'NOT computed by swift-fipo' in result.stdout and 'Traceback' not in result.stderr
+
+
+@needs_ms_swift
+@pytest.mark.ms_swift
+def test_doctor_without_the_activation_in_the_interpreter_exits_1():
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': SITE_PACKAGES}, python_flags=('-S', ))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'state         inactive' in result.stdout and ': hooked' not in result.stdout
+    assert 'not hooked: the activation is not running in this interpreter' in result.stdout
+
+
+@pytest.mark.parametrize('failure', ['raise ImportError("numpy.core.multiarray failed to import")',
+                                     'raise RuntimeError("CUDA driver initialization failed")',
+                                     'raise SystemExit(3)', 'import sys; sys.exit("bad environment")'])
+def test_doctor_when_import_swift_itself_fails(tmp_path: Path, failure: str):
+    broken = tmp_path / 'broken' / 'swift'
+    broken.mkdir(parents=True)
+    (broken / '__init__.py').write_text(failure + '\n')
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': str(broken.parent)})
+    assert_clean_failure(result, 'doctor')
+    assert result.returncode == 1
+    expected = failure.split('raise ')[-1].split('(')[0] if 'raise' in failure else 'SystemExit'
+    assert f'swift.pipelines.base: cannot import it: {expected}' in result.stdout, result.stdout
+    if installed_version('ms-swift') is not None:
+        assert 'NOT computed by swift-fipo' in result.stdout
+
+
+def test_doctor_without_ms_swift_exits_1(tmp_path: Path):
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': str(only_swift_fipo(tmp_path))}, python_flags=('-S', ))
+    assert_clean_failure(result, 'doctor')
+    assert result.returncode == 1
+    assert 'ms-swift is not installed: pip install "ms-swift>=4.2.2"' in result.stdout
+
+
+# --- plugin-path -------------------------------------------------------------------------------------
+
+
+def test_plugin_path_prints_an_existing_file():
+    result = swift_fipo_command('plugin-path')
+    assert result.returncode == 0 and Path(result.stdout.strip()).is_file()
+    assert Path(result.stdout.strip()).name == 'plugin.py'
+
+
+def test_plugin_path_of_an_incomplete_installation_is_one_line(tmp_path: Path):
+    result = swift_fipo_command('plugin-path', env={'PYTHONPATH': str(only_swift_fipo(tmp_path, ('plugin.py', )))},
+                                python_flags=('-S', ))
+    assert_clean_failure(result, 'plugin-path')
+    assert result.returncode == 1 and result.stdout == ''
+    assert result.stderr.startswith('swift-fipo plugin-path: error: ') and len(result.stderr.splitlines()) == 1
+    assert 'plugin.py is missing' in result.stderr and 'reinstall' in result.stderr
+
+
+# --- plot / inspect ----------------------------------------------------------------------------------
+
+LOGGING_ROW = '{"global_step/max_steps": "1/2", "reward": 0.5}\n'
+
+
+def run_dir(tmp_path: Path) -> Path:
+    version = tmp_path / 'run' / 'v0-20260101-120000'
+    version.mkdir(parents=True)
+    (version / 'logging.jsonl').write_text(LOGGING_ROW)
+    (version / 'fipo_tokens.jsonl').write_text('{"step": 1, "tokens": [{"text": "a", "weight": 1.0}]}\n')
+    return tmp_path / 'run'
+
+
+def fault(tmp_path: Path, kind: str) -> list[str]:
+    """Arguments (after the command) for one faulty environment."""
+    if kind == 'directory named like the file':
+        (tmp_path / 'run' / 'logging.jsonl').mkdir(parents=True)
+        (tmp_path / 'run' / 'fipo_tokens.jsonl').mkdir(parents=True)
+        return [str(tmp_path / 'run')]
+    if kind == 'fifo':
+        os.mkfifo(tmp_path / 'pipe')
+        return [str(tmp_path / 'pipe')]
+    if kind == 'symlink loop':
+        (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
+        return [str(tmp_path / 'loop')]
+    if kind == 'output is a directory':
+        (tmp_path / 'out').mkdir()
+        return [str(run_dir(tmp_path)), '-o', str(tmp_path / 'out')]
+    if kind == 'output below a file':
+        (tmp_path / 'file').write_text('x')
+        return [str(run_dir(tmp_path)), '-o', str(tmp_path / 'file' / 'chart.png')]
+    raise AssertionError(kind)
+
+
+FAULTS = ['directory named like the file', 'fifo', 'symlink loop', 'output is a directory', 'output below a file']
+
+
+@pytest.mark.parametrize('command', ['plot', 'inspect'])
+@pytest.mark.parametrize('kind', FAULTS)
+def test_viewers_in_a_faulty_file_system_fail_with_one_line(tmp_path: Path, command: str, kind: str):
+    pytest.importorskip('matplotlib')
+    result = swift_fipo_command(command, *fault(tmp_path, kind), timeout=120)
+    assert_clean_failure(result, command)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f'swift-fipo {command}: error: ')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads files whatever their mode')
+@pytest.mark.parametrize('command, name', [('plot', 'logging.jsonl'), ('inspect', 'fipo_tokens.jsonl')])
+def test_viewers_on_an_unreadable_file(tmp_path: Path, command: str, name: str):
+    root = run_dir(tmp_path)
+    (root / 'v0-20260101-120000' / name).chmod(0)
+    result = swift_fipo_command(command, str(root))
+    assert_clean_failure(result, command)
+    assert result.returncode == 2 and 'cannot read it' in result.stderr
+
+
+def test_plot_without_matplotlib_names_the_fix(tmp_path: Path):
+    root = run_dir(tmp_path)
+    result = swift_fipo_command('plot', str(root), env={'PYTHONPATH': str(only_swift_fipo(tmp_path))},
+                                python_flags=('-S', ))
+    assert_clean_failure(result, 'plot')
+    assert result.stderr.strip() == 'swift-fipo plot: error: swift-fipo plot needs matplotlib: pip install matplotlib'
+
+
+@pytest.mark.parametrize('given, written', [('chart', 'chart.png'), ('chart.png', 'chart.png'),
+                                            ('chart.svg', 'chart.svg'), ('chart.v2', 'chart.v2.png')])
+def test_plot_reports_the_file_it_actually_wrote(tmp_path: Path, given: str, written: str):
+    pytest.importorskip('matplotlib')
+    from swift_fipo import cli
+    root = run_dir(tmp_path)
+    result = swift_fipo_command('plot', str(root), '-o', str(tmp_path / given), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f'wrote {tmp_path / written}'
+    assert (tmp_path / written).is_file() and (tmp_path / written).stat().st_size > 0
+    assert cli.main(['plot', str(root), '-o', str(tmp_path / 'again' / given)]) == 0
+
+
+def test_odd_file_names_are_reported_on_one_line(tmp_path: Path):
+    pytest.importorskip('matplotlib')
+    odd = tmp_path / 'new\nline' / 'run'
+    odd.mkdir(parents=True)
+    (odd / 'logging.jsonl').write_text(LOGGING_ROW)
+    name = os.fsencode(str(tmp_path)) + b'/\xff\xfe$x$'  # not UTF-8, and mathtext for matplotlib
+    os.makedirs(name)
+    with open(name + b'/fipo_tokens.jsonl', 'wb') as handle:
+        handle.write(b'{"step": 1, "tokens": [{"text": "a", "weight": 1.0}]}\n')
+    for command, target in (('plot', str(odd)), ('inspect', os.fsdecode(name))):
+        result = swift_fipo_command(command, target, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith('wrote ')
+    missing = swift_fipo_command('plot', str(tmp_path / 'gone\nwith\nnewlines'))
+    assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
