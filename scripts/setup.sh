@@ -18,6 +18,9 @@ if [ ! -f "$marker" ]; then
     "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8' deepspeed
     touch "$marker"
 fi
+# hypothesis: the property and fuzz tests (tests/test_properties.py, tests/test_viz_fuzz.py); checked apart
+# from the marker so that venvs made before it was needed get it too.
+"$venv/bin/python" -c 'import hypothesis' 2>/dev/null || "${pip[@]}" install -c "$constraints" 'hypothesis>=6'
 # --force-reinstall --no-deps: always the current source, never a stale wheel; dependencies untouched.
 "${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
 echo "ready: $venv (ms-swift $version, $("$venv/bin/python" -c 'import swift_fipo; print("swift-fipo", swift_fipo.__version__)'))"
