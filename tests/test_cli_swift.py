@@ -112,14 +112,21 @@ def test_doctor_reports_the_active_hook():
     assert 'swift.rlhf_trainers.grpo_trainer.GRPOTrainer: hooked' in result.stdout
     assert 'swift.pipelines.base.SwiftPipeline: hooked (--fipo_* flags' in result.stdout
     assert 'state         active' in result.stdout
+    if not list(importlib.metadata.distributions(name='megatron-core')):
+        assert 'megatron rlhf): unavailable: megatron-core is not installed' in result.stdout
     disabled = subprocess.run([doctor, 'doctor'], capture_output=True, text=True, check=False,
                               env={**os.environ, 'SWIFT_FIPO_DISABLE': '1'})
-    assert 'disabled by SWIFT_FIPO_DISABLE=1' in disabled.stdout
+    # Before: doctor installed the hook itself, said "hooked" and exited 0 under SWIFT_FIPO_DISABLE=1.
+    assert disabled.returncode == 1 and 'disabled by SWIFT_FIPO_DISABLE=1' in disabled.stdout
+    assert ': hooked' not in disabled.stdout and 'not hooked: SWIFT_FIPO_DISABLE is set' in disabled.stdout
+    assert 'Traceback' not in result.stderr + disabled.stderr
 
 
 @pytest.mark.parametrize('flags, message', [
     (['--use_liger_kernel', 'true'], '--use_liger_kernel'),
-    (['--fipo_decay_rate', '0'], '--fipo_decay_rate must be a finite number > 0'),
+    (['--fipo_decay_rate', '0'], '--fipo_decay_rate must be a number in [1/126, 2**24]'),
+    # Used to pass, load the model and overflow at the first step (exp(100) is not a float32).
+    (['--fipo_log_ratio_clamp', '100'], '--fipo_log_ratio_clamp must be None, or a number in (0, 88]'),
     (['--delta', '1.1'], '--delta must be > 1 + epsilon_high'),
     (['--fipo_preset', 'paper-70b'], '--fipo_preset must be one of swift, paper-32b, paper-7b'),
 ])
