@@ -51,8 +51,8 @@ class FIPOConfig:
         default=32.0,
         metadata={'flag': 'fipo_decay_rate',
                   'help': 'Half-life of the Future-KL window, in tokens: a log-ratio k tokens ahead counts '
-                          'with weight gamma**k, gamma = 2**(-1/decay_rate). Must be in [1/126, 2**24] (gamma a float32 '
-                          'number in [2**-126, 1)).'})
+                          'with weight gamma**k, gamma = 2**(-1/decay_rate). Must be in [1/126, 2**24] '
+                          '(gamma a float32 number in [2**-126, 1)).'})
     clip_range: Optional[float] = field(
         default=0.2,
         metadata={'flag': 'fipo_clip_range',

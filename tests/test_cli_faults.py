@@ -56,7 +56,8 @@ def assert_clean_failure(result: subprocess.CompletedProcess, command: str) -> N
 # --- doctor ------------------------------------------------------------------------------------------
 
 
-# The active and the disabled state (a real import, ~20 s each): tests/test_cli_swift.py::test_doctor_reports_the_active_hook.
+# The active and the disabled state (a real import, ~20 s each):
+# tests/test_cli_swift.py::test_doctor_reports_the_active_hook.
 
 
 @needs_ms_swift

@@ -106,7 +106,8 @@ def test_every_field_has_help_text():
                                       'filter_threshold', 'log_ratio_clamp', 'sequence_drop', 'unclipped_weight_cap'}
 
 
-@pytest.mark.parametrize('field, value, allowed', [('filter_threshold', 1.0, r'\(1, '), ('log_ratio_clamp', 0.0, r'\(0, 88\]'),
+@pytest.mark.parametrize('field, value, allowed', [('filter_threshold', 1.0, r'\(1, '),
+                                                   ('log_ratio_clamp', 0.0, r'\(0, 88\]'),
                                                    ('unclipped_weight_cap', -1.0, r'\[2\*\*-126, '),
                                                    ('sequence_drop', True, 'delta or filter_threshold')])
 def test_safeguard_values_are_validated(field, value, allowed):

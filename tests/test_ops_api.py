@@ -63,12 +63,14 @@ def test_log_ratio_dtypes_that_would_be_cast_silently_are_refused(dtype):
     ('log_ratio', [[0.0] * 5] * 3, TypeError, 'log_ratio must be a .B, T. floating-point torch.Tensor; got list'),
     ('completion_mask', torch.ones(3, 5, dtype=torch.complex64), TypeError, 'completion_mask must be'),
     ('completion_mask', [[True] * 5] * 3, TypeError, 'completion_mask must be .* torch.Tensor; got list'),
-    ('advantages', torch.ones(3, dtype=torch.bool), TypeError, 'advantages must be .* real tensor; got dtype torch.bool'),
+    ('advantages', torch.ones(3, dtype=torch.bool), TypeError,
+     'advantages must be .* real tensor; got dtype torch.bool'),
     ('advantages', 1.0, TypeError, 'advantages must be .*; got float'),
     ('ratio', torch.ones(3, 5, dtype=torch.int64), TypeError, 'ratio must be .* floating-point tensor'),
     ('config', {'decay_rate': 16.0}, TypeError, 'config must be a FIPOConfig .*; got dict'),
     ('config', 'paper-7b', TypeError, 'config must be a FIPOConfig .*; got str'),
-    ('completion_mask', torch.ones(3, 5, device='meta'), ValueError, r'completion_mask must be on the device of log_ratio'),
+    ('completion_mask', torch.ones(3, 5, device='meta'), ValueError,
+     'completion_mask must be on the device of log_ratio'),
 ])
 def test_arguments_it_cannot_interpret_are_refused_by_name(argument, value, error, message):
     log_ratio, mask, advantages = batch()

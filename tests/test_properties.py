@@ -30,7 +30,8 @@ from swift_fipo.config import (FLOAT32_MAX, FLOAT32_TINY, MAX_DECAY_RATE, MAX_LO
 from swift_fipo.ops.future_kl import discounted_future_sum  # noqa: E402
 from swift_fipo.ops.influence import SAFETY_WEIGHT_BOUNDS  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings('ignore:overflow encountered in cast:RuntimeWarning')  # numpy's float32() of 1e39
+# numpy's float32(1e39) warns; that value is meant.
+pytestmark = pytest.mark.filterwarnings('ignore:overflow encountered in cast:RuntimeWarning')
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FIELDS = ('decay_rate', 'clip_range', 'clip_high_only', 'safety_threshold', 'delta', 'filter_threshold',
           'log_ratio_clamp', 'sequence_drop', 'unclipped_weight_cap')
@@ -116,7 +117,8 @@ def valid_configs(draw: Any, moderate: bool) -> FIPOConfig:
         clip_range=draw(st.none() | st.just(0.0) | st.floats(0.0, clip_top, exclude_max=not clip_high_only,
                                                             width=32)),
         clip_high_only=clip_high_only,
-        safety_threshold=draw(st.none() | st.floats(0.0625 if moderate else 2.0**-149, 40.0 if moderate else FLOAT32_MAX,
+        safety_threshold=draw(st.none() | st.floats(0.0625 if moderate else 2.0**-149,
+                                                    40.0 if moderate else FLOAT32_MAX,
                                                     width=32).filter(lambda x: x > 0)),
         delta=delta,
         filter_threshold=filter_threshold,

@@ -62,7 +62,8 @@ def logging_rows(draw: Any) -> list[Any]:
     if draw(st.booleans()):
         rows.append(draw(JSON_VALUE))  # a foreign line: not an object, or an object without a step
     if draw(st.booleans()):  # many unknown fipo/* metrics
-        rows.append({'global_step/max_steps': '1/1', **{f'fipo/m{index}': 0.5 for index in range(draw(st.integers(0, 60)))}})
+        count = draw(st.integers(0, 60))
+        rows.append({'global_step/max_steps': '1/1', **{f'fipo/m{index}': 0.5 for index in range(count)}})
     return rows
 
 
