@@ -83,6 +83,8 @@ def batches(draw: Any, moderate: bool, max_length: int = 40) -> dict[str, Any]:
     else:
         mask = torch.full((batch, length), mask_kind == 'all')
     mask = mask.to(draw(st.sampled_from([torch.bool, torch.int64, torch.float32])))
+    if draw(st.booleans()):  # the same values in a column-major (non-contiguous) layout
+        log_ratio, mask = (tensor.t().contiguous().t() for tensor in (log_ratio, mask))
     adv_shape = draw(st.sampled_from([(batch, ), (batch, 1), (batch, length)]))
     adv_element = st.floats(-2.0, 2.0) if moderate else st.sampled_from(NASTY) | st.floats()
     advantages = draw(sparse_values(adv_shape, adv_element, st.floats(0.0, 2.0)))
