@@ -151,8 +151,10 @@ def check_invariants(weight: torch.Tensor, stats: Any, mask: torch.Tensor, confi
     else:
         low, high = 0.0, f32(config.unclipped_weight_cap or FLOAT32_MAX)
     assert bool(((weight[plain] >= low) & (weight[plain] <= high)).all())
-    summary = stats.summary  # never raises, every value a scalar tensor
+    summary = stats.summary  # never raises, every value a scalar tensor, finite or NaN (none there)
     assert all(value.dim() == 0 for value in summary.values())
+    summary.pop('neg_adv_ratio_p99')  # a quantile of the ratios: inf when they are
+    assert not any(value.isinf() for value in summary.values()), summary
 
 
 # --- discounted_future_sum ------------------------------------------------------------------------

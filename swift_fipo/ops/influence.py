@@ -51,7 +51,8 @@ class FIPOStats:
 
     @functools.cached_property
     def summary(self) -> dict[str, torch.Tensor]:
-        """Scalar (0-dim float32) summaries over completion tokens; NaN where there are none.
+        """Scalar (0-dim float32) summaries over completion tokens; NaN where there are none. Means are
+        finite even over weights at float32's largest; ``neg_adv_ratio_p99`` is inf when the ratios are.
 
         How each combines across ranks and accumulation chunks: ``integrations.contract.METRIC_REDUCTIONS``.
         Tensors rather than floats so that no device sync happens until a caller asks for one. An
@@ -64,6 +65,14 @@ class FIPOStats:
         def mean(values: torch.Tensor) -> torch.Tensor:
             return torch.where(mask, values.to(torch.float32), 0.0).sum() / count
 
+        def large_mean(values: torch.Tensor) -> torch.Tensor:
+            # Values up to float32's largest (a raw weight after an inf log-ratio) overflow a float32
+            # sum; dividing first keeps their mean finite. Only then: sum-then-divide is exact for
+            # the common case (on-policy weights of exactly 1 average to exactly 1).
+            total = mean(values)
+            scaled = torch.where(mask, values.to(torch.float32) / count.clamp(min=1), 0.0).sum()
+            return torch.where(total.isinf(), scaled.clamp(-_FLOAT32_MAX, _FLOAT32_MAX), total)
+
         def extreme(values: torch.Tensor, largest: bool) -> torch.Tensor:
             if values.numel() == 0:  # max()/min() of an empty tensor raise
                 return torch.tensor(math.nan, device=values.device)
@@ -73,9 +82,9 @@ class FIPOStats:
             return torch.where(count > 0, found, torch.nan)
 
         stats = {
-            'future_kl_mean': mean(self.future_kl),
-            'raw_weight_mean': mean(self.raw_weight),
-            'influence_weight_mean': mean(self.weight),
+            'future_kl_mean': large_mean(self.future_kl),
+            'raw_weight_mean': large_mean(self.raw_weight),
+            'influence_weight_mean': large_mean(self.weight),
             'influence_weight_min': extreme(self.weight, largest=False),
             'influence_weight_max': extreme(self.weight, largest=True),
             'safety_keep_ratio': mean(self.safety_mask),
