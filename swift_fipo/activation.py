@@ -49,10 +49,10 @@ def _patch(module: ModuleType) -> bool:
         patcher_module, _, patcher = WATCHED_MODULES[module.__name__].partition(':')
         getattr(importlib.import_module(patcher_module), patcher)(module)
         return True
-    except Exception:  # never break the host's own import; the parse-time checks report fipo runs
-        import traceback
-        _report(f'could not hook {module.__name__}; FIPO falls back to the host\'s own code.\n'
-                f'{traceback.format_exc()}')
+    except Exception as error:  # never break the host's own import; the parse-time checks report fipo runs
+        # One line, not a traceback: this lands in the output of every program that imports the host.
+        _report(f'could not hook {module.__name__} ({type(error).__name__}: {error}); FIPO falls back to the '
+                "host's own code. Run `swift-fipo doctor` for details.")
         return False
 
 
@@ -107,6 +107,5 @@ def activate() -> None:
         for name in WATCHED_MODULES:
             if name in sys.modules:
                 _patch(sys.modules[name])
-    except Exception:
-        import traceback
-        _report('activation failed; swift-fipo is inactive in this process.\n' + traceback.format_exc())
+    except Exception as error:
+        _report(f'activation failed ({type(error).__name__}: {error}); swift-fipo is inactive in this process.')
