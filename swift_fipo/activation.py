@@ -31,6 +31,9 @@ WATCHED_MODULES = {
     # verl: the policy_loss.fipo option in its config schema, and the loss in its registry.
     'verl.workers.config.actor': 'swift_fipo.integrations.verl:patch_config_module',
     'verl.trainer.ppo.core_algos': 'swift_fipo.integrations.verl:patch_core_algos',
+    # ms-swift 3.x keeps the first two elsewhere.
+    'swift.llm.base': 'swift_fipo.integrations.ms_swift:patch_module',
+    'swift.trainers.rlhf_trainer.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
 }
 
 

@@ -77,30 +77,35 @@ def doctor() -> int:
 def _ms_swift_hooks(lines: list[str]) -> bool:
     """Import ms-swift's argument parsing and GRPO trainer modules, report each hook, and say whether
     swift-fipo serves fipo (both hooked)."""
+    from swift_fipo.integrations import ms_swift_layout  # no torch
+    pipeline_name, trainer_name = map(ms_swift_layout.module_path, (_PIPELINE_MODULE, _HF_TRAINER_MODULE))
     modules = {}
-    for name in (_PIPELINE_MODULE, _HF_TRAINER_MODULE):
+    for name in (pipeline_name, trainer_name):
         module, error, notes = _import_observed(name)
         lines.extend(f'  {note}' for note in notes)
         if module is None:
-            # An ms-swift older than 4.x has neither module (3.x: swift.trainers.rlhf_trainer.grpo_trainer).
             lines.append(f'  {name}: cannot import it: {error}')
             return False
         modules[name] = module
     from swift_fipo.integrations import ms_swift  # after ms-swift: our module imports torch
     from swift_fipo.integrations.contract import is_patch
 
-    pipeline = getattr(modules[_PIPELINE_MODULE], 'SwiftPipeline', None)
+    pipeline = getattr(modules[pipeline_name], 'SwiftPipeline', None)
     flags_hooked = pipeline is not None and is_patch(vars(pipeline).get('_parse_args'))
-    lines.append(f'  {_PIPELINE_MODULE}.SwiftPipeline: ' + ('hooked (--fipo_* flags, presets, validation)'
+    lines.append(f'  {pipeline_name}.SwiftPipeline: ' + ('hooked (--fipo_* flags, presets, validation)'
                                                            if flags_hooked else f'not hooked: {_why_not_hooked()}'))
     served = flags_hooked
-    classes = ms_swift.trainer_classes(modules[_HF_TRAINER_MODULE])
+    classes = ms_swift.trainer_classes(modules[trainer_name])
     if not classes:
-        lines.append(f'  {_HF_TRAINER_MODULE}: no GRPO trainer class found')
+        lines.append(f'  {trainer_name}: no GRPO trainer class found')
         return False
     for cls in classes:
-        where = f'  {_HF_TRAINER_MODULE}.{cls.__name__}: '
-        if not hasattr(cls, '_compute_fipo_influence'):
+        where = f'  {trainer_name}.{cls.__name__}: '
+        legacy = ms_swift_layout.doctor_line(cls.__name__, ms_swift.is_patched(cls))
+        if legacy:  # ms-swift 3.11 - 4.2.1: served without the native hook, or refused with this TRL
+            served = served and ms_swift_layout.rollout_reuse_broken() is None
+            lines.append(where + legacy)
+        elif not hasattr(cls, '_compute_fipo_influence'):
             served = False
             lines.append(where + f'no _compute_fipo_influence hook: --loss_type fipo needs {ms_swift.SUPPORTED_RANGE}')
         elif ms_swift.is_patched(cls):

@@ -41,7 +41,9 @@ def test_disable_variable_turns_activation_off():
 @pytest.mark.parametrize('disabled', [False, True])
 def test_importing_the_trainer_module_patches_it(disabled):
     pytest.importorskip('swift')
-    code = ('import swift.rlhf_trainers.grpo_trainer as m; from swift_fipo.integrations.ms_swift import is_patched; '
+    from swift_fipo.integrations.ms_swift_layout import module_path
+    code = (f'import {module_path("swift.rlhf_trainers.grpo_trainer")} as m; '
+            'from swift_fipo.integrations.ms_swift import is_patched; '
             'import sys; print(is_patched(m.GRPOTrainer), "torch" in sys.modules)')
     result = _python(code, **({'SWIFT_FIPO_DISABLE': '1'} if disabled else {}))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -14,9 +14,19 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from swift_fipo.integrations.ms_swift_layout import module_path
 
 pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]
 pytest.importorskip('swift')
+TRAINER_MODULE = module_path('swift.rlhf_trainers.grpo_trainer')
+PIPELINE_MODULE = module_path('swift.pipelines.base')
+# ms-swift 3.x calls --tuner_type --train_type.
+TUNER_FLAG = '--train_type' if TRAINER_MODULE.startswith('swift.trainers.') else '--tuner_type'
+
+
+def trainer_class() -> type:
+    import importlib
+    return importlib.import_module(TRAINER_MODULE).GRPOTrainer
 
 TRAIN_SCRIPT = REPO / 'examples' / 'tiny' / 'train_fipo_cpu.sh'
 NATIVE_KEYS = ('fipo/future_kl_mean', 'fipo/influence_weight_mean', 'fipo/safety_keep_ratio')
@@ -57,7 +67,9 @@ def test_fipo_run_logs_finite_metrics_that_move_on_reuse_steps(tiny_run_dir, tmp
         assert row['fipo/future_kl_mean'] == 0 and row['fipo/influence_weight_mean'] == 1, row
     for row in reuse:
         assert row['fipo/future_kl_mean'] != 0 and row['fipo/raw_weight_mean'] != 1, row
-        assert 1 <= row['fipo/influence_weight_mean'] <= 1.2 and row['fipo/influence_weight_max'] > 1, row
+        assert 1 <= row['fipo/influence_weight_mean'] <= 1.2, row
+    # A reuse step whose Future-KL is negative everywhere keeps weight 1 (high-only clip): ask for one above 1.
+    assert any(row['fipo/influence_weight_max'] > 1 for row in reuse), reuse
     assert 'FIPO metrics per step' in result.stdout
 
 
@@ -74,8 +86,12 @@ def test_dapo_is_unchanged_by_the_plugin(tiny_run_dir, tmp_path):
 
 def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'stock', disable=True)
-    from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
-    if hasattr(GRPOTrainer, '_setup_teacher'):
+    GRPOTrainer = trainer_class()
+    if not hasattr(GRPOTrainer, '_compute_fipo_influence'):
+        # No native FIPO: stock ms-swift loads the model and fails at the first step.
+        assert result.returncode != 0
+        assert 'Unknown loss type: fipo' in result.stderr
+    elif hasattr(GRPOTrainer, '_setup_teacher'):
         # ms-swift >= 4.4 without the plugin: the false OPD-RL rejection users hit.
         assert result.returncode != 0
         assert "OPD-RL (teacher) does not support loss_type='fipo'" in result.stderr
@@ -86,6 +102,9 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path):
 
 
 def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path):
+    if not hasattr(trainer_class(), '_compute_fipo_influence'):
+        pytest.skip('without native FIPO the --fipo_* flags of the example are the plugin\'s own, and '
+                    '--external_plugins loads only after ms-swift has parsed (and rejected) them')
     plugin = subprocess.run([str(Path(sys.executable).parent / 'swift-fipo'), 'plugin-path'], capture_output=True,
                             text=True, check=True).stdout.strip()
     reward = str(REPO / 'examples' / 'tiny' / 'reward.py')
@@ -95,8 +114,7 @@ def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path)
 
 
 def test_explicit_teacher_is_still_rejected(tiny_run_dir, tmp_path):
-    from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
-    if not hasattr(GRPOTrainer, '_setup_teacher'):
+    if not hasattr(trainer_class(), '_setup_teacher'):
         pytest.skip('this ms-swift has no OPD-RL teacher for GRPO')
     result, _ = run_tiny(tiny_run_dir, tmp_path / 'teacher', '--teacher_model', str(tiny_run_dir / 'model'))
     assert result.returncode != 0
@@ -109,8 +127,8 @@ def test_doctor_reports_the_active_hook():
     assert result.returncode == 0, result.stdout + result.stderr
     import importlib.metadata
     assert f"ms-swift      {importlib.metadata.version('ms-swift')}" in result.stdout
-    assert 'swift.rlhf_trainers.grpo_trainer.GRPOTrainer: hooked' in result.stdout
-    assert 'swift.pipelines.base.SwiftPipeline: hooked (--fipo_* flags' in result.stdout
+    assert f'{TRAINER_MODULE}.GRPOTrainer: hooked' in result.stdout
+    assert f'{PIPELINE_MODULE}.SwiftPipeline: hooked (--fipo_* flags' in result.stdout
     assert 'state         active' in result.stdout
     if not list(importlib.metadata.distributions(name='megatron-core')):
         assert 'megatron rlhf): unavailable: megatron-core is not installed' in result.stdout
@@ -138,10 +156,10 @@ def test_bad_settings_fail_before_the_model_loads(tiny_run_dir, tmp_path, flags,
 
 
 def test_plugin_flags_and_presets_on_the_command_line(tiny_run_dir, tmp_path):
-    # The example passes the native --fipo_* flags explicitly, so the preset only adds what is not
-    # given: delta 10 and the safeguards; --fipo_clip_high_only false switches to the symmetric clip.
-    result, rows = run_tiny(tiny_run_dir, tmp_path / 'preset', '--fipo_preset', 'paper-7b', '--fipo_clip_high_only',
-                            'false', '--fipo_filter_threshold', '12')
+    # The preset sets what is not given explicitly: delta 10 and the safeguards (explicit: the clip range
+    # and the filter); --fipo_clip_high_only false is the 7B recipe's symmetric clip.
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'preset', '--fipo_preset', 'paper-7b', '--fipo_clip_range', '0.2',
+                            '--fipo_clip_high_only', 'false', '--fipo_filter_threshold', '12')
     assert result.returncode == 0, _tail(result)
     assert 'delta=10.0' in result.stdout + result.stderr  # ms-swift's own args show the preset's dual clip
     reuse = rows[1::2]
@@ -156,7 +174,7 @@ def test_no_op_configuration_warns(tiny_run_dir, tmp_path):
 
 
 def test_lora_run_applies_fipo(tiny_run_dir, tmp_path):
-    result, rows = run_tiny(tiny_run_dir, tmp_path / 'lora', '--tuner_type', 'lora', '--lora_rank', '4',
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'lora', TUNER_FLAG, 'lora', '--lora_rank', '4',
                             '--target_modules', 'all-linear', '--learning_rate', '1e-2')
     assert result.returncode == 0, _tail(result)
     assert all(key in rows[-1] for key in PLUGIN_ONLY_KEYS)

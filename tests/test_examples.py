@@ -33,6 +33,12 @@ from conftest import REPO
 pytestmark = [pytest.mark.ms_swift]
 pytest.importorskip('swift')
 
+from swift_fipo.integrations import ms_swift_layout  # noqa: E402
+
+if not ms_swift_layout.native_fipo_installed():
+    pytest.skip('the GPU recipes are written for ms-swift >= 4.2.2 (their flags, e.g. --tuner_type and the native '
+                '--fipo_* flags); this ms-swift predates it', allow_module_level=True)
+
 EXAMPLES = REPO / 'examples'
 # Run for real by the CLI tests rather than dry-run here.
 RUN_FOR_REAL = {'fipo_cpu_tiny.sh'}

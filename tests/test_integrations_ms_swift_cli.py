@@ -197,13 +197,12 @@ def test_log_tokens_flag_is_consumed():
 
 @pytest.mark.parametrize('megatron', [False, True])
 def test_trainer_without_hook_is_refused_at_parse_time(tmp_path, megatron):
-    # A stand-in ms-swift tree whose GRPO trainers predate FIPO (< 4.2.2; such releases import vLLM
-    # eagerly and cannot be installed on this CPU machine).
+    # A stand-in ms-swift tree whose GRPO trainers have neither native FIPO nor a DAPO loss (< 3.11).
     for parts in (('rlhf_trainers', 'grpo_trainer.py'), ('megatron', 'trainers', 'grpo_trainer.py')):
         path = tmp_path.joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('class GRPOTrainer:\n    def _compute_loss(self): ...\n')
-    with pytest.raises(RuntimeError, match=r'--loss_type fipo needs ms-swift >= 4\.2\.2'):
+    with pytest.raises(RuntimeError, match=r'--loss_type fipo needs ms-swift >= 3\.11 \(megatron rlhf: >= 4\.2\.2\)'):
         cli.check_trainer_has_hook(megatron, swift_root=tmp_path)
     with pytest.raises(RuntimeError, match='Upgrade with'):
         cli.check_trainer_has_hook(megatron, swift_root=tmp_path / 'missing')
@@ -213,4 +212,10 @@ def test_trainer_without_hook_is_refused_at_parse_time(tmp_path, megatron):
 @pytest.mark.parametrize('megatron', [False, True])
 def test_installed_ms_swift_trainers_have_the_hook(megatron):
     pytest.importorskip('swift')
-    cli.check_trainer_has_hook(megatron)
+    from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+    if megatron and not native_fipo_installed():
+        # Before native FIPO only the HF trainer is served.
+        with pytest.raises(RuntimeError, match='megatron rlhf: >= 4.2.2'):
+            cli.check_trainer_has_hook(megatron)
+    else:
+        cli.check_trainer_has_hook(megatron)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from swift.rewards import ORM, orms
+try:
+    from swift.rewards import ORM, orms  # ms-swift 4.x
+except ImportError:
+    from swift.plugin import ORM, orms  # ms-swift 3.x
 
 
 class TinySumReward(ORM):

@@ -14,19 +14,20 @@ mkdir -p "$work"
 # FIPO only acts off-policy: with --num_iterations 2 every rollout is trained on twice, and on the
 # second pass log pi_new != log pi_old, so Future-KL and the influence weights move off 1.
 export HF_HUB_OFFLINE=1 MODELSCOPE_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# ms-swift 3.x names the tuner flag --train_type.
+tuner_flag=--tuner_type
+[ "$(python -c 'import importlib.metadata as m; print(m.version("ms-swift").split(".")[0])')" = 3 ] && tuner_flag=--train_type
+# FIPO's own flags keep their defaults here (--fipo_decay_rate 32 --fipo_clip_range 0.2
+# --fipo_clip_high_only true --fipo_safety_threshold 4.0); any of them can be added after WORK_DIR.
 swift rlhf \
     --rlhf_type grpo \
     --loss_type fipo \
-    --fipo_decay_rate 32 \
-    --fipo_clip_range 0.2 \
-    --fipo_clip_high_only true \
-    --fipo_safety_threshold 4.0 \
     --num_iterations 2 \
     --model "$work/model" --model_type qwen2 --template qwen --check_model false \
     --dataset "$work/train.jsonl" \
     --external_plugins "$here/reward.py" \
     --reward_funcs tiny_sum \
-    --tuner_type full \
+    "$tuner_flag" full \
     --torch_dtype float32 \
     --use_cpu true \
     --num_generations 4 \

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from swift_fipo.integrations import ms_swift_layout, ms_swift_legacy
 from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, RunSettings, attach_settings,
                                               combine_metric, is_patch, original_of, settings_of)
 from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, config_from_arguments,
@@ -32,7 +33,8 @@ from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
 
-WATCHED_MODULES = (PIPELINE_MODULE, HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE)
+WATCHED_MODULES = (PIPELINE_MODULE, HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE, *ms_swift_layout.MODULES_3X.values())
+_PIPELINE_MODULES = (PIPELINE_MODULE, ms_swift_layout.MODULES_3X[PIPELINE_MODULE])
 # The adapter leaves its stats here for the metrics wrapper of the same loss call.
 _STATS_ATTRIBUTE = '_swift_fipo_stats'
 # Summaries ms-swift already logs itself from the adapter's tensors.
@@ -199,6 +201,8 @@ def _reject_fipo(init: Callable[..., None], trainer_name: str) -> Callable[..., 
 
 def trainer_patches(cls: type) -> list[Patch]:
     """The patches of one GRPO trainer class, by what it can do."""
+    if ms_swift_legacy.class_is_servable(cls):  # ms-swift 3.11 - 4.2.1: the DAPO loss, reweighted advantages
+        return ms_swift_legacy.trainer_patches(cls)
     if not hasattr(cls, '_compute_fipo_influence'):  # no hook: refuse fipo when the trainer is built
         refuse = functools.partial(_reject_fipo, trainer_name=cls.__name__)
         return [Patch(cls, '__init__', refuse, 'refuse fipo: this ms-swift has no FIPO hook')]
@@ -218,12 +222,12 @@ def trainer_patches(cls: type) -> list[Patch]:
 def patch_trainer_class(cls: type) -> bool:
     """Apply one trainer class's patches; True if it has the FIPO hook (else fipo is refused at start-up)."""
     PatchSet(trainer_patches(cls)).apply()
-    return hasattr(cls, '_compute_fipo_influence')
+    return hasattr(cls, '_compute_fipo_influence') or ms_swift_legacy.is_patched(cls)
 
 
 def patches_for(module: ModuleType) -> PatchSet:
     """Every patch the plugin makes to one ms-swift module: the one place they are declared."""
-    if module.__name__ == PIPELINE_MODULE:
+    if module.__name__ in _PIPELINE_MODULES:
         pipeline = getattr(module, 'SwiftPipeline', None)
         if pipeline is None or not hasattr(pipeline, '_parse_args'):
             return PatchSet([])
@@ -244,7 +248,7 @@ def patch_module(module: ModuleType) -> dict[str, bool]:
 
     The activation hook calls this right after ms-swift imports a watched module.
     """
-    if module.__name__ == PIPELINE_MODULE:
+    if module.__name__ in _PIPELINE_MODULES:
         patches = patches_for(module)
         patches.apply()
         return {'SwiftPipeline': bool(patches.patches)}
@@ -262,7 +266,8 @@ def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
     patched if ms-swift already imported it, or when ``megatron=True`` (importing ``swift.megatron`` has
     side effects, so we never do it unasked). Returns ``{module: {class: has the FIPO hook}}``.
     """
-    report = {name: patch_module(importlib.import_module(name)) for name in (PIPELINE_MODULE, HF_TRAINER_MODULE)}
+    report = {name: patch_module(importlib.import_module(name))
+              for name in map(ms_swift_layout.module_path, (PIPELINE_MODULE, HF_TRAINER_MODULE))}
     if megatron or (megatron is None and MEGATRON_TRAINER_MODULE in sys.modules):
         report[MEGATRON_TRAINER_MODULE] = patch_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
     return report
@@ -281,7 +286,7 @@ def uninstall() -> None:
 
 def is_patched(cls: type) -> bool:
     """True if ``cls`` computes FIPO through this plugin."""
-    return is_patch(vars(cls).get('_compute_fipo_influence'))
+    return is_patch(vars(cls).get('_compute_fipo_influence')) or ms_swift_legacy.is_patched(cls)
 
 
 def native_fipo_influence(cls: type) -> Callable[..., Any]:

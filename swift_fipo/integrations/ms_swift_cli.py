@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -35,9 +34,7 @@ from swift_fipo.integrations.contract import (RunSettings, attach_settings, inst
 
 HOST = 'swift-fipo'
 PIPELINE_MODULE = 'swift.pipelines.base'
-SUPPORTED_RANGE = 'ms-swift >= 4.2.2'
-# Trainer source files (relative to the swift package) whose loss calls the FIPO hook.
-_TRAINER_FILES = {False: ('rlhf_trainers', 'grpo_trainer.py'), True: ('megatron', 'trainers', 'grpo_trainer.py')}
+SUPPORTED_RANGE = 'ms-swift >= 3.11 (megatron rlhf: >= 4.2.2)'
 PRESET_FLAG = 'fipo_preset'
 LOG_TOKENS_FLAG = 'fipo_log_tokens'
 # FIPOConfig field -> ms-swift flag (without the dashes), from the fields' metadata.
@@ -234,9 +231,9 @@ def validate_run(args: Any, config: FIPOConfig) -> None:
 
 def unsupported_message(trainer_name: str) -> str:
     installed = installed_version('ms-swift') or '(unknown)'
-    return (f'{HOST}: --loss_type fipo needs {SUPPORTED_RANGE}, whose {trainer_name} has the '
-            f'_compute_fipo_influence hook; installed: ms-swift {installed}. '
-            f"Upgrade with: pip install 'ms-swift>=4.2.2'")
+    return (f'{HOST}: --loss_type fipo needs {SUPPORTED_RANGE}: this {trainer_name} has neither the '
+            f'_compute_fipo_influence hook (ms-swift >= 4.2.2) nor a DAPO loss the plugin can reweight '
+            f"(HF trainer, ms-swift >= 3.11); installed: ms-swift {installed}. Upgrade with: pip install 'ms-swift>=4.2.2'")
 
 
 def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) -> None:
@@ -244,16 +241,15 @@ def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) ->
 
     The trainer's source file is read, not imported: importing ``swift.megatron`` has side effects.
     """
-    if swift_root is None:
-        spec = importlib.util.find_spec('swift')
-        swift_root = Path(spec.origin).parent if spec is not None and spec.origin else Path('/nonexistent')
-    source_file = swift_root.joinpath(*_TRAINER_FILES[megatron])
-    try:
-        source = source_file.read_text()
-    except OSError:
-        source = ''
-    if 'def _compute_fipo_influence' not in source:
+    from swift_fipo.integrations.ms_swift_layout import rollout_reuse_broken, source_is_servable, trainer_source
+    source = trainer_source(megatron, swift_root)
+    if 'def _compute_fipo_influence' not in source and (megatron or not source_is_servable(source)):
         raise RuntimeError(unsupported_message('MegatronGRPOTrainer' if megatron else 'GRPOTrainer'))
+    broken = None if megatron else rollout_reuse_broken(swift_root)
+    if broken:
+        raise RuntimeError(f"{HOST}: --loss_type fipo cannot act with ms-swift {installed_version('ms-swift')} and "
+                           f"trl {installed_version('trl')}: {broken}. Install a TRL that leaves the counter to "
+                           f"ms-swift (tested here: pip install 'trl==0.25.1' 'transformers==4.57.6'), or ms-swift >= 4.2.")
 
 
 def _argument_names(args_class: type) -> set[str]:

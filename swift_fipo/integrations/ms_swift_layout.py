@@ -1,0 +1,117 @@
+"""Where things are in the installed ms-swift, found without importing its trainers.
+
+ms-swift 3.x and 4.x keep the pipeline and the HF GRPO trainer in different modules; whether FIPO can
+be served is decided from the trainer's source text (importing ``swift.megatron`` has side effects,
+and the 4.1 / 4.2 trainers import vLLM). No torch here: the argument-parse hook uses this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Optional
+
+LOSS_METHOD = '_compute_loss_and_metrics'
+LOGPS_METHOD = '_get_per_token_logps_and_entropies'
+
+# ms-swift 4.x module -> where ms-swift 3.x keeps the same thing.
+MODULES_3X = {
+    'swift.pipelines.base': 'swift.llm.base',
+    'swift.rlhf_trainers.grpo_trainer': 'swift.trainers.rlhf_trainer.grpo_trainer',
+}
+
+
+def module_path(name: str) -> str:
+    """``name`` if this ms-swift has it, else its 3.x location (when there is one)."""
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing: ms-swift 3.x
+        found = False
+    return name if found or name not in MODULES_3X else MODULES_3X[name]
+
+
+# GRPO trainer source files (relative to the swift package): 4.x, then 3.x for the HF trainer.
+_TRAINER_FILES = {False: (('rlhf_trainers', 'grpo_trainer.py'), ('trainers', 'rlhf_trainer', 'grpo_trainer.py')),
+                  True: (('megatron', 'trainers', 'grpo_trainer.py'),)}
+
+
+def trainer_source(megatron: bool, swift_root: Optional[Path] = None) -> str:
+    """The installed GRPO trainer module's source, read without importing it ('' if absent):
+    importing ``swift.megatron`` has side effects, and 4.1/4.2 trainers import vLLM."""
+    if swift_root is None:
+        spec = importlib.util.find_spec('swift')
+        swift_root = Path(spec.origin).parent if spec is not None and spec.origin else Path('/nonexistent')
+    for parts in _TRAINER_FILES[megatron]:
+        try:
+            return swift_root.joinpath(*parts).read_text()
+        except OSError:
+            continue
+    return ''
+
+
+def native_fipo_installed() -> bool:
+    """True if the installed ms-swift's HF GRPO trainer has native FIPO (>= 4.2.2)."""
+    return 'def _compute_fipo_influence' in trainer_source(megatron=False)
+
+
+def _method_source(source: str, name: str) -> str:
+    """The text of method ``name`` in a module's source ('' if it has none)."""
+    start = source.find(f'def {name}(')
+    if start < 0:
+        return ''
+    end = source.find('\n    def ', start + 1)
+    return source[start:end if end > 0 else len(source)]
+
+
+def source_is_servable(source: str) -> bool:
+    """True if a GRPO trainer module's source (read, not imported) has what the legacy hook needs:
+    a ``_compute_loss_and_metrics`` that reads the advantages after the current log-probs, a clipped
+    surrogate built from ``advantages.unsqueeze(1)`` and a DAPO normalisation branch."""
+    body = _method_source(source, LOSS_METHOD)
+    logps_at = body.find(f'self.{LOGPS_METHOD}(')
+    advantages_at = body.find("inputs['advantages']")
+    return (0 <= logps_at < advantages_at and 'advantages.unsqueeze(1)' in body
+            and "'dapo']" in body and 'per_token_loss1' in body)
+
+
+_STEP_ADVANCE = 'self._step += 1'
+
+
+def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[Path] = None) -> Optional[str]:
+    """Why the installed ms-swift + TRL never reuse a rollout, or None.
+
+    ms-swift 4.0 and 4.1 advance the trainer's step counter in their own ``_prepare_inputs``; TRL
+    >= 0.26 advances it again in ``GRPOTrainer.training_step``. The counter then moves by 2 per step,
+    so a new rollout is generated at every step and none is trained on twice: every run is on-policy
+    and FIPO (which only acts off-policy) would be DAPO.
+    """
+    if trl_root is None:
+        spec = importlib.util.find_spec('trl')
+        trl_root = Path(spec.origin).parent if spec is not None and spec.origin else Path('/nonexistent')
+    try:
+        trl_source = (trl_root / 'trainer' / 'grpo_trainer.py').read_text()
+    except OSError:
+        return None
+    swift_advances = _STEP_ADVANCE in _method_source(trainer_source(False, swift_root), '_prepare_inputs')
+    trl_advances = _STEP_ADVANCE in _method_source(trl_source, 'training_step')
+    if not (swift_advances and trl_advances):
+        return None
+    return ("both ms-swift's GRPOTrainer._prepare_inputs and TRL's GRPOTrainer.training_step advance the step "
+            'counter, so every step generates a new rollout and none is reused (--num_iterations and '
+            '--steps_per_generation have no effect): FIPO would be DAPO')
+
+
+def doctor_line(name: str, has_hook: bool) -> Optional[str]:
+    """What ``swift-fipo doctor`` says about a hooked class or module of this ms-swift, when the
+    layout changes it (3.x paths, no native FIPO); None for the ordinary wording. ``name``: a class
+    name, or the Megatron trainer module."""
+    if native_fipo_installed():
+        return None
+    if name == 'SwiftPipeline' and has_hook:
+        return 'hooked (--fipo_* flags, presets, validation)'
+    if name.endswith('GRPOTrainer') and has_hook:
+        return ('hooked (FIPO as the DAPO loss with reweighted advantages: this ms-swift predates native FIPO, '
+                '4.2.2)')
+    if name.startswith('swift.megatron'):
+        return 'not served: megatron rlhf --loss_type fipo needs ms-swift >= 4.2.2 (refused at start-up)'
+    return None

@@ -1,0 +1,219 @@
+"""FIPO on an ms-swift without native FIPO (3.11 - 4.2.1): the installed trainer's own loss, in-process.
+
+The trainer object is made with ``__new__`` (``__init__`` needs a model and a dataset) and given the
+attributes its ``_compute_loss_and_metrics`` reads; the model forward is replaced by fixed log-probs
+that require grad (a subclass overriding ``_get_per_token_logps_and_entropies``, hooked by the plugin
+as the real class is). Everything else -- the clipped surrogate, KL term, entropy mask, dual clip,
+rollout importance sampling, overlong filter, DAPO normalisation -- is the installed ms-swift's code.
+
+The reference for "DAPO with A replaced by A x w" is ms-swift's own DAPO loss, with plugin off, on an
+expanded batch: one row per completion token (b, t), carrying row b's log-probs, the advantage
+A_b * w_bt and a completion mask that keeps only token t. DAPO's loss is a sum over tokens divided by
+the step's token count (given), so the expanded batch's loss is exactly the DAPO loss with per-token
+advantages A x w; the entropy threshold (a quantile over the batch's completion tokens) sees the same
+tokens. The weights w come from ``tests/reference.py`` (float64, written from the definition).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from reference import brute_fipo_weight, is_close, random_inputs
+from swift_fipo.integrations import ms_swift, ms_swift_layout, ms_swift_legacy
+from swift_fipo.integrations.contract import PatchSet
+
+pytestmark = pytest.mark.ms_swift
+pytest.importorskip('swift')
+trainer_module = pytest.importorskip(ms_swift_layout.module_path('swift.rlhf_trainers.grpo_trainer'))
+GRPOTrainer = trainer_module.GRPOTrainer
+if hasattr(GRPOTrainer, '_compute_fipo_influence'):
+    pytest.skip('this ms-swift has native FIPO (tested by test_integrations_ms_swift.py)', allow_module_level=True)
+
+BATCH, LENGTH = 4, 12
+
+
+class _Accelerator:
+    """One process: gathers return their input (accelerate's own helpers need no set-up for this)."""
+
+    num_processes = 1
+    device = torch.device('cpu')
+
+    @staticmethod
+    def gather(value: Any) -> Any:
+        return value
+
+    gather_for_metrics = gather
+
+
+class FixedLogpsTrainer(GRPOTrainer):
+    """ms-swift's GRPOTrainer whose forward pass returns fixed log-probs (and entropies)."""
+
+    def _get_per_token_logps_and_entropies(self, model: Any, inputs: dict, compute_entropy: bool = False,
+                                           **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        rows = inputs['row_of']
+        return self.fixed_logps[rows], (self.fixed_entropies[rows] if compute_entropy else None)
+
+
+def make_trainer(loss_type: str, logps: torch.Tensor, entropies: torch.Tensor, **settings: Any) -> FixedLogpsTrainer:
+    ms_swift.install()
+    ms_swift.patch_trainer_class(FixedLogpsTrainer)
+    trainer = FixedLogpsTrainer.__new__(FixedLogpsTrainer)
+    quantile = settings.pop('top_entropy_quantile', 1.0)
+    delta = settings.pop('delta', None)
+    fipo = {'fipo_clip_high_only': settings.pop('fipo_clip_high_only', True),
+            'fipo_safety_threshold': settings.pop('fipo_safety_threshold', 4.0)}
+    attributes = dict(
+        model=SimpleNamespace(training=True), accelerator=_Accelerator(),
+        args=SimpleNamespace(loss_type=loss_type, delta=delta, log_entropy=False, top_entropy_quantile=quantile,
+                             fipo_decay_rate=32.0, fipo_clip_range=0.2, **fipo),
+        loss_type=loss_type, compute_entropy=quantile < 1.0, top_entropy_quantile=quantile, overlong_filter=False,
+        beta=0.0, kl_in_reward=False, rollout_importance_sampling_mode=None, rollout_importance_sampling_threshold=2.0,
+        log_rollout_offpolicy_metrics=False, disable_rollout_importance_sampling=False,
+        importance_sampling_level='token', epsilon_low=0.2, epsilon_high=0.28, off_policy_sequence_mask_delta=None,
+        chord_sft_iterator=None,
+        _metrics={'train': defaultdict(list), 'eval': defaultdict(list)},
+        fixed_logps=logps, fixed_entropies=entropies)
+    attributes.update(settings)
+    for name, value in attributes.items():
+        setattr(trainer, name, value)
+    if loss_type == 'fipo':
+        ms_swift_legacy.serve_fipo(trainer)
+    return trainer
+
+
+def make_batch(seed: int, truncated: bool = False) -> dict[str, Any]:
+    log_ratio, mask, advantages = random_inputs(BATCH, LENGTH, seed=seed, scale=0.6)
+    generator = torch.Generator().manual_seed(seed + 100)
+    logps = -torch.rand(BATCH, LENGTH, generator=generator) * 3
+    old = logps - log_ratio
+    return {
+        'logps': logps, 'entropies': torch.rand(BATCH, LENGTH, generator=generator) * 2,
+        'completion_mask': mask, 'advantages': advantages, 'old_per_token_logps': old,
+        'ref_per_token_logps': logps - torch.randn(BATCH, LENGTH, generator=generator) * 0.3,
+        'rollout_per_token_logps': old - torch.randn(BATCH, LENGTH, generator=generator) * 0.4,
+        'truncated_mask': torch.tensor([truncated, False, False, False]),
+        'num_items_in_batch': mask.sum().float() + 5,  # the whole step's token count, beyond this micro-batch
+        'row_of': torch.arange(BATCH),
+    }
+
+
+def loss_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in batch.items() if key not in ('logps', 'entropies')}
+
+
+def expanded_per_token(batch: dict[str, Any], weighted_advantages: torch.Tensor) -> dict[str, Any]:
+    """One row per completion token (b, t): row b's tensors, advantage A_b * w_bt, mask only at t."""
+    rows, positions = batch['completion_mask'].nonzero(as_tuple=True)
+    expanded = {key: batch[key][rows] for key in ('old_per_token_logps', 'ref_per_token_logps',
+                                                  'rollout_per_token_logps', 'truncated_mask')}
+    expanded['completion_mask'] = torch.nn.functional.one_hot(positions, LENGTH).bool()
+    expanded['advantages'] = weighted_advantages[rows, positions]
+    expanded['num_items_in_batch'] = batch['num_items_in_batch']
+    expanded['row_of'] = rows
+    return expanded
+
+
+CASES = {
+    'defaults': {},
+    'kl term (beta 0.04)': {'beta': 0.04},
+    'entropy mask (top 50%)': {'top_entropy_quantile': 0.5},
+    'dual clip and filter (--delta 1.5), symmetric clip': {'delta': 1.5, 'fipo_clip_high_only': False},
+    'safety rule firing (threshold 1.2)': {'fipo_safety_threshold': 1.2},
+    'rollout IS weights (token_truncate)': {'rollout_importance_sampling_mode': 'token_truncate'},
+    'overlong filter': {'overlong_filter': True},
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_loss_is_ms_swift_dapo_with_reweighted_advantages(case):
+    settings = dict(CASES[case])
+    batch = make_batch(seed=len(case), truncated=settings.get('overlong_filter', False))
+    logps = batch['logps'].clone().requires_grad_(True)
+    fipo = make_trainer('fipo', logps, batch['entropies'], **dict(settings))
+    loss, _ = fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    (gradient,) = torch.autograd.grad(loss, logps)
+
+    mask = batch['completion_mask'].clone()
+    if settings.get('overlong_filter'):
+        mask &= ~batch['truncated_mask'][:, None]
+    log_ratio = batch['logps'] - batch['old_per_token_logps']
+    weight, _, _ = brute_fipo_weight(log_ratio, mask, batch['advantages'], delta=settings.get('delta'),
+                                     clip_high_only=settings.get('fipo_clip_high_only', True),
+                                     safety_threshold=settings.get('fipo_safety_threshold', 4.0))
+    weighted = (batch['advantages'].double()[:, None] * weight).float()
+    reference_logps = batch['logps'].clone().requires_grad_(True)
+    dapo = make_trainer('dapo', reference_logps, batch['entropies'], **dict(settings))
+    expected, _ = dapo._compute_loss_and_metrics(None, expanded_per_token(batch, weighted))
+    (expected_gradient,) = torch.autograd.grad(expected, reference_logps)
+
+    assert expected.abs() > 0 and weight[mask].max() > 1  # the case exercises the weights
+    assert is_close(loss.detach(), expected.detach(), tol=1e-5)
+    assert is_close(gradient, expected_gradient, tol=1e-5)
+    metrics = fipo._metrics['train']
+    assert metrics['fipo/influence_weight_mean'] and 'fipo/future_kl_mean' in metrics
+    assert is_close(torch.tensor(metrics['fipo/influence_weight_max'][-1]), weight[mask].max(), tol=1e-5)
+
+
+def test_first_pass_equals_dapo():
+    batch = make_batch(seed=3)
+    batch['old_per_token_logps'] = None  # ms-swift's on-policy convention
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'])
+    dapo = make_trainer('dapo', batch['logps'], batch['entropies'])
+    fipo_loss, _ = fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    dapo_loss, _ = dapo._compute_loss_and_metrics(None, loss_inputs(batch))
+    assert torch.equal(fipo_loss, dapo_loss)
+    assert fipo._metrics['train']['fipo/influence_weight_mean'] == [1.0]
+    assert not dapo._metrics['train']  # a dapo trainer gets no FIPO metrics
+
+
+def test_sequence_level_importance_sampling_uses_the_sequence_ratio():
+    batch = make_batch(seed=5)
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], importance_sampling_level='sequence',
+                        fipo_safety_threshold=1.05)
+    fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    mask = batch['completion_mask']
+    log_ratio = batch['logps'] - batch['old_per_token_logps']
+    ratio = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
+    weight, _, safety = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05, ratio=ratio)
+    assert not safety[mask].all()  # the sequence ratio fired the safety rule somewhere
+    expected = torch.where(mask, weight, 0.0)[mask].mean()
+    assert is_close(torch.tensor(fipo._metrics['train']['fipo/influence_weight_mean'][0]), expected, tol=1e-5)
+
+
+def test_the_caller_keeps_its_plain_advantages():
+    batch = make_batch(seed=7)
+    inputs = loss_inputs(batch)
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'])
+    fipo._compute_loss_and_metrics(None, inputs)
+    assert type(inputs['advantages']) is torch.Tensor and inputs['advantages'] is batch['advantages']
+
+
+def test_a_loss_that_bypasses_the_reweighted_advantages_is_refused():
+
+    class Bypassing(FixedLogpsTrainer):
+
+        def _compute_loss_and_metrics(self, model: Any, inputs: dict) -> Any:
+            # What a changed ms-swift could do: read the advantages without advantages.unsqueeze(1).
+            per_token_logps, _ = self._get_per_token_logps_and_entropies(model, inputs)
+            return (per_token_logps * inputs['advantages'][:, None]).sum(), {}
+
+    PatchSet(ms_swift_legacy.trainer_patches(Bypassing)).apply()  # its source would not pass the capability check
+    batch = make_batch(seed=9)
+    trainer = make_trainer('fipo', batch['logps'], batch['entropies'])
+    trainer.__class__ = Bypassing
+    with pytest.raises(ms_swift_legacy.LegacyHookError, match='did not build its clipped surrogate'):
+        trainer._compute_loss_and_metrics(None, loss_inputs(batch))
+
+
+def test_installed_trainer_is_served_by_capability():
+    assert ms_swift_legacy.class_is_servable(GRPOTrainer)
+    report = ms_swift.install()
+    assert report[trainer_module.__name__] == {'GRPOTrainer': True}
+    assert ms_swift_legacy.is_patched(GRPOTrainer)
+    assert 'reweighted advantages' in ms_swift_layout.doctor_line('GRPOTrainer', True)
+    assert 'needs ms-swift >= 4.2.2' in ms_swift_layout.doctor_line('swift.megatron.trainers.grpo_trainer', False)

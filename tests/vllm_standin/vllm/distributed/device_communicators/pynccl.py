@@ -1,0 +1,5 @@
+from vllm import _Unavailable
+
+
+class PyNcclCommunicator(_Unavailable):
+    pass
