@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Create (or refresh) a virtual environment with torch (CPU), ms-swift and this package.
-#   bash scripts/setup.sh [MS_SWIFT_VERSION] [VENV_DIR]     defaults: 4.6.0 .venv
+#   bash scripts/setup.sh [MS_SWIFT_VERSION] [VENV_DIR] [REQUIREMENT...]     defaults: 4.6.0 .venv
+# REQUIREMENTs are installed together with ms-swift (e.g. trl==0.25.1 where its default TRL is broken).
 # swift-fipo itself is installed non-editable, as users get it, so that its .pth activation file
 # lands in site-packages exactly as after `pip install swift-fipo`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="${1:-4.6.0}"
 venv="${2:-$root/.venv}"
+extra=("${@:3}")
 constraints="$root/scripts/constraints-cpu.txt"
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 marker="$venv/.swift-fipo-deps-$version"
+[ "${#extra[@]}" -eq 0 ] || marker="$marker$(printf -- '-%s' "${extra[@]}" | tr -c 'A-Za-z0-9.-' '_')"
 if [ ! -f "$marker" ]; then
     "${pip[@]}" install -c "$constraints" torch==2.13.0
     # ms-swift imports msgspec without declaring it; deepspeed: the CPU ZeRO-2 test (tests/test_cli_multiprocess.py).
-    "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8' deepspeed
+    "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8' deepspeed "${extra[@]}"
     touch "$marker"
 fi
 # hypothesis: the property and fuzz tests (tests/test_properties.py, tests/test_viz_fuzz.py); checked apart

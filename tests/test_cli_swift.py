@@ -54,8 +54,15 @@ def _tail(result: subprocess.CompletedProcess) -> str:
     return (result.stdout + result.stderr)[-3000:]
 
 
-def test_fipo_run_logs_finite_metrics_that_move_on_reuse_steps(tiny_run_dir, tmp_path):
-    result, rows = run_tiny(tiny_run_dir, tmp_path / 'fipo')
+@pytest.fixture(scope='module')
+def fipo_run(tiny_run_dir: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """The example's FIPO run with the plugin, shared by the tests that read it."""
+    return run_tiny(tiny_run_dir, tmp_path_factory.mktemp('fipo') / 'run')
+
+
+def test_fipo_run_logs_finite_metrics_that_move_on_reuse_steps(fipo_run):
+    result, rows = fipo_run
     assert result.returncode == 0, _tail(result)
     assert len(rows) == 4
     for row in rows:
@@ -84,7 +91,7 @@ def test_dapo_is_unchanged_by_the_plugin(tiny_run_dir, tmp_path):
     assert not any(key.startswith('fipo/') for row in rows for key in row)
 
 
-def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path):
+def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'stock', disable=True)
     GRPOTrainer = trainer_class()
     if not hasattr(GRPOTrainer, '_compute_fipo_influence'):
@@ -99,6 +106,13 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path):
         assert result.returncode == 0, _tail(result)
         assert all(key in rows[-1] for key in NATIVE_KEYS)
         assert not any(key in row for row in rows for key in PLUGIN_ONLY_KEYS)
+        # Native FIPO and the plugin train the same first rollout identically: step 1 is on-policy for
+        # both, so step 2 reuses the same rollout from the same weights, and its FIPO values agree.
+        _, plugin_rows = fipo_run
+        for native_row, plugin_row in zip(rows[:2], plugin_rows[:2]):
+            for key in NATIVE_KEYS + ('loss',):
+                assert plugin_row[key] == pytest.approx(native_row[key], rel=1e-4, abs=1e-6), (key, native_row)
+        assert rows[1]['fipo/future_kl_mean'] != 0
 
 
 def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path):

@@ -219,3 +219,30 @@ def test_installed_ms_swift_trainers_have_the_hook(megatron):
             cli.check_trainer_has_hook(megatron)
     else:
         cli.check_trainer_has_hook(megatron)
+
+
+@pytest.mark.parametrize('swift_advances, trl_advances', [(True, True), (True, False), (False, True)])
+def test_a_step_counter_advanced_twice_is_refused(tmp_path, swift_advances, trl_advances):
+    # Stand-in sources: ms-swift 4.0/4.1's _prepare_inputs advances the counter itself; TRL >= 0.26 does
+    # it again in training_step. Together no rollout is ever reused.
+    advance = '        self._step += 1\n'
+    swift_file = tmp_path / 'swift' / 'rlhf_trainers' / 'grpo_trainer.py'
+    trl_file = tmp_path / 'trl' / 'trainer' / 'grpo_trainer.py'
+    for path in (swift_file, trl_file):
+        path.parent.mkdir(parents=True)
+    swift_file.write_text(
+        'class GRPOTrainer:\n'
+        '    def _prepare_inputs(self, batch):\n' + (advance if swift_advances else '') + '        return batch\n'
+        '    def _compute_loss_and_metrics(self, model, inputs):\n'
+        '        per_token_logps, _ = self._get_per_token_logps_and_entropies(model, inputs)\n'
+        "        advantages = inputs['advantages']\n"
+        "        if self.loss_type in ['grpo', 'bnpo', 'dr_grpo', 'dapo']:\n"
+        '            per_token_loss1 = per_token_logps * advantages.unsqueeze(1)\n')
+    trl_file.write_text('class GRPOTrainer:\n    def training_step(self, model, inputs):\n'
+                        + (advance if trl_advances else '') + '        return 0\n')
+    from swift_fipo.integrations.ms_swift_layout import rollout_reuse_broken
+    reason = rollout_reuse_broken(swift_root=tmp_path / 'swift', trl_root=tmp_path / 'trl')
+    if swift_advances and trl_advances:
+        assert 'none is reused' in reason
+    else:
+        assert reason is None
