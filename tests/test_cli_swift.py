@@ -95,9 +95,11 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'stock', disable=True)
     GRPOTrainer = trainer_class()
     if not hasattr(GRPOTrainer, '_compute_fipo_influence'):
-        # No native FIPO: stock ms-swift loads the model and fails at the first step.
-        assert result.returncode != 0
-        assert 'Unknown loss type: fipo' in result.stderr
+        # No native FIPO: stock ms-swift loads the model and fails at the first step, in its loss (no
+        # branch computes a per-token loss for 'fipo': an UnboundLocalError, or 'Unknown loss type').
+        assert result.returncode != 0 and rows == []
+        assert 'model_parameter_info' in result.stdout + result.stderr
+        assert "'per_token_loss'" in result.stderr or 'Unknown loss type: fipo' in result.stderr, _tail(result)
     elif hasattr(GRPOTrainer, '_setup_teacher'):
         # ms-swift >= 4.4 without the plugin: the false OPD-RL rejection users hit.
         assert result.returncode != 0
