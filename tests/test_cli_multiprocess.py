@@ -33,7 +33,7 @@ RECORDER = '''
 """Test helper: record each rank's own FIPO summaries (the plugin's, before any cross-rank reduction)."""
 import json, os
 import swift_fipo.integrations.ms_swift as adapter_module
-import swift_fipo.integrations.ms_swift_legacy as legacy_module  # ms-swift without native FIPO
+import swift_fipo.ops.loss as loss_module  # reweight_advantages: ms-swift without native FIPO
 
 _inner = adapter_module.compute_fipo_influence
 _path = os.path.join(os.environ['FIPO_RECORD_DIR'], 'rank%s.jsonl' % os.environ.get('RANK', '0'))
@@ -49,7 +49,7 @@ def _recording(log_ratio, completion_mask, advantages, config=None, ratio=None):
     return weight, stats
 
 
-adapter_module.compute_fipo_influence = legacy_module.compute_fipo_influence = _recording
+adapter_module.compute_fipo_influence = loss_module.compute_fipo_influence = _recording
 '''
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from swift_fipo.integrations.ms_swift_layout import module_path
+from swift_fipo.integrations.ms_swift_layout import module_path, rollout_reuse_broken
 
 pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]
 pytest.importorskip('swift')
@@ -22,6 +22,9 @@ TRAINER_MODULE = module_path('swift.rlhf_trainers.grpo_trainer')
 PIPELINE_MODULE = module_path('swift.pipelines.base')
 # ms-swift 3.x calls --tuner_type --train_type.
 TUNER_FLAG = '--train_type' if TRAINER_MODULE.startswith('swift.trainers.') else '--tuner_type'
+# ms-swift 4.0/4.1 with TRL >= 0.26 never reuse a rollout; the plugin then refuses fipo at start-up.
+REUSE_BROKEN = rollout_reuse_broken()
+trains_fipo = pytest.mark.skipif(REUSE_BROKEN is not None, reason=f'fipo is refused here: {REUSE_BROKEN}')
 
 
 def trainer_class() -> type:
@@ -61,6 +64,7 @@ def fipo_run(tiny_run_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return run_tiny(tiny_run_dir, tmp_path_factory.mktemp('fipo') / 'run')
 
 
+@trains_fipo
 def test_fipo_run_logs_finite_metrics_that_move_on_reuse_steps(fipo_run):
     result, rows = fipo_run
     assert result.returncode == 0, _tail(result)
@@ -91,6 +95,7 @@ def test_dapo_is_unchanged_by_the_plugin(tiny_run_dir, tmp_path):
     assert not any(key.startswith('fipo/') for row in rows for key in row)
 
 
+@trains_fipo
 def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'stock', disable=True)
     GRPOTrainer = trainer_class()
@@ -117,6 +122,7 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
         assert rows[1]['fipo/future_kl_mean'] != 0
 
 
+@trains_fipo
 def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path):
     if not hasattr(trainer_class(), '_compute_fipo_influence'):
         pytest.skip('without native FIPO the --fipo_* flags of the example are the plugin\'s own, and '
@@ -129,6 +135,7 @@ def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path)
     assert all(key in rows[-1] for key in PLUGIN_ONLY_KEYS)
 
 
+@trains_fipo
 def test_explicit_teacher_is_still_rejected(tiny_run_dir, tmp_path):
     if not hasattr(trainer_class(), '_setup_teacher'):
         pytest.skip('this ms-swift has no OPD-RL teacher for GRPO')
@@ -156,6 +163,7 @@ def test_doctor_reports_the_active_hook():
     assert 'Traceback' not in result.stderr + disabled.stderr
 
 
+@trains_fipo
 @pytest.mark.parametrize('flags, message', [
     (['--use_liger_kernel', 'true'], '--use_liger_kernel'),
     (['--fipo_decay_rate', '0'], '--fipo_decay_rate must be a number in [1/126, 2**24]'),
@@ -171,6 +179,7 @@ def test_bad_settings_fail_before_the_model_loads(tiny_run_dir, tmp_path, flags,
     assert 'model_parameter_info' not in result.stdout + result.stderr
 
 
+@trains_fipo
 def test_plugin_flags_and_presets_on_the_command_line(tiny_run_dir, tmp_path):
     # The preset sets what is not given explicitly: delta 10 and the safeguards (explicit: the clip range
     # and the filter); --fipo_clip_high_only false is the 7B recipe's symmetric clip.
@@ -183,15 +192,25 @@ def test_plugin_flags_and_presets_on_the_command_line(tiny_run_dir, tmp_path):
     assert all('fipo/dropped_response_ratio' in row and 'fipo/filtered_ratio' in row for row in rows)
 
 
+@trains_fipo
 def test_no_op_configuration_warns(tiny_run_dir, tmp_path):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'noop', '--num_iterations', '1', '--max_steps', '1')
     assert result.returncode == 0, _tail(result)
     assert result.stderr.count('[swift-fipo] WARNING: FIPO is a no-op here') == 1
 
 
+@trains_fipo
 def test_lora_run_applies_fipo(tiny_run_dir, tmp_path):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'lora', TUNER_FLAG, 'lora', '--lora_rank', '4',
                             '--target_modules', 'all-linear', '--learning_rate', '1e-2')
     assert result.returncode == 0, _tail(result)
     assert all(key in rows[-1] for key in PLUGIN_ONLY_KEYS)
     assert any(row['fipo/future_kl_mean'] != 0 for row in rows[1::2]), rows
+
+
+@pytest.mark.skipif(REUSE_BROKEN is None, reason='this ms-swift and TRL reuse rollouts')
+def test_fipo_is_refused_where_no_rollout_is_reused(tiny_run_dir, tmp_path):
+    result, rows = run_tiny(tiny_run_dir, tmp_path / 'refused')
+    assert result.returncode != 0 and rows == []
+    assert 'none is reused' in result.stderr and 'ms-swift >= 4.2' in result.stderr, _tail(result)
+    assert 'model_parameter_info' not in result.stdout + result.stderr

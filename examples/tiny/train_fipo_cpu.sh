@@ -41,6 +41,7 @@ swift rlhf \
     --save_strategy no \
     --report_to none \
     --dataloader_num_workers 0 \
+    --dataloader_persistent_workers false \
     --dataset_num_proc 1 \
     --seed 42 \
     --output_dir "$work/output" \

@@ -248,8 +248,8 @@ def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) ->
     broken = None if megatron else rollout_reuse_broken(swift_root)
     if broken:
         raise RuntimeError(f"{HOST}: --loss_type fipo cannot act with ms-swift {installed_version('ms-swift')} and "
-                           f"trl {installed_version('trl')}: {broken}. Install a TRL that leaves the counter to "
-                           f"ms-swift (tested here: pip install 'trl==0.25.1' 'transformers==4.57.6'), or ms-swift >= 4.2.")
+                           f"trl {installed_version('trl')}: {broken}. Use ms-swift >= 4.2 (ms-swift 4.1.x also "
+                           f"trains with pip install 'trl==0.25.1' 'transformers==4.57.6', tested here).")
 
 
 def _argument_names(args_class: type) -> set[str]:

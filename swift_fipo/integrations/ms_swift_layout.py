@@ -110,6 +110,9 @@ def doctor_line(name: str, has_hook: bool) -> Optional[str]:
     if name == 'SwiftPipeline' and has_hook:
         return 'hooked (--fipo_* flags, presets, validation)'
     if name.endswith('GRPOTrainer') and has_hook:
+        broken = rollout_reuse_broken()
+        if broken:
+            return f'hooked, but --loss_type fipo is refused with this TRL: {broken}'
         return ('hooked (FIPO as the DAPO loss with reweighted advantages: this ms-swift predates native FIPO, '
                 '4.2.2)')
     if name.startswith('swift.megatron'):

@@ -34,9 +34,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils._pytree import tree_map
 
-from swift_fipo.integrations.contract import Patch, combine_metric, is_patch
+from swift_fipo.integrations.contract import Patch, combine_metric, is_patch, reweight_advantages
 from swift_fipo.integrations.ms_swift_layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
-from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
+from swift_fipo.ops.influence import FIPOStats
 
 FIRST_NATIVE = '4.2.2'
 # The loss branch a legacy FIPO run takes: native FIPO shares DAPO's normalisation and KL handling.
@@ -143,8 +143,8 @@ def reweight_batch(trainer: Any, batch: _Batch, per_token_logps: torch.Tensor) -
         raise LegacyHookError(f'swift-fipo: expected [B] advantages in this ms-swift GRPO trainer; got shape '
                               f'{tuple(advantages.shape)}.')
     from swift_fipo.integrations.ms_swift import run_settings  # that module imports this one
-    weight, stats = compute_fipo_influence(log_ratio, mask, advantages, run_settings(trainer).config, ratio=ratio)
-    batch.weighted = ReweightedAdvantages.wrap(advantages, advantages.unsqueeze(1) * weight.to(advantages.dtype))
+    weighted, stats = reweight_advantages(advantages, log_ratio, mask, run_settings(trainer).config, ratio=ratio)
+    batch.weighted = ReweightedAdvantages.wrap(advantages, weighted)
     batch['advantages'] = batch.weighted
     return stats
 
