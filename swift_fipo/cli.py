@@ -87,7 +87,7 @@ def _ms_swift_hooks(lines: list[str]) -> bool:
             lines.append(f'  {name}: cannot import it: {error}')
             return False
         modules[name] = module
-    from swift_fipo.integrations import ms_swift  # after ms-swift: our module imports torch
+    from swift_fipo.integrations import ms_swift, ms_swift_legacy  # after ms-swift: they import torch
     from swift_fipo.integrations.contract import is_patch
 
     pipeline = getattr(modules[pipeline_name], 'SwiftPipeline', None)
@@ -107,7 +107,11 @@ def _ms_swift_hooks(lines: list[str]) -> bool:
             lines.append(where + legacy)
         elif not hasattr(cls, '_compute_fipo_influence'):
             served = False
-            lines.append(where + f'no _compute_fipo_influence hook: --loss_type fipo needs {ms_swift.SUPPORTED_RANGE}')
+            if ms_swift_legacy.class_is_servable(cls):  # servable without the native hook, but not hooked
+                lines.append(where + f'not hooked: {_why_not_hooked()}')
+            else:
+                lines.append(where + 'no _compute_fipo_influence hook: --loss_type fipo needs '
+                             f'{ms_swift.SUPPORTED_RANGE}')
         elif ms_swift.is_patched(cls):
             lines.append(where + 'hooked (FIPO computed by swift-fipo)')
         else:

@@ -233,7 +233,8 @@ def unsupported_message(trainer_name: str) -> str:
     installed = installed_version('ms-swift') or '(unknown)'
     return (f'{HOST}: --loss_type fipo needs {SUPPORTED_RANGE}: this {trainer_name} has neither the '
             f'_compute_fipo_influence hook (ms-swift >= 4.2.2) nor a DAPO loss the plugin can reweight '
-            f"(HF trainer, ms-swift >= 3.11); installed: ms-swift {installed}. Upgrade with: pip install 'ms-swift>=4.2.2'")
+            f'(HF trainer, ms-swift >= 3.11); installed: ms-swift {installed}. '
+            f"Upgrade with: pip install 'ms-swift>=4.2.2'")
 
 
 def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) -> None:

@@ -101,20 +101,12 @@ def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[P
             '--steps_per_generation have no effect): FIPO would be DAPO')
 
 
-def doctor_line(name: str, has_hook: bool) -> Optional[str]:
-    """What ``swift-fipo doctor`` says about a hooked class or module of this ms-swift, when the
-    layout changes it (3.x paths, no native FIPO); None for the ordinary wording. ``name``: a class
-    name, or the Megatron trainer module."""
-    if native_fipo_installed():
+def doctor_line(class_name: str, hooked: bool) -> Optional[str]:
+    """What ``swift-fipo doctor`` says about a hooked GRPO trainer class of an ms-swift without native
+    FIPO (3.11 - 4.2.1); None where the ordinary wording applies."""
+    if native_fipo_installed() or not hooked or not class_name.endswith('GRPOTrainer'):
         return None
-    if name == 'SwiftPipeline' and has_hook:
-        return 'hooked (--fipo_* flags, presets, validation)'
-    if name.endswith('GRPOTrainer') and has_hook:
-        broken = rollout_reuse_broken()
-        if broken:
-            return f'hooked, but --loss_type fipo is refused with this TRL: {broken}'
-        return ('hooked (FIPO as the DAPO loss with reweighted advantages: this ms-swift predates native FIPO, '
-                '4.2.2)')
-    if name.startswith('swift.megatron'):
-        return 'not served: megatron rlhf --loss_type fipo needs ms-swift >= 4.2.2 (refused at start-up)'
-    return None
+    broken = rollout_reuse_broken()
+    if broken:
+        return f'hooked, but --loss_type fipo is refused with this TRL: {broken}'
+    return 'hooked (FIPO as the DAPO loss with reweighted advantages: this ms-swift predates native FIPO, 4.2.2)'
