@@ -40,8 +40,8 @@ pytest.importorskip('swift')
 from swift_fipo.integrations import ms_swift_layout  # noqa: E402
 
 if 'def _compute_fipo_influence' not in ms_swift_layout.trainer_source(megatron=True):
-    pytest.skip('this ms-swift\'s Megatron GRPO trainer predates native FIPO (4.2.2): megatron rlhf --loss_type fipo is '
-                'refused at start-up (tests/test_integrations_ms_swift_cli.py)', allow_module_level=True)
+    pytest.skip("this ms-swift's Megatron GRPO trainer predates native FIPO (4.2.2): megatron rlhf --loss_type "
+                'fipo is refused at start-up (tests/test_integrations_ms_swift_cli.py)', allow_module_level=True)
 
 from swift_fipo.integrations import ms_swift as integration  # noqa: E402
 
