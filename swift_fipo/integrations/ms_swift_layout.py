@@ -21,13 +21,27 @@ MODULES_3X = {
 }
 
 
-def module_path(name: str) -> str:
-    """``name`` if this ms-swift has it, else its 3.x location (when there is one)."""
+def _swift_root() -> Optional[Path]:
+    """The installed ``swift`` package's directory, found without importing it."""
     try:
-        found = importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing: ms-swift 3.x
-        found = False
-    return name if found or name not in MODULES_3X else MODULES_3X[name]
+        spec = importlib.util.find_spec('swift')
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def module_path(name: str) -> str:
+    """``name`` if this ms-swift has that file, else its 3.x location (when there is one). Looked up on
+    disk: importing ``swift`` to ask can fail, and doctor must then still name the module."""
+    root = _swift_root()
+    if name not in MODULES_3X or root is None:
+        return name
+
+    def exists(module: str) -> bool:
+        path = root.joinpath(*module.split('.')[1:])
+        return path.with_suffix('.py').is_file() or (path / '__init__.py').is_file()
+
+    return MODULES_3X[name] if not exists(name) and exists(MODULES_3X[name]) else name
 
 
 # GRPO trainer source files (relative to the swift package): 4.x, then 3.x for the HF trainer.
@@ -38,9 +52,7 @@ _TRAINER_FILES = {False: (('rlhf_trainers', 'grpo_trainer.py'), ('trainers', 'rl
 def trainer_source(megatron: bool, swift_root: Optional[Path] = None) -> str:
     """The installed GRPO trainer module's source, read without importing it ('' if absent):
     importing ``swift.megatron`` has side effects, and 4.1/4.2 trainers import vLLM."""
-    if swift_root is None:
-        spec = importlib.util.find_spec('swift')
-        swift_root = Path(spec.origin).parent if spec is not None and spec.origin else Path('/nonexistent')
+    swift_root = swift_root or _swift_root() or Path('/nonexistent')
     for parts in _TRAINER_FILES[megatron]:
         try:
             return swift_root.joinpath(*parts).read_text()
