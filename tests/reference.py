@@ -20,21 +20,29 @@ def brute_future_kl(delta: torch.Tensor, gamma: float) -> torch.Tensor:
     return out
 
 
-def brute_fipo_weight(log_ratio: torch.Tensor,
-                      mask: torch.Tensor,
-                      advantages: torch.Tensor,
-                      *,
-                      decay_rate: float = 32.0,
-                      clip_range: Optional[float] = 0.2,
-                      clip_high_only: bool = True,
-                      safety_threshold: Optional[float] = 4.0,
-                      delta: Optional[float] = None,
-                      ratio: Optional[torch.Tensor] = None,
-                      filter_threshold: Optional[float] = None,
-                      log_ratio_clamp: Optional[float] = None,
-                      unclipped_weight_cap: Optional[float] = None,
-                      sequence_drop: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(weight, future_kl, safety_mask), each [B, T], in float64."""
+def brute_fipo(log_ratio: torch.Tensor,
+               mask: torch.Tensor,
+               advantages: torch.Tensor,
+               *,
+               decay_rate: float = 32.0,
+               clip_range: Optional[float] = 0.2,
+               clip_high_only: bool = True,
+               safety_threshold: Optional[float] = 4.0,
+               delta: Optional[float] = None,
+               ratio: Optional[torch.Tensor] = None,
+               filter_threshold: Optional[float] = None,
+               log_ratio_clamp: Optional[float] = None,
+               unclipped_weight_cap: Optional[float] = None,
+               drop_threshold: Optional[float] = None) -> dict[str, torch.Tensor]:
+    """Every per-token FIPO quantity, float64/bool: weight, future_kl, raw_weight ([B, T], exp of
+    future_kl), safety (False where the rule fired), participation (True where a log-ratio entered
+    the Future-KL), dropped ([B]).
+
+    A token stays out of the Future-KL when its ratio exceeds ``delta`` OR ``filter_threshold`` (each
+    filter applies on its own). ``drop_threshold`` (the dual clip c) turns the sequence drop on: a row
+    with more than one completion token of negative advantage, ratio > c and a non-zero weight gets
+    weight 0 everywhere.
+    """
     log_ratio = log_ratio.double()
     mask = mask.bool()
     batch, length = log_ratio.shape
@@ -52,7 +60,8 @@ def brute_fipo_weight(log_ratio: torch.Tensor,
             contributes &= ~(ratio > threshold)
     step = torch.where(contributes, log_ratio, torch.zeros((), dtype=torch.float64))
     future_kl = torch.where(mask, brute_future_kl(step, 2.0**(-1.0 / decay_rate)), 0.0)
-    weight = torch.exp(future_kl)
+    raw_weight = torch.exp(future_kl)
+    weight = raw_weight
     if clip_range:
         weight = weight.clamp(1.0 if clip_high_only else 1.0 - clip_range, 1.0 + clip_range)
     elif unclipped_weight_cap is not None:
@@ -61,11 +70,26 @@ def brute_fipo_weight(log_ratio: torch.Tensor,
     if safety_threshold is not None:
         safety = ~((advantages < 0) & (ratio > safety_threshold))
         weight = torch.where(safety, weight, weight.clamp(0.8, 1.0))
-    if sequence_drop:  # more than one negative-advantage token past the dual clip c: the response is dropped
-        c = delta if delta is not None else filter_threshold
-        binding = mask & (advantages < 0) & (ratio > c) & (weight != 0)
-        weight = torch.where((binding.sum(dim=1) > 1)[:, None], 0.0, weight)
-    return weight, future_kl, safety
+    dropped = torch.zeros(batch, dtype=torch.bool)
+    if drop_threshold is not None:
+        for row in range(batch):
+            bound = [t for t in range(length) if mask[row, t] and advantages[row, t] < 0
+                     and ratio[row, t] > drop_threshold and weight[row, t] > 0]
+            dropped[row] = len(bound) > 1
+        weight = torch.where(dropped[:, None], 0.0, weight)
+    return dict(weight=weight, future_kl=future_kl, raw_weight=raw_weight, safety=safety, participation=contributes,
+                dropped=dropped)
+
+
+def brute_fipo_weight(log_ratio: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *,
+                      sequence_drop: bool = False, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weight, future_kl, safety_mask) of ``brute_fipo``; ``sequence_drop`` drops with c = delta, else the
+    filter threshold (the dual clip of the authors' code)."""
+    if sequence_drop:
+        delta, filter_threshold = options.get('delta'), options.get('filter_threshold')
+        options['drop_threshold'] = delta if delta is not None else filter_threshold
+    result = brute_fipo(log_ratio, mask, advantages, **options)
+    return result['weight'], result['future_kl'], result['safety']
 
 
 def random_inputs(batch: int, length: int, seed: int, scale: float = 0.3, holes: bool = True

@@ -10,7 +10,7 @@ from typing import Optional
 import pytest
 import torch
 
-from reference import brute_fipo_weight, is_close, random_inputs
+from reference import brute_fipo, brute_fipo_weight, is_close, random_inputs
 from swift_fipo import FIPOConfig, compute_fipo_influence
 
 CONFIGS = {
@@ -24,24 +24,86 @@ CONFIGS = {
 }
 
 
+# Options ms-swift's native method does not have (the authors' safeguards), and the two participation
+# thresholds set to different values: whichever is smaller must decide.
+SAFEGUARD_CONFIGS = {
+    'delta-below-filter': FIPOConfig(delta=1.2, filter_threshold=1.6),
+    'filter-below-delta': FIPOConfig(delta=1.6, filter_threshold=1.2, clip_high_only=False),
+    'filter-only': FIPOConfig(filter_threshold=1.3, safety_threshold=1.5),
+    'clamp': FIPOConfig(log_ratio_clamp=0.25, clip_range=None, safety_threshold=1.1),
+    'cap': FIPOConfig(clip_range=0.0, unclipped_weight_cap=1.1),
+    'drop-by-delta': FIPOConfig(delta=1.5, filter_threshold=1.2, sequence_drop=True),
+    'drop-by-filter': FIPOConfig(filter_threshold=1.4, sequence_drop=True, safety_threshold=None),
+}
+
+
+def _options(config: FIPOConfig) -> dict:
+    """The brute force's options for ``config``; the sequence drop's c is delta, else the filter threshold."""
+    drop = (config.delta if config.delta is not None else config.filter_threshold) if config.sequence_drop else None
+    return dict(decay_rate=config.decay_rate, clip_range=config.clip_range, clip_high_only=config.clip_high_only,
+                safety_threshold=config.safety_threshold, delta=config.delta,
+                filter_threshold=config.filter_threshold, log_ratio_clamp=config.log_ratio_clamp,
+                unclipped_weight_cap=config.unclipped_weight_cap, drop_threshold=drop)
+
+
 def _brute(log_ratio, mask, advantages, config: FIPOConfig, ratio=None):
-    return brute_fipo_weight(log_ratio, mask, advantages, decay_rate=config.decay_rate, clip_range=config.clip_range,
-                             clip_high_only=config.clip_high_only, safety_threshold=config.safety_threshold,
-                             delta=config.delta, ratio=ratio)
+    return brute_fipo_weight(log_ratio, mask, advantages, ratio=ratio, **_options(config))
+
+
+def _check_against_brute_force(log_ratio, mask, advantages, config: FIPOConfig, ratio=None) -> dict:
+    weight, stats = compute_fipo_influence(log_ratio, mask, advantages, config, ratio=ratio)
+    expected = brute_fipo(log_ratio, mask, advantages, ratio=ratio, **_options(config))
+    assert weight.dtype == torch.float32 and weight.shape == log_ratio.shape
+    assert is_close(stats.future_kl, expected['future_kl'])
+    assert is_close(weight, expected['weight'])
+    assert is_close(stats.weight, expected['weight'])
+    assert is_close(stats.raw_weight, expected['raw_weight'])
+    assert torch.equal(stats.safety_mask, expected['safety'])
+    assert torch.equal(stats.participation_mask, expected['participation'])
+    assert torch.equal(stats.dropped, expected['dropped'])
+    return expected
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 @pytest.mark.parametrize('length', [1, 7, 200])
 def test_matches_float64_brute_force(name, length):
-    config = CONFIGS[name]
     log_ratio, mask, advantages = random_inputs(5, length, seed=length)
-    weight, stats = compute_fipo_influence(log_ratio, mask, advantages, config)
-    expected_weight, expected_future_kl, expected_safety = _brute(log_ratio, mask, advantages, config)
-    assert weight.dtype == torch.float32 and weight.shape == (5, length)
-    assert is_close(stats.future_kl, expected_future_kl)
-    assert is_close(weight, expected_weight)
-    assert torch.equal(stats.safety_mask, expected_safety)
-    assert torch.equal(stats.weight, weight)
+    _check_against_brute_force(log_ratio, mask, advantages, CONFIGS[name])
+
+
+@pytest.mark.parametrize('name', sorted(SAFEGUARD_CONFIGS))
+@pytest.mark.parametrize('ratio_level', ['token', 'sequence'])
+def test_safeguards_match_float64_brute_force(name, ratio_level):
+    config = SAFEGUARD_CONFIGS[name]
+    log_ratio, mask, advantages = random_inputs(6, 120, seed=11, scale=0.4)
+    advantages[:3] = -advantages[:3].abs()  # negative rows for the safety rule and the drop
+    ratio = None
+    if ratio_level == 'sequence':  # a per-row ratio that is not exp(log_ratio), spread around the thresholds
+        ratio = torch.tensor([[0.7], [1.25], [1.45], [1.8], [1.15], [3.0]])
+    expected = _check_against_brute_force(log_ratio, mask, advantages, config, ratio=ratio)
+    # The inputs must exercise the option: some, not all, tokens filtered; some, not all, rows dropped.
+    completion = mask.bool()
+    filtered = int((completion & ~expected['participation']).sum())
+    if config.delta is not None or config.filter_threshold is not None:
+        assert 0 < filtered < int(completion.sum())
+    if config.sequence_drop and ratio_level == 'token':
+        assert 0 < int(expected['dropped'].sum()) < 6
+
+
+def test_the_stricter_participation_threshold_decides():
+    """delta and filter_threshold each keep high-ratio tokens out: ratios between the two thresholds are
+    filtered whichever of the two is the smaller one."""
+    ratios = [0.9, 1.3, 1.7, 2.5, 1.1]
+    log_ratio = torch.log(torch.tensor([ratios]))
+    mask = torch.ones_like(log_ratio, dtype=torch.bool)
+    gamma = 2**(-1 / 32)
+    # Only ratios <= 1.2 (0.9 and 1.1, positions 0 and 4) enter Future-KL, in either assignment.
+    expected_first = math.log(0.9) + gamma**4 * math.log(1.1)
+    for config in (FIPOConfig(delta=1.2, filter_threshold=2.0), FIPOConfig(delta=2.0, filter_threshold=1.2)):
+        _, stats = compute_fipo_influence(log_ratio, mask, torch.ones(1), config)
+        assert stats.participation_mask.tolist() == [[True, False, False, False, True]]
+        assert float(stats.future_kl[0, 0]) == pytest.approx(expected_first, rel=1e-6)
+        assert float(stats.summary['filtered_ratio']) == pytest.approx(3 / 5)
 
 
 @pytest.mark.parametrize('shape', ['B', 'B1', 'BT'])
