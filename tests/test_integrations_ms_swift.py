@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reference import random_inputs
-from swift_fipo import FIPOConfig, compute_fipo_influence
+from reference import brute_fipo, is_close, random_inputs
 from swift_fipo.integrations import ms_swift, ms_swift_cli
 from swift_fipo.integrations.contract import is_patch
 
@@ -39,18 +38,38 @@ def test_install_hooks_the_hf_trainer_and_is_idempotent():
             assert not is_patch(wrapper.__wrapped__)
 
 
-def test_adapter_returns_the_native_keys_computed_by_compute_fipo_influence():
+def _offset_rows(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-ratios whose rows sit at different levels, so that per-row (sequence-level) ratios straddle
+    the thresholds; advantages of both signs."""
+    log_ratio, mask, _ = random_inputs(4, 50, seed=seed, scale=0.5)
+    log_ratio = log_ratio + torch.tensor([[-0.3], [0.2], [0.6], [0.9]])
+    return log_ratio, mask, torch.tensor([-1.0, 0.5, -0.7, 1.2])
+
+
+@pytest.mark.parametrize('level', ['token', 'sequence'])
+def test_adapter_weights_use_ms_swifts_coef_1(level):
+    """ms-swift hands the adapter its importance ratio coef_1; with importance_sampling_level sequence
+    (GSPO) that is one ratio per row, not exp(log_ratio), and the filter (--delta) and the safety rule
+    must test it. Checked against the float64 brute force fed the same coef_1."""
     ms_swift.install()
-    log_ratio, mask, advantages = random_inputs(4, 50, seed=1, scale=0.5)
-    trainer = SimpleNamespace(args=_args(fipo_clip_high_only=False, delta=1.5))
-    coef_1 = torch.exp(log_ratio)
+    log_ratio, mask, advantages = _offset_rows(seed=1)
+    if level == 'sequence':  # ms-swift's coef_1 for sequence-level importance sampling: [B, 1]
+        coef_1 = torch.exp((log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1))
+    else:
+        coef_1 = torch.exp(log_ratio)
+    trainer = SimpleNamespace(args=_args(fipo_clip_high_only=False, delta=1.5, fipo_safety_threshold=1.3))
     weight, metrics = GRPOTrainer._compute_fipo_influence(trainer, log_ratio, coef_1, advantages[:, None], mask)
-    expected, stats = compute_fipo_influence(log_ratio, mask, advantages,
-                                             FIPOConfig(clip_high_only=False, delta=1.5), ratio=coef_1)
-    assert torch.equal(weight, expected)
-    assert torch.equal(metrics['influence_weight'], expected)
-    assert torch.equal(metrics['future_kl'], stats.future_kl)
-    assert torch.equal(metrics['safety_mask'], stats.safety_mask)
+    expected = brute_fipo(log_ratio, mask, advantages, clip_high_only=False, delta=1.5, safety_threshold=1.3,
+                          ratio=coef_1)
+    assert is_close(weight, expected['weight'])
+    assert is_close(metrics['influence_weight'], expected['weight'])
+    assert is_close(metrics['future_kl'], expected['future_kl'])
+    assert torch.equal(metrics['safety_mask'].expand_as(mask), expected['safety'])
+    if level == 'sequence':
+        # The inputs are such that the token-level ratio would give other weights: the test can fail.
+        token_level = brute_fipo(log_ratio, mask, advantages, clip_high_only=False, delta=1.5, safety_threshold=1.3)
+        assert not is_close(weight, token_level['weight'])
+        assert not torch.equal(expected['safety'], token_level['safety'])
 
 
 @pytest.mark.skipif(not hasattr(GRPOTrainer, '_setup_teacher'), reason='this ms-swift has no teacher set-up')
