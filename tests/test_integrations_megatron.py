@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from swift_fipo.integrations.contract import METRIC_REDUCTIONS, is_patch
+from swift_fipo.integrations.contract import is_patch
 
 pytestmark = [pytest.mark.ms_swift]
 pytest.importorskip('swift')
@@ -252,8 +252,16 @@ def _stand_in_class() -> type:
         methods.update(_compile_methods(MEGATRON_MIXIN_FILE, 'MegatronRolloutMixin', ['_setup_teacher'], namespace))
 
     def _all_reduce_metric(self, metric, reduction=torch.distributed.ReduceOp.AVG, group=None):
+        """torch.distributed's all-reduce over this rank and, if ``self.peer`` is set, one more rank whose
+        contributions (what the same code computed there) ``self.peer`` holds; else one rank (identity)."""
         self.reductions.append((reduction, tuple(metric)))
-        return dict(metric)  # one data-parallel rank: every reduction is the identity
+        self.contributions.update({key: value.clone() for key, value in metric.items()})
+        if self.peer is None:
+            return dict(metric)
+        ReduceOp = torch.distributed.ReduceOp
+        combine = {ReduceOp.MIN: torch.minimum, ReduceOp.MAX: torch.maximum,
+                   ReduceOp.AVG: lambda mine, theirs: (mine + theirs) / 2}[reduction]
+        return {key: combine(value, self.peer[key].to(value)) for key, value in metric.items()}
 
     methods.update(_all_reduce_metric=_all_reduce_metric, _flush_log_completions=lambda self: None)
     return type('MegatronGRPOTrainer', (), methods)
@@ -268,6 +276,7 @@ def _new_trainer(cls: type, args: _Args) -> typing.Any:
     trainer._init_grpo_params()
     trainer._metrics = {'train': defaultdict(list), 'eval': defaultdict(list)}
     trainer.reductions = []
+    trainer.contributions, trainer.peer = {}, None
     trainer.disable_rollout_importance_sampling = True
     trainer.micro_batch_size = args.micro_batch_size
     trainer.max_completion_length = args.max_completion_length
@@ -278,7 +287,8 @@ def _new_trainer(cls: type, args: _Args) -> typing.Any:
     return trainer
 
 
-def _batch(seed: int = 0) -> tuple[torch.Tensor, dict[str, typing.Any]]:
+def _batch(seed: int = 0, advantages: typing.Sequence[float] = (1.0, -0.5, 0.25, -1.0)
+           ) -> tuple[torch.Tensor, dict[str, typing.Any]]:
     """One micro-batch in both the 4.3 layout (flat dict) and the 4.4+ layout (``GRPOBatch``)."""
     generator = torch.Generator().manual_seed(seed)
     batch, length = 4, 8
@@ -287,7 +297,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, dict[str, typing.Any]]:
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[1, 6:] = False
     mask[3, 3:] = False
-    advantages = torch.tensor([1.0, -0.5, 0.25, -1.0])
+    advantages = torch.tensor(advantages)
     tokens = mask.sum().to(torch.float32)
     grpo_batch = SimpleNamespace(advantages=advantages[:, None].expand(batch, length).clone(), completion_mask=mask,
                                  truncated_mask=torch.zeros(batch, dtype=torch.bool), ref_per_token_logps=None,
@@ -373,11 +383,41 @@ def test_stand_in_plugin_metrics_reach_megatron_reduced_across_ranks(stand_in):
     for key in extra:
         assert math.isfinite(float(metrics[key])), key
     ops = {key: op for op, keys in trainer.reductions for key in keys}
+    ReduceOp = torch.distributed.ReduceOp
+    # Extremes combine as extremes (the p99 as a maximum: an upper tail); everything else is a mean.
+    extremes = {'influence_weight_min': ReduceOp.MIN, 'influence_weight_max': ReduceOp.MAX,
+                'neg_adv_ratio_p99': ReduceOp.MAX}
     for key in extra:
         short = key.removeprefix('fipo/')
-        expected = {'min': torch.distributed.ReduceOp.MIN, 'max': torch.distributed.ReduceOp.MAX,
-                    'mean': torch.distributed.ReduceOp.AVG}[METRIC_REDUCTIONS[short]]
-        assert ops.get(short, ops.get(key)) == expected, (key, ops)
+        assert ops.get(short, ops.get(key)) == extremes.get(short, ReduceOp.AVG), (key, ops)
+
+
+def test_stand_in_extremes_and_means_combine_across_disagreeing_ranks(stand_in):
+    """Two data-parallel ranks with different batches: the logged minimum is the smaller of the two
+    ranks' minima, the maximum the larger maximum, the p99 of negative-advantage ratios the larger one
+    (a rank without negative advantages has none and is ignored), and the other diagnostics the mean."""
+    _, patched = stand_in
+    args = dict(fipo_clip_range=0.0, fipo_safety_threshold=None)  # unclipped: extremes differ per rank
+
+    def run(seed, advantages, peer=None):
+        trainer = _new_trainer(patched, _megatron_args(**args))
+        trainer.peer = peer
+        logps, data = _batch(seed=seed, advantages=advantages)
+        _, metrics = patched.loss_func(trainer, logps, data=data)
+        return {key: float(value) for key, value in metrics.items()}, trainer.contributions
+
+    mine, _ = run(5, (1.0, -0.5, 0.25, -1.0))  # alone, as a one-rank run logs it
+    theirs, their_contributions = run(8, (1.0, 0.5, 0.25, 2.0))  # no negative advantage on this rank
+    combined, _ = run(5, (1.0, -0.5, 0.25, -1.0), peer=their_contributions)
+    low, high, p99 = 'fipo/influence_weight_min', 'fipo/influence_weight_max', 'fipo/neg_adv_ratio_p99'
+    assert mine[low] != theirs[low] and mine[high] != theirs[high]  # the ranks disagree
+    assert math.isnan(theirs[p99]) and math.isfinite(mine[p99])
+    assert combined[low] == pytest.approx(min(mine[low], theirs[low]), rel=1e-6)
+    assert combined[high] == pytest.approx(max(mine[high], theirs[high]), rel=1e-6)
+    assert combined[p99] == pytest.approx(mine[p99], rel=1e-6)
+    for key in ('fipo/raw_weight_mean', 'fipo/filtered_ratio', 'fipo/dropped_response_ratio'):
+        assert combined[key] == pytest.approx((mine[key] + theirs[key]) / 2, rel=1e-6, abs=1e-7), key
+    assert mine['fipo/raw_weight_mean'] != theirs['fipo/raw_weight_mean']
 
 
 # ----------------------------------------------------------------------------------------------------------

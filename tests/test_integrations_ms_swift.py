@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from reference import brute_fipo, is_close, random_inputs
 from swift_fipo.integrations import ms_swift, ms_swift_cli
-from swift_fipo.integrations.contract import is_patch
+from swift_fipo.integrations.contract import is_patch, original_of
 
 pytestmark = pytest.mark.ms_swift
 grpo_trainer = pytest.importorskip('swift.rlhf_trainers.grpo_trainer')
@@ -136,3 +137,107 @@ def test_uninstall_restores_every_patched_attribute():
     finally:
         ms_swift.install()  # the activation hook had patched this process: leave it so for other tests
     assert ms_swift.is_patched(GRPOTrainer)
+
+
+# --- the extra fipo/* metrics on the HF trainer: across ranks and gradient-accumulation chunks ----------
+
+
+class _Accelerator:
+    """accelerate's ``gather_for_metrics`` for this rank plus, optionally, one more rank: every call is
+    recorded (what this rank contributed), and with ``peer`` (the other rank's recorded calls, in the
+    same order) the result stacks both ranks' tensors along dim 0, as a 2-process gather does."""
+
+    def __init__(self, peer: list[torch.Tensor] | None = None) -> None:
+        self.calls: list[torch.Tensor] = []
+        self.peer = peer
+
+    def gather_for_metrics(self, tensor: torch.Tensor) -> torch.Tensor:
+        theirs = self.peer[len(self.calls)] if self.peer is not None else None
+        self.calls.append(tensor.clone())
+        rows = [tensor] if theirs is None else [tensor, theirs]
+        return torch.stack(rows) if tensor.dim() == 0 else torch.cat(rows)
+
+
+def _hf_stand_in() -> type:
+    """The HF GRPOTrainer as far as the plugin's metric wrappers reach: ms-swift's own
+    ``_aggregate_and_update_metrics`` and ``_update_metrics`` (unwrapped), and a loss that does what
+    ms-swift's ``_compute_loss_and_metrics`` does around FIPO: call the hook, gather the 3 native
+    means, return ``(loss, metrics_data)`` with ``metrics_data['fipo']``."""
+
+    def compute_loss_and_metrics(self, model, inputs):
+        log_ratio, mask = inputs['log_ratio'], inputs['completion_mask']
+        weight, fipo = self._compute_fipo_influence(log_ratio, torch.exp(log_ratio), inputs['advantages'], mask)
+        count = mask.sum().clamp(min=1)
+
+        def mean(values):
+            return (values.float() * mask).sum() / count
+
+        native = {'future_kl_mean': fipo['future_kl'], 'influence_weight_mean': fipo['influence_weight'],
+                  'safety_keep_ratio': fipo['safety_mask']}
+        metrics_data = {'mode': 'train', 'entropy': {}, 'completion_mask': mask, 'completion_token_count': count,
+                        'fipo': {key: self.accelerator.gather_for_metrics(mean(value)).nanmean().item()
+                                 for key, value in native.items()}}
+        return (weight * mask).sum(), metrics_data
+
+    methods = {name: getattr(GRPOTrainer, name) for name in ('_aggregate_and_update_metrics', '_update_metrics')}
+    methods = {name: original_of(method) for name, method in methods.items()}
+    cls = type('GRPOTrainer', (), dict(methods, _compute_fipo_influence=ms_swift.native_fipo_influence(GRPOTrainer),
+                                       _compute_loss_and_metrics=compute_loss_and_metrics))
+    assert ms_swift.patch_trainer_class(cls) is True
+    return cls
+
+
+def _hf_trainer(cls: type, peer: list[torch.Tensor] | None = None):
+    from collections import defaultdict
+    trainer = cls()
+    trainer.args = _args(fipo_clip_range=0.0, fipo_safety_threshold=None)  # unclipped: extremes differ
+    trainer.accelerator = _Accelerator(peer)
+    trainer._metrics = {'train': defaultdict(list), 'eval': defaultdict(list)}
+    trainer._logs = defaultdict(list)
+    return trainer
+
+
+def _hf_inputs(seed: int, advantages: list[float]) -> dict:
+    log_ratio, mask, _ = random_inputs(4, 30, seed=seed, scale=0.4)
+    return {'log_ratio': log_ratio, 'completion_mask': mask, 'advantages': torch.tensor(advantages)[:, None]}
+
+
+LOW, HIGH, P99 = 'influence_weight_min', 'influence_weight_max', 'neg_adv_ratio_p99'
+
+
+def test_hf_extra_metrics_combine_across_disagreeing_ranks():
+    cls = _hf_stand_in()
+    mine_inputs, their_inputs = _hf_inputs(1, [1.0, -0.5, 0.3, -1.0]), _hf_inputs(2, [1.0, 0.5, 0.3, 2.0])
+    _, mine = cls._compute_loss_and_metrics(_hf_trainer(cls), None, mine_inputs)  # each rank alone
+    other = _hf_trainer(cls)
+    _, theirs = cls._compute_loss_and_metrics(other, None, their_inputs)
+    _, both = cls._compute_loss_and_metrics(_hf_trainer(cls, peer=other.accelerator.calls), None, mine_inputs)
+    mine, theirs, both = mine['fipo'], theirs['fipo'], both['fipo']
+    assert mine[LOW] != theirs[LOW] and mine[HIGH] != theirs[HIGH]  # the ranks disagree
+    assert math.isnan(theirs[P99]) and math.isfinite(mine[P99])  # no negative advantage on the other rank
+    assert both[LOW] == pytest.approx(min(mine[LOW], theirs[LOW]), rel=1e-6)
+    assert both[HIGH] == pytest.approx(max(mine[HIGH], theirs[HIGH]), rel=1e-6)
+    assert both[P99] == pytest.approx(mine[P99], rel=1e-6)
+    for key in ('raw_weight_mean', 'future_kl_mean', 'influence_weight_mean'):
+        assert mine[key] != theirs[key]
+        assert both[key] == pytest.approx((mine[key] + theirs[key]) / 2, rel=1e-5), key
+
+
+def test_hf_extra_metrics_combine_across_gradient_accumulation_chunks():
+    cls = _hf_stand_in()
+    trainer = _hf_trainer(cls)
+    chunks = [cls._compute_loss_and_metrics(trainer, None, _hf_inputs(seed, advantages))[1]
+              for seed, advantages in ((3, [1.0, -0.5, 0.3, -1.0]), (4, [-1.0, 0.5, -0.3, 2.0]))]
+    first, second = (chunk['fipo'].copy() for chunk in chunks)
+    tokens = [float(chunk['completion_token_count']) for chunk in chunks]
+    cls._aggregate_and_update_metrics(trainer, [(chunk, tokens[index]) for index, chunk in enumerate(chunks)],
+                                      'train')
+    logged = {key.removeprefix('fipo/'): values[-1] for key, values in trainer._metrics['train'].items()}
+    assert first[LOW] != second[LOW] and first[HIGH] != second[HIGH] and first[P99] != second[P99]
+    assert logged[LOW] == pytest.approx(min(first[LOW], second[LOW]), rel=1e-6)
+    assert logged[HIGH] == pytest.approx(max(first[HIGH], second[HIGH]), rel=1e-6)
+    assert logged[P99] == pytest.approx(max(first[P99], second[P99]), rel=1e-6)
+    # Means: ms-swift's own token-weighted average over chunks.
+    for key in ('raw_weight_mean', 'future_kl_mean'):
+        expected = (first[key] * tokens[0] + second[key] * tokens[1]) / sum(tokens)
+        assert logged[key] == pytest.approx(expected, rel=1e-5), key
