@@ -13,10 +13,11 @@ def brute_future_kl(delta: torch.Tensor, gamma: float) -> torch.Tensor:
     """sum_{k >= t} gamma**(k - t) * delta[:, k], one position at a time, in float64."""
     delta = delta.double()
     length = delta.shape[-1]
+    # powers[j] = gamma**j, each computed directly (no running product that could drift).
+    powers = torch.tensor(gamma, dtype=torch.float64).pow(torch.arange(length, dtype=torch.float64))
     out = torch.zeros_like(delta)
     for t in range(length):
-        decay = torch.tensor([gamma**(k - t) for k in range(t, length)], dtype=torch.float64)
-        out[..., t] = (delta[..., t:] * decay).sum(-1)
+        out[..., t] = (delta[..., t:] * powers[:length - t]).sum(-1)
     return out
 
 

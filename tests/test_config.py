@@ -113,3 +113,10 @@ def test_every_field_has_help_text():
 def test_safeguard_values_are_validated(field, value, allowed):
     with pytest.raises(ValueError, match=f'FIPOConfig.{field} .*{allowed}'):
         FIPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize('field, value', [('decay_rate', 0.25), ('clip_range', 0.0), ('safety_threshold', 0.5),
+                                          ('delta', 1.01), ('filter_threshold', 1.01), ('log_ratio_clamp', 0.5),
+                                          ('unclipped_weight_cap', 0.5)])
+def test_values_just_inside_the_documented_ranges_are_accepted(field, value):
+    assert getattr(FIPOConfig(**{field: value}), field) == value

@@ -3,6 +3,7 @@ the inputs that break naive implementations."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 from typing import Optional
@@ -219,6 +220,8 @@ def test_summary_averages_over_completion_tokens_only():
     assert float(summary['clipped_high_ratio']) == pytest.approx(float((stats.raw_weight[mask] > 1.2).float().mean()))
     assert float(summary['clipped_low_ratio']) == pytest.approx(float((stats.raw_weight[mask] < 0.8).float().mean()))
     assert 0 < float(summary['clipped_high_ratio']) < 1
+    with pytest.raises(dataclasses.FrozenInstanceError):  # stats are a record of the step, not a scratch pad
+        stats.weight = weight  # type: ignore[misc]
 
 
 def test_rejects_mismatched_shapes():
