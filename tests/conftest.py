@@ -7,11 +7,17 @@ test sees. ``scripts/test.sh`` reinstalls it first; a stale install is refused h
 
 from __future__ import annotations
 
+import collections
 import filecmp
+import importlib
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Optional
 
 import pytest
 
@@ -56,3 +62,74 @@ else:
     settings.register_profile('search', max_examples=3000, deadline=None, suppress_health_check=_SLOW,
                               print_blob=True)
     settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
+
+
+# --- skips ------------------------------------------------------------------------------------------------
+# A skip must mean "this kind of machine cannot run the test". Such reasons start with one of these words;
+# with SWIFT_FIPO_STRICT_SKIPS=1 (set by the CI suites) any other skip reason fails the run, so a failed
+# import or a missing dependency cannot hide as a skip. SWIFT_FIPO_ALLOWED_SKIPS, a regular expression,
+# admits further reasons for a suite whose environment leaves something out on purpose.
+MACHINE_KIND_SKIP = re.compile(r'^no (GPU|CUDA|Transformer Engine|vLLM)\b')
+STRICT_SKIPS_ENV = 'SWIFT_FIPO_STRICT_SKIPS'
+ALLOWED_SKIPS_ENV = 'SWIFT_FIPO_ALLOWED_SKIPS'
+NOT_INSTALLED = 'not in this environment'
+
+
+def need(module: str, distribution: Optional[str] = None) -> ModuleType:
+    """Import a test dependency. Where its distribution is installed the import is plain, so a broken
+    install fails the run; only where the environment lacks the distribution altogether (a suite for
+    another host) is the test skipped."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = distribution or module.split('.')[0]
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f'{NOT_INSTALLED}: {name} is not installed', allow_module_level=True)
+        raise
+
+
+def ms_swift_version() -> tuple[int, ...]:
+    """The installed ms-swift release as numbers, e.g. (4, 3, 2)."""
+    return tuple(int(part) for part in re.findall(r'\d+', importlib.metadata.version('ms-swift'))[:3])
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix('Skipped: ')
+
+
+def _disallowed(reasons: list[str]) -> list[str]:
+    if os.environ.get(STRICT_SKIPS_ENV, '').strip().lower() not in ('1', 'true', 'yes', 'on'):
+        return []
+    extra = os.environ.get(ALLOWED_SKIPS_ENV)
+    return sorted({reason for reason in reasons if not MACHINE_KIND_SKIP.match(reason)
+                   and not (extra and re.search(extra, reason))})
+
+
+def _skip_reasons(config: pytest.Config) -> list[str]:
+    reporter = config.pluginmanager.get_plugin('terminalreporter')
+    reports = reporter.stats.get('skipped', []) if reporter is not None else []
+    return [_skip_reason(report) for report in reports]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _disallowed(_skip_reasons(session.config)) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    reasons = _skip_reasons(config)
+    if not reasons:
+        return
+    terminalreporter.section('skips by reason')
+    for reason, count in sorted(collections.Counter(reasons).items(), key=lambda item: (-item[1], item[0])):
+        terminalreporter.line(f'{count:4d}  {reason}')
+    disallowed = _disallowed(reasons)
+    if disallowed:
+        terminalreporter.line(f'FAILED ({STRICT_SKIPS_ENV}=1): skips for reasons other than the machine kind '
+                              f'(a reason must match {MACHINE_KIND_SKIP.pattern!r}'
+                              f'{" or " + ALLOWED_SKIPS_ENV if os.environ.get(ALLOWED_SKIPS_ENV) else ""}):', red=True)
+        for reason in disallowed:
+            terminalreporter.line(f'      {reason}', red=True)

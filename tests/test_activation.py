@@ -10,6 +10,8 @@ import types
 
 import pytest
 
+from conftest import need
+
 from swift_fipo import activation
 
 
@@ -40,7 +42,7 @@ def test_disable_variable_turns_activation_off():
 @pytest.mark.ms_swift
 @pytest.mark.parametrize('disabled', [False, True])
 def test_importing_the_trainer_module_patches_it(disabled):
-    pytest.importorskip('swift')
+    need('swift', 'ms-swift')
     from swift_fipo.integrations.ms_swift_layout import module_path
     code = (f'import {module_path("swift.rlhf_trainers.grpo_trainer")} as m; '
             'from swift_fipo.integrations.ms_swift import is_patched; '

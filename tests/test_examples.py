@@ -28,10 +28,10 @@ import pytest
 
 from swift_fipo.integrations import ms_swift_cli as cli
 
-from conftest import REPO
+from conftest import REPO, need
 
 pytestmark = [pytest.mark.ms_swift]
-pytest.importorskip('swift')
+need('swift', 'ms-swift')
 
 from swift_fipo.integrations import ms_swift_layout  # noqa: E402
 

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import need
+
 from swift_fipo import FIPOConfig
 from swift_fipo.config import PRESETS
 from swift_fipo.integrations import ms_swift_cli as cli
@@ -211,7 +213,7 @@ def test_trainer_without_hook_is_refused_at_parse_time(tmp_path, megatron):
 @pytest.mark.ms_swift
 @pytest.mark.parametrize('megatron', [False, True])
 def test_installed_ms_swift_trainers_have_the_hook(megatron):
-    pytest.importorskip('swift')
+    need('swift', 'ms-swift')
     from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
     if megatron and not native_fipo_installed():
         # Before native FIPO only the HF trainer is served.

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip('trl')
+from conftest import need
+
+need('trl')
 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import is_initialized as accelerate_state_initialized  # noqa: E402

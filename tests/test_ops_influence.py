@@ -11,6 +11,8 @@ from typing import Optional
 import pytest
 import torch
 
+from conftest import need
+
 from reference import brute_fipo, brute_fipo_weight, is_close, random_inputs
 from swift_fipo import FIPOConfig, compute_fipo_influence
 
@@ -241,7 +243,7 @@ def test_rejects_mismatched_shapes():
 @pytest.fixture(scope='module')
 def native_fipo():
     """ms-swift's own GRPOTrainer._compute_fipo_influence, as shipped (never the plugin's adapter)."""
-    grpo_trainer = pytest.importorskip('swift.rlhf_trainers.grpo_trainer')
+    grpo_trainer = need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')
     from swift_fipo.integrations.ms_swift import native_fipo_influence
     method = native_fipo_influence(grpo_trainer.GRPOTrainer)
     assert method.__module__ == grpo_trainer.__name__

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import need
+
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.integrations import token_capture
 from swift_fipo.integrations.contract import RunSettings, attach_settings
@@ -186,7 +188,7 @@ STOP = '<|im_end|>'  # the qwen template's stop token
 @pytest.mark.ms_swift
 @pytest.mark.cli
 def test_swift_rlhf_run_captures_tokens_then_plot_and_inspect(tiny_run_dir, tmp_path):
-    pytest.importorskip('swift')
+    need('swift', 'ms-swift')
     from test_cli_swift import _tail, run_tiny
     work = tmp_path / 'fipo'
     result, rows = run_tiny(tiny_run_dir, work, '--fipo_log_tokens', '2', '--log_completions', 'true')

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 from swift_fipo import cli
 from swift_fipo.viz.inspect import inspect, render
 
@@ -103,8 +105,8 @@ def chromium(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProce
 
 def coloured_pixels(png: Path) -> tuple[int, int]:
     """(orange, blue) pixel counts: the page's colours for weights above and below 1."""
-    numpy = pytest.importorskip('numpy')
-    image = pytest.importorskip('PIL.Image')
+    numpy = need('numpy')
+    image = need('PIL.Image', 'pillow')
     pixels = numpy.asarray(image.open(png).convert('RGB')).astype(int)
     red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     orange = (red - blue > 40) & (red > green)

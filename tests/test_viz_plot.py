@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 from swift_fipo import cli
 from swift_fipo.viz import plot as viz_plot
 from swift_fipo.viz.rundir import find_run_file, run_label, step_of
 
-pytest.importorskip('matplotlib')
-numpy = pytest.importorskip('numpy')
-Image = pytest.importorskip('PIL.Image')
+need('matplotlib')
+numpy = need('numpy')
+Image = need('PIL.Image', 'pillow')
 
 
 def fipo_row(step: int, steps: int = 4) -> dict:
