@@ -53,9 +53,10 @@ adapter_module.compute_fipo_influence = loss_module.compute_fipo_influence = _re
 '''
 
 
-def run_two_ranks(tiny_run_dir: Path, work: Path, mode: str, port: int) -> tuple[subprocess.CompletedProcess,
-                                                                                    list[dict], list[list[dict]]]:
-    """Run the recipe in MODE (ddp|zero2); return the result, logged steps and each rank's recorded calls."""
+def run_two_ranks(tiny_run_dir: Path, work: Path, mode: str, port: int, *flags: str
+                  ) -> tuple[subprocess.CompletedProcess, list[dict], list[list[dict]]]:
+    """Run the recipe in MODE (ddp|zero2) with extra FLAGS; return the result, logged steps and each rank's
+    recorded calls."""
     work.mkdir(parents=True)
     for name in ('model', 'train.jsonl'):
         (work / name).symlink_to(tiny_run_dir / name)
@@ -66,7 +67,7 @@ def run_two_ranks(tiny_run_dir: Path, work: Path, mode: str, port: int) -> tuple
     env = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
     env.update(PATH=f'{Path(sys.executable).parent}{os.pathsep}{env.get("PATH", "")}', MODE=mode,
                MASTER_PORT=str(port), FIPO_RECORD_DIR=str(records))
-    result = subprocess.run(['bash', str(RECIPE), str(work), '--external_plugins', str(REWARD), str(recorder)],
+    result = subprocess.run(['bash', str(RECIPE), str(work), '--external_plugins', str(REWARD), str(recorder), *flags],
                             capture_output=True, text=True, cwd=work, env=env, timeout=900, check=False)
     logs = sorted(work.glob('output/*/logging.jsonl'))
     rows = [json.loads(line) for line in logs[-1].read_text().splitlines()] if logs else []
@@ -80,15 +81,19 @@ def _tail(result: subprocess.CompletedProcess) -> str:
 
 
 def _reduce(key: str, values: list[float]) -> float:
-    """How a metric of two ranks is combined for the log: extremes by min/max, the rest by their mean."""
+    """How a metric of two ranks is combined for the log: minima by min, maxima and the p99 (an upper
+    tail) by max, the rest by their mean; a rank without such tokens (NaN) does not count."""
+    values = [value for value in values if not math.isnan(value)]
+    if not values:
+        return math.nan
     if key.endswith('_min'):
         return min(values)
-    if key.endswith('_max'):
+    if key.endswith(('_max', '_p99')):
         return max(values)
     return sum(values) / len(values)
 
 
-def check_aggregated_over_ranks(result, rows, ranks):
+def check_aggregated_over_ranks(result, rows, ranks, extremes_disagree: bool = False):
     assert result.returncode == 0, _tail(result)
     assert 'world_size: 2' in result.stdout + result.stderr, 'not a 2-process run'
     assert len(rows) == 4, rows
@@ -102,12 +107,13 @@ def check_aggregated_over_ranks(result, rows, ranks):
         checked = 0
         for key, logged in row.items():
             name = key.removeprefix('fipo/')
-            if not key.startswith('fipo/') or name not in per_rank[0] or not name.endswith(('_mean', '_ratio', '_min',
-                                                                                              '_max')):
+            if not key.startswith('fipo/') or name not in per_rank[0]:
                 continue
-            assert math.isfinite(logged), (step, key, row)
             expected = _reduce(name, [calls[name] for calls in per_rank])
-            assert logged == pytest.approx(expected, rel=1e-4, abs=1e-5), (step, key, logged, per_rank)
+            if math.isnan(expected):
+                assert logged is None or math.isnan(logged), (step, key, logged, per_rank)
+            else:
+                assert logged == pytest.approx(expected, rel=1e-4, abs=1e-5), (step, key, logged, per_rank)
             checked += 1
         assert checked >= len(NATIVE_KEYS) + 2, (step, row)
     # Steps 1 and 3 are first passes over a rollout (on-policy: weights exactly 1), 2 and 4 reuse it.
@@ -117,18 +123,25 @@ def check_aggregated_over_ranks(result, rows, ranks):
         assert rows[step]['fipo/future_kl_mean'] != 0, rows[step]
         # exp(Future-KL) moves off 1; the high-only clip keeps weights at 1 where Future-KL is negative.
         assert any(calls[step]['raw_weight_mean'] != 1 for calls in ranks), ranks
+        assert any(calls[step]['influence_weight_max'] > 1 or calls[step]['influence_weight_min'] < 1
+                   for calls in ranks), ranks  # the weights moved off 1
     # The two ranks trained on different completions (data parallel, not a duplicated batch).
     assert any(ranks[0][step]['tokens'] != ranks[1][step]['tokens'] or
                ranks[0][step]['future_kl_mean'] != ranks[1][step]['future_kl_mean'] for step in (1, 3))
+    if extremes_disagree:  # then a min taken as a max (or the reverse) would show in the log
+        for name in ('influence_weight_min', 'influence_weight_max'):
+            assert any(ranks[0][step][name] != ranks[1][step][name] for step in (1, 3)), (name, ranks)
 
 
 def test_two_processes_fipo_metrics_are_finite_and_averaged_over_ranks(tiny_run_dir, tmp_path):
-    check_aggregated_over_ranks(*run_two_ranks(tiny_run_dir, tmp_path / 'ddp', 'ddp', port=29571))
+    # Unclipped weights (--fipo_clip_range 0), so the ranks' minima and maxima differ.
+    check_aggregated_over_ranks(*run_two_ranks(tiny_run_dir, tmp_path / 'ddp', 'ddp', 29571, '--fipo_clip_range', '0'),
+                                extremes_disagree=True)
 
 
 def test_deepspeed_zero2_fipo_metrics_are_finite_and_averaged_over_ranks(tiny_run_dir, tmp_path):
     need('deepspeed')  # CI installs it (scripts/setup.sh): a broken install fails here
-    result, rows, ranks = run_two_ranks(tiny_run_dir, tmp_path / 'zero2', 'zero2', port=29572)
+    result, rows, ranks = run_two_ranks(tiny_run_dir, tmp_path / 'zero2', 'zero2', 29572)
     assert 'zero_optimization' in result.stdout + result.stderr and "'stage': 2" in result.stdout + result.stderr, \
         _tail(result)
     check_aggregated_over_ranks(result, rows, ranks)
