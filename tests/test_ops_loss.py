@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from reference import brute_fipo_weight
 from swift_fipo.config import FIPOConfig
-from swift_fipo.ops.influence import compute_fipo_influence
 from swift_fipo.ops.loss import apply_fipo
 
 EXAMPLE = Path(__file__).resolve().parents[1] / 'examples' / 'custom_loop.py'
@@ -35,7 +35,10 @@ def test_none_reduction_is_per_token_loss_times_influence_weight() -> None:
     config = FIPOConfig(decay_rate=4.0, clip_range=0.3, clip_high_only=False)
     per_token_loss = _clipped_loss(log_ratio, advantages)
     loss, stats = apply_fipo(per_token_loss, log_ratio, mask, advantages, config)
-    weight, _ = compute_fipo_influence(log_ratio, mask, advantages, config)
+    # The weights of the float64 brute force (tests/reference.py), not of the code under test.
+    weight, _, _ = brute_fipo_weight(log_ratio, mask, advantages, decay_rate=4.0, clip_range=0.3,
+                                     clip_high_only=False)
+    weight = weight.float()
     assert loss.shape == per_token_loss.shape
     torch.testing.assert_close(loss, per_token_loss * weight)
     torch.testing.assert_close(stats.weight, weight)
@@ -49,7 +52,9 @@ def test_token_mean_is_dapo_of_the_weighted_loss_and_ignores_padding() -> None:
     per_token_loss = _clipped_loss(log_ratio, advantages)
     per_token_loss = torch.where(mask, per_token_loss, torch.nan)  # garbage at padding must not leak
     loss, stats = apply_fipo(per_token_loss, log_ratio, mask, advantages, reduction='token_mean')
-    expected = (per_token_loss * stats.weight)[mask].sum() / mask.sum()
+    weight = brute_fipo_weight(log_ratio, mask, advantages)[0].float()
+    assert bool((weight[mask] > 1).any())  # the weights matter here
+    expected = (per_token_loss * weight)[mask].sum() / mask.sum()
     torch.testing.assert_close(loss, expected)
     total, _ = apply_fipo(per_token_loss, log_ratio, mask, advantages, reduction='sum')
     torch.testing.assert_close(total, expected * mask.sum())
