@@ -46,12 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # stops at the first failure). `swift rlhf` runs (marker `cli`) are left out: they take minutes.
 OPS_TESTS = ('tests/test_config.py', 'tests/test_ops_paper.py', 'tests/test_ops_loss.py', 'tests/test_ops_influence.py',
              'tests/test_ops_future_kl.py')
-MS_SWIFT_TESTS = ('tests/test_integrations_ms_swift_cli.py', 'tests/test_integrations_ms_swift.py',
-                  'tests/test_integrations_megatron.py', 'tests/test_token_capture.py', 'tests/test_ops_influence.py')
+MS_SWIFT_TESTS = ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift_cli.py',
+                  'tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py',
+                  'tests/test_token_capture.py', 'tests/test_ops_influence.py')
 TRL_TESTS = ('tests/test_integrations_trl.py', )
 TARGETS: dict[str, tuple[str, ...]] = {
-    'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_ms_swift_cli.py', ),
-    'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py'),
+    'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift_cli.py'),
+    'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift.py',
+                                        'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
     'swift_fipo/integrations/trl.py': TRL_TESTS,
 }
