@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from reference import random_inputs
+from reference import brute_fipo_weight, is_close, random_inputs
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.config import PRESETS
 from swift_fipo.integrations import contract
@@ -73,9 +73,14 @@ def test_reweight_advantages_is_advantage_times_weight():
     log_ratio, mask, advantages = random_inputs(4, 30, seed=2, scale=0.4)
     config = PRESETS['paper-7b']
     weighted, stats = contract.reweight_advantages(advantages, log_ratio, mask, config)
-    weight, _ = compute_fipo_influence(log_ratio, mask, advantages, config)
+    # paper-7b in the float64 brute force's terms: symmetric clip 0.2, safety 3, c = 10 for the filter and
+    # the drop, log-ratios clamped to 20, unclipped cap 10.
+    weight, _, _ = brute_fipo_weight(log_ratio, mask, advantages, clip_high_only=False, safety_threshold=3.0,
+                                     delta=10.0, filter_threshold=10.0, log_ratio_clamp=20.0,
+                                     unclipped_weight_cap=10.0, drop_threshold=10.0)
     assert weighted.shape == (4, 30)
-    torch.testing.assert_close(weighted, advantages[:, None] * weight, rtol=0, atol=0)
+    assert is_close(weighted, advantages[:, None] * weight)
+    assert torch.equal(weighted, advantages[:, None] * stats.weight)  # exactly the weights it reports
     assert weighted.data_ptr() != advantages.data_ptr()
 
 
