@@ -76,6 +76,11 @@ EQUIVALENT: dict[str, str] = {
         'own lengths); only speed changes',
     'swift_fipo/ops/influence.py:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
         'the stand-in for an infinite log-ratio only has to saturate exp() and keep sums finite; 1.5e30 does both',
+    'swift_fipo/integrations/ms_swift.py:if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::-->':
+        "ms-swift's _compute_loss_and_metrics returns (loss, metrics_data) on every supported release: "
+        'result[1] is result[-1]',
+    "swift_fipo/integrations/ms_swift.py:fipo_metrics = result[-1].get('fipo'):-->":
+        "ms-swift's _compute_loss_and_metrics returns (loss, metrics_data): result[1] is result[-1]",
 }
 
 COMPARE_SWAPS = {'<': '<=', '<=': '<', '>': '>=', '>=': '>', '==': '!=', '!=': '==', 'is': 'is not',
@@ -133,10 +138,19 @@ def _excluded_spans(tree: ast.AST) -> list[tuple[tuple[int, int], tuple[int, int
                 add(argument.annotation)
             for argument in (node.args.vararg, node.args.kwarg):
                 add(argument.annotation if argument else None)
+            positional = node.args.posonlyargs + node.args.args
+            named_defaults = list(zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults))
+            named_defaults += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            for argument, default in named_defaults:
+                if argument.arg == 'stacklevel':
+                    add(default)
         elif isinstance(node, ast.AnnAssign):
             add(node.annotation)
         elif isinstance(node, ast.JoinedStr):
             add(node)
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and node.value.id in ('Literal', 'Optional', 'Union', 'Callable', 'Sequence', 'Mapping'):
+            add(node)  # a type expression outside an annotation (an alias): no run-time behaviour
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \

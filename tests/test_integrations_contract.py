@@ -134,3 +134,17 @@ def test_a_subclass_of_a_patched_class_is_not_wrapped_twice():
     finally:
         parent.revert()
     assert _Owner().own() == 'own'
+
+
+def test_contract_exports_the_ops_entry_points():
+    log_ratio, mask, advantages = random_inputs(3, 12, seed=4, scale=0.5)
+    loss = torch.randn(3, 12)
+    through_contract, _ = contract.apply_fipo(loss, log_ratio, mask, advantages, reduction='sum')
+    from swift_fipo.ops.loss import apply_fipo
+    direct, _ = apply_fipo(loss, log_ratio, mask, advantages, reduction='sum')
+    assert torch.equal(through_contract, direct)
+
+
+def test_run_settings_capture_no_tokens_unless_asked():
+    # A trainer built without the command-line hook gets these settings: nothing may be written to disk.
+    assert contract.RunSettings(config=FIPOConfig()).capture_completions == 0
