@@ -81,6 +81,14 @@ EQUIVALENT: dict[str, str] = {
         'result[1] is result[-1]',
     "swift_fipo/integrations/ms_swift.py:fipo_metrics = result[-1].get('fipo'):-->":
         "ms-swift's _compute_loss_and_metrics returns (loss, metrics_data): result[1] is result[-1]",
+    'swift_fipo/integrations/ms_swift.py:if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::or->and':
+        "without stats (another loss type) ms-swift's metrics hold no 'fipo' dict, so the result is returned "
+        'unchanged a line later',
+    'swift_fipo/integrations/token_capture.py:step: int = -1:-->':
+        'the first step seen resets taken to 0, which it already is: starting from step 1 changes nothing',
+    'swift_fipo/integrations/token_capture.py:if state.taken >= wanted::>=->>':
+        'with the quota reached the mutant goes on with zero rows and appends an empty payload: the file is '
+        'unchanged',
 }
 
 COMPARE_SWAPS = {'<': '<=', '<=': '<', '>': '>=', '>=': '>', '==': '!=', '!=': '==', 'is': 'is not',

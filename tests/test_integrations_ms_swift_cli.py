@@ -183,13 +183,16 @@ def test_every_config_field_has_a_flag():
                                            (['--use_liger', 'yes', '--loss', 'fipo'], True),
                                            (['--loss_type', 'fipo', '--use_liger_kernel'], True),
                                            (['--loss_type', 'dapo', '--use_liger_kernel', 'true'], False),
-                                           (['--loss_type', 'fipo', '--use_liger_kernel', 'false'], False)])
-def test_liger_is_refused_from_argv(argv, refused):
+                                           (['--loss_type', 'fipo', '--use_liger_kernel', 'false'], False),
+                                           # A value is never read as an option, whatever it looks like.
+                                           (['--loss_type', 'fipo', '--model', 'x-use-liger-kernel', 'true'], False)])
+@pytest.mark.parametrize('swift_fields', [NATIVE | {'use_liger_kernel'}, frozenset()], ids=['native', 'none-known'])
+def test_liger_is_refused_from_argv(argv, refused, swift_fields):
     if refused:
         with pytest.raises(ValueError, match='--use_liger_kernel'):
-            cli.precheck_argv(argv, NATIVE | {'use_liger_kernel'})
+            cli.precheck_argv(argv, swift_fields)
     else:
-        cli.precheck_argv(argv, NATIVE | {'use_liger_kernel'})
+        cli.precheck_argv(argv, swift_fields)
 
 
 def test_log_tokens_flag_is_consumed():
