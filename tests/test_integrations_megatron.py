@@ -349,8 +349,12 @@ def test_stand_in_native_loss_rejects_fipo_and_the_patched_one_trains(stand_in):
 
 
 @pytest.mark.parametrize('overrides', [{}, {'fipo_clip_high_only': False}, {'delta': 1.5},
-                                       {'fipo_safety_threshold': 1.05}, {'importance_sampling_level': 'sequence'}],
-                         ids=['defaults', 'symmetric-clip', 'delta', 'safety-fires', 'sequence-is'])
+                                       {'fipo_safety_threshold': 1.05}, {'importance_sampling_level': 'sequence'},
+                                       # coef_1 is then one ratio per sequence: filter and safety rule test it
+                                       {'importance_sampling_level': 'sequence', 'delta': 1.02,
+                                        'fipo_safety_threshold': 1.01, 'fipo_clip_high_only': False}],
+                         ids=['defaults', 'symmetric-clip', 'delta', 'safety-fires', 'sequence-is',
+                              'sequence-is-thresholds'])
 def test_stand_in_loss_and_native_metrics_match_ms_swift(stand_in, overrides):
     """Patched vs native Megatron loss: same loss, gradient and fipo/* values (flags where ms-swift agrees)."""
     native, patched = stand_in
