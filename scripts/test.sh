@@ -59,5 +59,11 @@ done
 for name in "${suites[@]}"; do
     printf '%-28s %s\n' "$name" "$(grep -E '(passed|failed|errors?|skipped)[^=]* in [0-9.]+s' "$logs/$name.log" | tr -d '=' | paste -sd ';' -)"
 done
+# Every pytest run ends with its skips counted by reason (tests/conftest.py); gather them here.
+echo "skips by reason:"
+for name in "${suites[@]}"; do
+    awk -v suite="$name" '/=+ skips by reason =+/ {on = 1; next} on && /^ *[0-9]+  / {print "  " suite ": " $0; next} {on = 0}' \
+        "$logs/$name.log"
+done
 echo "all suites: ${#suites[@]}, failed: ${#failed[@]}, wall time $(( $(date +%s) - start )) s"
 [ "${#failed[@]}" -eq 0 ]

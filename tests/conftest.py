@@ -97,7 +97,7 @@ def ms_swift_version() -> tuple[int, ...]:
 
 def _skip_reason(report: pytest.TestReport) -> str:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    return reason.removeprefix('Skipped: ')
+    return ' '.join(reason.removeprefix('Skipped: ').split())  # one line each, for the CI summary
 
 
 def _disallowed(reasons: list[str]) -> list[str]:
