@@ -30,9 +30,15 @@ def test_benchmark_script_smoke(tmp_path: Path) -> None:
     assert {(row['dtype'], row['B'], row['T']) for row in rows} == {
         (dtype, batch, length) for dtype in ('float32', 'bfloat16') for batch in (1, 2) for length in (64, 300)}
     for row in rows:
-        assert {'plugin', 'floor', 'native'} <= set(row['time'])
+        assert {'plugin', 'floor'} <= set(row['time'])
         assert row['plugin_saved_bytes'] == 0  # the plugin never keeps anything alive for autograd
-        assert row['native_saved_bytes'] >= row['T']**2 * 2  # native: T^2 decay entries (bf16: 2 bytes each)
+        # Native is timed at the first size; at larger ones the script may skip it when its predicted time
+        # exceeds the budget (a loaded machine), and then says so.
+        if row['T'] == 64 or 'native_skipped' not in row:
+            assert 'native' in row['time']
+            assert row['native_saved_bytes'] >= row['T']**2 * 2  # native: T^2 decay entries (bf16: 2 bytes each)
+        else:
+            assert row['native_skipped'].startswith('predicted')
     assert set(results['loss_step']['time']) == {'no FIPO', 'plugin FIPO', 'native FIPO'}
     assert results['machine']['torch'] and results['machine']['threads'] >= 1
     assert '| plugin FIPO |' in (tmp_path / 'smoke.md').read_text()
