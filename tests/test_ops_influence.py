@@ -198,6 +198,17 @@ def test_extreme_and_non_finite_log_ratios_give_finite_weights(name):
         assert float(weight.min()) >= low and float(weight.max()) <= high
 
 
+@pytest.mark.parametrize('name, lowest', [('no-clip', 0.0), ('defaults', 1.0), ('symmetric', 0.8)])
+def test_minus_infinity_pulls_the_weight_to_its_lowest(name, lowest):
+    """A token the new policy gives probability 0 (log-ratio -inf): its Future-KL is hugely negative, so
+    its weight and those before it within reach go to the lowest the clip allows, never the highest."""
+    log_ratio = torch.tensor([[0.1, -math.inf, 0.2]])
+    weight, stats = compute_fipo_influence(log_ratio, torch.ones(1, 3, dtype=torch.bool), torch.ones(1), CONFIGS[name])
+    assert float(stats.future_kl[0, 1]) < -1e29
+    assert weight[0, :2].tolist() == pytest.approx([lowest, lowest])
+    assert float(weight[0, 2]) == pytest.approx(math.exp(0.2) if name == 'no-clip' else 1.2)
+
+
 def test_non_finite_values_at_masked_positions_do_not_leak():
     log_ratio, mask, advantages = random_inputs(4, 50, seed=8)
     poisoned = log_ratio.clone()
@@ -210,7 +221,8 @@ def test_non_finite_values_at_masked_positions_do_not_leak():
 
 
 def test_summary_averages_over_completion_tokens_only():
-    log_ratio, mask, advantages = random_inputs(4, 64, seed=9, scale=1.0)
+    log_ratio, mask, _ = random_inputs(4, 64, seed=9, scale=1.0)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])  # negative rows: the safety rule can fire
     config = FIPOConfig(clip_range=0.2, clip_high_only=False, safety_threshold=2.0)
     weight, stats = compute_fipo_influence(log_ratio, mask, advantages, config)
     summary = stats.summary
@@ -219,6 +231,9 @@ def test_summary_averages_over_completion_tokens_only():
     assert float(summary['influence_weight_max']) == float(weight[mask].max())
     assert float(summary['future_kl_mean']) == pytest.approx(float(stats.future_kl[mask].mean()), rel=1e-5)
     assert float(summary['safety_keep_ratio']) == pytest.approx(float(stats.safety_mask[mask].float().mean()))
+    fired = float((~stats.safety_mask[mask]).float().mean())
+    assert 0 < fired < 1 and float(summary['safety_fired_ratio']) == pytest.approx(fired)
+    assert float(summary['filtered_ratio']) == 0.0  # no delta, no filter threshold: every token takes part
     assert float(summary['clipped_high_ratio']) == pytest.approx(float((stats.raw_weight[mask] > 1.2).float().mean()))
     assert float(summary['clipped_low_ratio']) == pytest.approx(float((stats.raw_weight[mask] < 0.8).float().mean()))
     assert 0 < float(summary['clipped_high_ratio']) < 1
