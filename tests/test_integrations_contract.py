@@ -39,6 +39,7 @@ def test_resolve_config_names_the_hosts_option(preset, explicit, message):
     (2, 2, 4, False),  # two passes, both inside one optimizer step: still on-policy
     (1, 3, 4, True),  # rollouts straddle optimizer steps
     (None, None, None, False),
+    (None, 2, None, True),  # an unset accumulation window is 1 step
 ])
 def test_on_policy_reason(iterations, steps, accumulation, off_policy):
     reason = contract.on_policy_reason(iterations, steps, accumulation)

@@ -198,6 +198,29 @@ def test_liger_is_refused_from_argv(argv, refused, swift_fields):
 def test_log_tokens_flag_is_consumed():
     found = cli.split_argv(['--fipo_log_tokens=3', '--seed', '1'], NATIVE)
     assert found.argv == ['--seed', '1'] and found.settings().capture_completions == 3
+    assert cli.split_argv(['--seed', '1'], NATIVE).settings().capture_completions == 0  # off unless asked
+
+
+@pytest.mark.parametrize('fields', [NATIVE, OLD])
+def test_a_negated_boolean_leaves_the_next_flag_alone(fields):
+    found = cli.split_argv(['--no_fipo_clip_high_only', '--seed', '1', '--loss_type', 'fipo'], fields)
+    assert found.settings().config.clip_high_only is False
+    assert found.argv[:4] == ['--seed', '1', '--loss_type', 'fipo']
+
+
+@pytest.mark.parametrize('module, megatron', [('swift.arguments.rlhf_args', False),
+                                              ('swift.megatron.arguments.megatron_args', True)])
+def test_parse_hook_checks_the_trainer_of_the_run(monkeypatch, module, megatron):
+    """`swift rlhf` and `megatron rlhf` train with different GRPO trainers: the parse-time check reads
+    the one whose arguments were parsed."""
+    checked = []
+    monkeypatch.setattr(cli, 'check_trainer_has_hook', lambda megatron: checked.append(megatron))
+    arguments = type('RLHFArguments', (), {'__module__': module})
+    parsed = arguments()
+    vars(parsed).update(vars(_args()))
+    parse = cli.with_fipo_flags(lambda self, argv: parsed)
+    assert parse(SimpleNamespace(args_class=arguments), ['--loss_type', 'fipo']) is parsed
+    assert checked == [megatron]
 
 
 @pytest.mark.parametrize('megatron', [False, True])
