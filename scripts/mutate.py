@@ -74,6 +74,9 @@ EQUIVALENT: dict[str, str] = {
     'swift_fipo/ops/future_kl.py:dense = max(block_size, DENSE_LENGTH):max->min':
         'where the dense single-matmul path stops: the blocked path computes the same exact sums (tested at its '
         'own lengths); only speed changes',
+    'swift_fipo/ops/future_kl.py:return torch.where(values.abs() < tiny, 0.0, values).to(dtype).contiguous():<-><=':
+        'also flushes a decay entry exactly equal to the smallest normal number (2**-126 in float32, reached only '
+        'for gamma = 0.5 at distance 126): a change below 2**-126 relative, invisible in any weight',
     'swift_fipo/ops/influence.py:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
         'the stand-in for an infinite log-ratio only has to saturate exp() and keep sums finite; 1.5e30 does both',
     'swift_fipo/integrations/ms_swift.py:if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::-->':

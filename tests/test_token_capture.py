@@ -47,14 +47,15 @@ def make_trainer(tmp_path: Path, global_step: int = 0, logging_steps: Any = 1, m
     )
 
 
-def make_batch(batch: int = 3, prompt: int = 5, length: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(batch: int = 3, prompt: int = 5, length: int = 6, seed: int = 0,
+               config: FIPOConfig = FIPOConfig(clip_range=0.2)) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(100, 200, (batch, prompt + length), generator=generator)
     completion_mask = torch.ones(batch, length, dtype=torch.bool)
     completion_mask[0, 4:] = False  # a short first completion: padding after it
     advantages = torch.tensor([1.5, -0.5, 0.25][:batch])
     log_ratio = 0.3 * torch.randn(batch, length, generator=generator)
-    _, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, FIPOConfig(clip_range=0.2))
+    _, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config)
     return dict(input_ids=input_ids, completion_mask=completion_mask, advantages=advantages, stats=stats)
 
 
@@ -102,6 +103,18 @@ def test_ms_swift_46_layout_writes_tokens_with_their_values(tmp_path, log_tokens
         assert line['advantage'] == pytest.approx(data['advantages'][row].item())
         assert line['num_tokens'] == len(positions) and line['truncated'] is False
     assert len(lines[0]['tokens']) == 4 and any(token['weight'] != 1 for line in lines for token in line['tokens'])
+
+
+def test_safety_flag_marks_exactly_the_tokens_the_rule_fired_on(tmp_path, log_tokens):
+    log_tokens(3)
+    data = make_batch(config=FIPOConfig(safety_threshold=1.0))  # row 1 (advantage < 0): ratio > 1 fires
+    call_46(make_trainer(tmp_path), data)
+    fired = {(row, column): not bool(data['stats'].safety_mask[row, column]) for row in range(3) for column in range(6)
+             if data['completion_mask'][row, column]}
+    assert any(fired.values()) and not all(fired.values())
+    for row, line in enumerate(read_lines(tmp_path)):
+        positions = data['completion_mask'][row].nonzero().flatten().tolist()
+        assert [token.get('safety', False) for token in line['tokens']] == [fired[row, p] for p in positions]
 
 
 def test_ms_swift_43_layout_and_per_token_advantages(tmp_path, log_tokens):
