@@ -90,6 +90,45 @@ def need(module: str, distribution: Optional[str] = None) -> ModuleType:
         raise
 
 
+def _module_level_needs(path: Path) -> list[str]:
+    """Distributions a test file asks for with a top-level ``need(...)`` call (read, not imported)."""
+    import ast
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return []
+    found = []
+    for node in tree.body:
+        call = node.value if isinstance(node, (ast.Expr, ast.Assign)) else None
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == 'need' \
+                and all(isinstance(arg, ast.Constant) for arg in call.args) and call.args:
+            found.append(call.args[1].value if len(call.args) > 1 else call.args[0].value.split('.')[0])
+    return found
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
+    """A test file that needs, at module level, a distribution this environment does not have at all is
+    not collected (a suite for another host), rather than reported as skipped."""
+    if collection_path.suffix != '.py' or not collection_path.name.startswith('test_'):
+        return None
+    missing = [name for name in _module_level_needs(collection_path) if not _installed(name)]
+    if missing:
+        config.stash.setdefault(_NOT_COLLECTED, []).append((collection_path.name, missing[0]))
+        return True
+    return None
+
+
+_NOT_COLLECTED = pytest.StashKey[list]()
+
+
 def ms_swift_version() -> tuple[int, ...]:
     """The installed ms-swift release as numbers, e.g. (4, 3, 2)."""
     return tuple(int(part) for part in re.findall(r'\d+', importlib.metadata.version('ms-swift'))[:3])
@@ -120,6 +159,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    not_collected = config.stash.get(_NOT_COLLECTED, [])
+    if not_collected:
+        by_distribution = collections.defaultdict(list)
+        for name, distribution in not_collected:
+            by_distribution[distribution].append(name)
+        terminalreporter.section('not collected: not installed in this environment')
+        for distribution, names in sorted(by_distribution.items()):
+            terminalreporter.line(f'{distribution}: {", ".join(sorted(names))}')
     reasons = _skip_reasons(config)
     if not reasons:
         return

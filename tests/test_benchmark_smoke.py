@@ -13,13 +13,14 @@ import pytest
 
 from conftest import need
 
+need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')  # the benchmark compares against ms-swift's native method
+need('matplotlib')
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'bench_future_kl.py'
 
 
 def test_benchmark_script_smoke(tmp_path: Path) -> None:
-    need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')
-    need('matplotlib')
     plot = tmp_path / 'plot.png'
     env = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
     completed = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--out-dir', str(tmp_path), '--plot', str(plot)],
