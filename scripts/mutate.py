@@ -50,22 +50,25 @@ MS_SWIFT_TESTS = ('tests/test_integrations_contract.py', 'tests/test_integration
                   'tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py',
                   'tests/test_token_capture.py', 'tests/test_ops_influence.py')
 TRL_TESTS = ('tests/test_integrations_trl.py', )
+VERL_TESTS = ('tests/test_integrations_verl.py', )  # needs a venv with verl: --python .venv-verl/bin/python
 TARGETS: dict[str, tuple[str, ...]] = {
     'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift_cli.py'),
     'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift.py',
                                         'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
     'swift_fipo/integrations/trl.py': TRL_TESTS,
+    'swift_fipo/integrations/verl.py': VERL_TESTS,
 }
 PYTEST_ARGS = ('-x', '-q', '-p', 'no:cacheprovider', '--no-header', '-m', 'not cli')
 # Imported once by the fork server of a test group, before any mutant: the slow third-party imports.
 # ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__, so the TRL group must not preload it.
 PRELOAD = {'ms-swift': ('torch', 'pytest', 'swift.pipelines.base', 'swift.rlhf_trainers.grpo_trainer'),
-           'trl': ('torch', 'pytest', 'transformers', 'datasets', 'trl')}
+           'trl': ('torch', 'pytest', 'transformers', 'datasets', 'trl'),
+           'verl': ('torch', 'pytest')}
 
 
 def preload_for(tests: tuple[str, ...]) -> tuple[str, ...]:
-    return PRELOAD['trl'] if tests == TRL_TESTS else PRELOAD['ms-swift']
+    return PRELOAD['trl'] if tests == TRL_TESTS else PRELOAD['verl'] if tests == VERL_TESTS else PRELOAD['ms-swift']
 
 
 # Mutants judged equivalent after reading them: `file:stripped original line:original->replacement`
