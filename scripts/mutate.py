@@ -514,6 +514,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             baselines: dict[tuple[str, ...], float] = {}
             for tests in sorted({files[mutant.path] for _, mutant in numbered}):
                 status, seconds, output = run(tests, timeout=1800)
+                if status == 'passed' and ' passed' not in output:
+                    status = 'no test ran'  # all skipped or not collected here: mutants would all survive
                 if status != 'passed':
                     # E.g. a host this venv does not have: run those files with --python of one that has it.
                     print(f'baseline FAILED for {" ".join(tests)} ({status}): their mutants are not run\n'
