@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-if os.environ.get('SWIFT_FIPO_REQUIRE_VERL'):
-    import verl  # (the verl suites: an import error must fail, not skip)
-else:
-    verl = pytest.importorskip('verl')
+from conftest import need
+
+verl = need('verl')  # not collected without verl; where verl is installed, an import error fails
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
