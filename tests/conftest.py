@@ -7,6 +7,7 @@ test sees. ``scripts/test.sh`` reinstalls it first; a stale install is refused h
 
 from __future__ import annotations
 
+import ast
 import collections
 import filecmp
 import importlib
@@ -66,13 +67,14 @@ else:
 
 # --- skips ------------------------------------------------------------------------------------------------
 # A skip must mean "this kind of machine cannot run the test". Such reasons start with one of these words;
-# with SWIFT_FIPO_STRICT_SKIPS=1 (set by the CI suites) any other skip reason fails the run, so a failed
+# with SWIFT_FIPO_STRICT_SKIPS=1 (set by the ms-swift CI suites) any other skip reason fails the run, so a failed
 # import or a missing dependency cannot hide as a skip. SWIFT_FIPO_ALLOWED_SKIPS, a regular expression,
 # admits further reasons for a suite whose environment leaves something out on purpose.
 MACHINE_KIND_SKIP = re.compile(r'^no (GPU|CUDA|Transformer Engine|vLLM)\b')
 STRICT_SKIPS_ENV = 'SWIFT_FIPO_STRICT_SKIPS'
 ALLOWED_SKIPS_ENV = 'SWIFT_FIPO_ALLOWED_SKIPS'
 NOT_INSTALLED = 'not in this environment'
+_NOT_COLLECTED = pytest.StashKey[list]()  # (file name, missing distribution) of files left out
 
 
 def need(module: str, distribution: Optional[str] = None) -> ModuleType:
@@ -83,16 +85,13 @@ def need(module: str, distribution: Optional[str] = None) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         name = distribution or module.split('.')[0]
-        try:
-            importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
+        if not _installed(name):
             pytest.skip(f'{NOT_INSTALLED}: {name} is not installed', allow_module_level=True)
         raise
 
 
 def _module_level_needs(path: Path) -> list[str]:
     """Distributions a test file asks for with a top-level ``need(...)`` call (read, not imported)."""
-    import ast
     try:
         tree = ast.parse(path.read_text())
     except (OSError, SyntaxError):
@@ -125,8 +124,6 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optio
         return True
     return None
 
-
-_NOT_COLLECTED = pytest.StashKey[list]()
 
 
 def ms_swift_version() -> tuple[int, ...]:
