@@ -119,10 +119,12 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optio
     if collection_path.suffix != '.py' or not collection_path.name.startswith('test_'):
         return None
     missing = [name for name in _module_level_needs(collection_path) if not _installed(name)]
-    if missing:
+    if not missing:
+        return None
+    asked = [Path(arg.split('::')[0]).resolve() for arg in config.args] or [Path(config.rootpath)]
+    if any(collection_path == path or path in collection_path.parents for path in asked):
         config.stash.setdefault(_NOT_COLLECTED, []).append((collection_path.name, missing[0]))
-        return True
-    return None
+    return True
 
 
 

@@ -149,3 +149,15 @@ def test_contract_exports_the_ops_entry_points():
 def test_run_settings_capture_no_tokens_unless_asked():
     # A trainer built without the command-line hook gets these settings: nothing may be written to disk.
     assert contract.RunSettings(config=FIPOConfig()).capture_completions == 0
+
+
+def test_settings_and_patch_records_are_immutable():
+    """Hosts share these objects (the trainer's args, the patch registry): nobody may change them after
+    the fact; frozen dataclasses are also hashable."""
+    import dataclasses
+    patch = contract.Patch(_Owner, 'own', _shout, 'test patch')
+    for record in (FIPOConfig(), contract.RunSettings(config=FIPOConfig()), patch, contract.PatchSet([patch])):
+        field = dataclasses.fields(record)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, field, getattr(record, field))
+    assert hash(FIPOConfig(delta=2.0)) == hash(FIPOConfig(delta=2.0))
