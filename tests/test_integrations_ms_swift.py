@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -253,3 +254,22 @@ def test_hf_extra_metrics_combine_across_gradient_accumulation_chunks():
     for key in ('raw_weight_mean', 'future_kl_mean'):
         expected = (first[key] * tokens[0] + second[key] * tokens[1]) / sum(tokens)
         assert logged[key] == pytest.approx(expected, rel=1e-5), key
+
+
+@pytest.mark.parametrize('megatron, patched', [(None, True), (True, True), (False, False)])
+def test_install_patches_megatron_only_when_already_imported_or_asked(monkeypatch, megatron, patched):
+    """install() must not import swift.megatron unasked, but must hook it when ms-swift already did."""
+    import types
+    module = types.ModuleType(ms_swift.MEGATRON_TRAINER_MODULE)
+
+    class MegatronGRPOTrainer:
+        __module__ = module.__name__
+
+        def _compute_fipo_influence(self, log_ratio, coef_1, advantages, completion_mask):
+            raise AssertionError('ms-swift native: the plugin should have replaced it')
+
+    module.MegatronGRPOTrainer = MegatronGRPOTrainer
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    report = ms_swift.install(megatron=megatron)
+    assert (report.get(module.__name__) == {'MegatronGRPOTrainer': True}) is patched
+    assert ms_swift.is_patched(MegatronGRPOTrainer) is patched
