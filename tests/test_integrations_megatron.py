@@ -290,7 +290,7 @@ def _new_trainer(cls: type, args: _Args) -> typing.Any:
     return trainer
 
 
-def _batch(seed: int = 0, advantages: typing.Sequence[float] = (1.0, -0.5, 0.25, -1.0)
+def _batch(seed: int = 0, advantages: typing.Sequence[float] = (1.0, -0.5, 0.25, -1.0), empty: bool = False
            ) -> tuple[torch.Tensor, dict[str, typing.Any]]:
     """One micro-batch in both the 4.3 layout (flat dict) and the 4.4+ layout (``GRPOBatch``)."""
     generator = torch.Generator().manual_seed(seed)
@@ -300,6 +300,8 @@ def _batch(seed: int = 0, advantages: typing.Sequence[float] = (1.0, -0.5, 0.25,
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[1, 6:] = False
     mask[3, 3:] = False
+    if empty:  # a rank whose micro-batch holds no completion token
+        mask[:] = False
     advantages = torch.tensor(advantages)
     tokens = mask.sum().to(torch.float32)
     grpo_batch = SimpleNamespace(advantages=advantages[:, None].expand(batch, length).clone(), completion_mask=mask,
@@ -407,10 +409,10 @@ def test_stand_in_extremes_and_means_combine_across_disagreeing_ranks(stand_in):
     _, patched = stand_in
     args = dict(fipo_clip_range=0.0, fipo_safety_threshold=None)  # unclipped: extremes differ per rank
 
-    def run(seed, advantages, peer=None):
+    def run(seed, advantages, peer=None, empty=False):
         trainer = _new_trainer(patched, _megatron_args(**args))
         trainer.peer = peer
-        logps, data = _batch(seed=seed, advantages=advantages)
+        logps, data = _batch(seed=seed, advantages=advantages, empty=empty)
         _, metrics = patched.loss_func(trainer, logps, data=data)
         return {key: float(value) for key, value in metrics.items()}, trainer.contributions
 
@@ -426,6 +428,12 @@ def test_stand_in_extremes_and_means_combine_across_disagreeing_ranks(stand_in):
     for key in ('fipo/raw_weight_mean', 'fipo/filtered_ratio', 'fipo/dropped_response_ratio'):
         assert combined[key] == pytest.approx((mine[key] + theirs[key]) / 2, rel=1e-6, abs=1e-7), key
     assert mine['fipo/raw_weight_mean'] != theirs['fipo/raw_weight_mean']
+    # A rank without completion tokens: nothing to the extremes, 0 to the means (as ms-swift's own keys).
+    _, empty_contributions = run(8, (1.0, 0.5, 0.25, 2.0), empty=True)
+    with_empty, _ = run(5, (1.0, -0.5, 0.25, -1.0), peer=empty_contributions)
+    for key in (low, high, p99):
+        assert with_empty[key] == pytest.approx(mine[key], rel=1e-6), key
+    assert with_empty['fipo/raw_weight_mean'] == pytest.approx(mine['fipo/raw_weight_mean'] / 2, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------
