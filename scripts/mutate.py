@@ -71,28 +71,39 @@ def preload_for(tests: tuple[str, ...]) -> tuple[str, ...]:
     return PRELOAD['trl'] if tests == TRL_TESTS else PRELOAD['verl'] if tests == VERL_TESTS else PRELOAD['ms-swift']
 
 
-# Mutants judged equivalent after reading them: `file:stripped original line:original->replacement`
+# Mutants judged equivalent after reading them: `file:enclosing function:stripped line:original->replacement`
 # -> why no user-observable behaviour changes. Keep the reasons short and checkable.
+_TWO_TUPLE = ("ms-swift's loss returns (loss, metrics) on every supported release (HF _compute_loss_and_metrics "
+              'and Megatron loss_func): result[1] is result[-1], and the tuple/dict checks are all true')
+_HF_WRAPPER = 'swift_fipo/integrations/ms_swift.py:_with_extra_metrics.compute_loss_and_metrics_with_fipo:'
+_MEGATRON_WRAPPER = 'swift_fipo/integrations/ms_swift.py:_with_megatron_extra_metrics.loss_func_with_fipo:'
+_RESULT_CHECK = 'if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::'
 EQUIVALENT: dict[str, str] = {
-    'swift_fipo/ops/future_kl.py:dense = max(block_size, DENSE_LENGTH):max->min':
+    'swift_fipo/ops/future_kl.py:_future_sum:dense = max(block_size, DENSE_LENGTH):max->min':
         'where the dense single-matmul path stops: the blocked path computes the same exact sums (tested at its '
         'own lengths); only speed changes',
-    'swift_fipo/ops/future_kl.py:return torch.where(values.abs() < tiny, 0.0, values).to(dtype).contiguous():<-><=':
+    'swift_fipo/ops/future_kl.py:_flush_subnormal:return torch.where(values.abs() < tiny, 0.0, values).to(dtype)'
+    '.contiguous():<-><=':
         'also flushes a decay entry exactly equal to the smallest normal number (2**-126 in float32, reached only '
         'for gamma = 0.5 at distance 126): a change below 2**-126 relative, invisible in any weight',
-    'swift_fipo/ops/influence.py:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
+    'swift_fipo/ops/influence.py:<module>:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
         'the stand-in for an infinite log-ratio only has to saturate exp() and keep sums finite; 1.5e30 does both',
-    'swift_fipo/integrations/ms_swift.py:if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::-->':
-        "ms-swift's _compute_loss_and_metrics returns (loss, metrics_data) on every supported release: "
-        'result[1] is result[-1]',
-    "swift_fipo/integrations/ms_swift.py:fipo_metrics = result[-1].get('fipo'):-->":
-        "ms-swift's _compute_loss_and_metrics returns (loss, metrics_data): result[1] is result[-1]",
-    'swift_fipo/integrations/ms_swift.py:if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::or->and':
-        "without stats (another loss type) ms-swift's metrics hold no 'fipo' dict, so the result is returned "
-        'unchanged a line later',
-    'swift_fipo/integrations/token_capture.py:step: int = -1:-->':
+    _HF_WRAPPER + _RESULT_CHECK + '-->': _TWO_TUPLE,
+    _HF_WRAPPER + _RESULT_CHECK + 'or->and': _TWO_TUPLE + "; without stats (another loss type) the metrics hold no "
+                                             "'fipo' dict and the result is returned unchanged a line later",
+    _HF_WRAPPER + "fipo_metrics = result[-1].get('fipo'):-->": _TWO_TUPLE,
+    _MEGATRON_WRAPPER + _RESULT_CHECK + '-->': _TWO_TUPLE,
+    _MEGATRON_WRAPPER + _RESULT_CHECK + 'or->and': _TWO_TUPLE,
+    _MEGATRON_WRAPPER + 'loss, metrics = result[0], result[-1]:-->': _TWO_TUPLE,
+    "swift_fipo/integrations/ms_swift.py:_explicit_teacher:explicit = getattr(trainer, '_has_teacher_explicit', "
+    "False):False->True":
+        'the default is never used: the wrapper is applied only to classes with _setup_teacher, and every '
+        'ms-swift that has it (4.4+, HF and Megatron) defines _has_teacher_explicit',
+    'swift_fipo/integrations/contract.py:installed_version:return None:return None->pass':
+        'the last statement of the function: falling off its end returns None as well',
+    'swift_fipo/integrations/token_capture.py:_CaptureState:step: int = -1:-->':
         'the first step seen resets taken to 0, which it already is: starting from step 1 changes nothing',
-    'swift_fipo/integrations/token_capture.py:if state.taken >= wanted::>=->>':
+    'swift_fipo/integrations/token_capture.py:_capture:if state.taken >= wanted::>=->>':
         'with the quota reached the mutant goes on with zero rows and appends an empty payload: the file is '
         'unchanged',
 }
@@ -119,8 +130,9 @@ class Mutant:
         return self.start[0]
 
     def key(self, source: str) -> str:
+        """Stable across edits elsewhere: file, enclosing function, the line's text, the change."""
         text = source.splitlines()[self.line - 1].strip()
-        return f'{self.path}:{text}:{self.original}->{self.replacement}'
+        return f'{self.path}:{_scope(source, self.line)}:{text}:{self.original}->{self.replacement}'
 
     def apply(self, source: str) -> str:
         lines = source.splitlines(keepends=True)
@@ -131,6 +143,23 @@ class Mutant:
         finish = offsets[self.end[0] - 1] + self.end[1]
         assert source[begin:finish] == self.original, (self, source[begin:finish])
         return source[:begin] + self.replacement + source[finish:]
+
+
+def _scope(source: str, line: int) -> str:
+    """Qualified name of the innermost function or class around ``line`` ('<module>' if none)."""
+    names: list[str] = []
+
+    def visit(node: ast.AST, prefix: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                    and child.lineno <= line <= child.end_lineno:
+                names[:] = prefix + [child.name]
+                visit(child, names[:])
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), [])
+    return '.'.join(names) or '<module>'
 
 
 def _position(lines: list[str], line: int, byte_column: int) -> tuple[int, int]:
