@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -274,3 +275,18 @@ def test_a_step_counter_advanced_twice_is_refused(tmp_path, swift_advances, trl_
         assert 'none is reused' in reason
     else:
         assert reason is None
+
+
+def test_parse_hook_reads_the_command_line_when_given_no_list(monkeypatch):
+    """ms-swift calls _parse_args(None) for a real command line: the flags come from sys.argv[1:]."""
+    from swift_fipo.integrations.contract import settings_of
+    monkeypatch.setattr(cli, 'check_trainer_has_hook', lambda megatron: None)
+    monkeypatch.setattr(sys, 'argv', ['swift', '--fipo_preset', 'paper-7b', '--loss_type', 'fipo'])
+    arguments = type('RLHFArguments', (), {'__module__': 'swift.arguments.rlhf_args'})
+    parsed = arguments()
+    vars(parsed).update(vars(_args()))
+    seen = []
+    parse = cli.with_fipo_flags(lambda self, argv: seen.append(argv) or parsed)
+    assert parse(SimpleNamespace(args_class=arguments), None) is parsed
+    assert seen == [['--loss_type', 'fipo']]  # the plugin's flag taken off, ms-swift's left
+    assert settings_of(parsed).config == PRESETS['paper-7b']
