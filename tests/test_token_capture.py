@@ -117,6 +117,21 @@ def test_safety_flag_marks_exactly_the_tokens_the_rule_fired_on(tmp_path, log_to
         assert [token.get('safety', False) for token in line['tokens']] == [fired[row, p] for p in positions]
 
 
+def test_tokens_outside_the_loss_mask_are_listed_and_marked(tmp_path, log_tokens):
+    """ms-swift may drop completion tokens from the loss (e.g. --top_entropy_quantile): the capture lists
+    every completion token and marks those the loss (and FIPO) did not use."""
+    log_tokens(1)
+    data = make_batch()
+    loss_mask = data['completion_mask'].clone()
+    loss_mask[0, 1] = False
+    log_ratio = torch.zeros(loss_mask.shape)
+    _, stats = compute_fipo_influence(log_ratio, loss_mask, data['advantages'], FIPOConfig())
+    call_46(make_trainer(tmp_path), dict(data, stats=stats))
+    (line, ) = read_lines(tmp_path)
+    assert len(line['tokens']) == 4  # the whole first completion
+    assert [token.get('in_loss', True) for token in line['tokens']] == [True, False, True, True]
+
+
 def test_ms_swift_43_layout_and_per_token_advantages(tmp_path, log_tokens):
     log_tokens(1)
     data = make_batch()
@@ -183,7 +198,8 @@ def test_missing_ids_and_errors_warn_once_and_never_raise(tmp_path, log_tokens, 
     trainer = make_trainer(tmp_path)
     for _ in range(2):  # no input_ids anywhere: padding-free / unknown layout
         token_capture.capture(trainer, data['stats'], (None, {}, SimpleNamespace()), {})
-    assert capsys.readouterr().err.count('no completion token ids') == 1
+    err = capsys.readouterr().err
+    assert err.count('no completion token ids') == 1 and 'failed' not in err  # stopped cleanly, not by an error
 
     broken = make_trainer(tmp_path / 'broken')
     broken.processing_class = SimpleNamespace(decode=lambda ids: 1 / 0)
