@@ -290,3 +290,19 @@ def test_parse_hook_reads_the_command_line_when_given_no_list(monkeypatch):
     assert parse(SimpleNamespace(args_class=arguments), None) is parsed
     assert seen == [['--loss_type', 'fipo']]  # the plugin's flag taken off, ms-swift's left
     assert settings_of(parsed).config == PRESETS['paper-7b']
+
+
+@pytest.mark.parametrize('argv, warned', [(['--loss_type', 'dapo', '--fipo_decay_rate', '16'], True),
+                                          (['--loss_type', 'dapo', '--fipo_preset', 'paper-7b'], True),
+                                          (['--loss_type', 'dapo', '--fipo_log_tokens', '2'], True),
+                                          (['--loss_type', 'dapo'], False)])
+def test_fipo_flags_without_the_fipo_loss_warn(monkeypatch, argv, warned):
+    monkeypatch.setattr(cli, 'check_trainer_has_hook', lambda megatron: None)
+    arguments = type('RLHFArguments', (), {'__module__': 'swift.arguments.rlhf_args'})
+    parsed = arguments()
+    vars(parsed).update(vars(_args(loss_type='dapo')))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        cli.with_fipo_flags(lambda self, argv: parsed)(SimpleNamespace(args_class=arguments), argv)
+    messages = [str(warning.message) for warning in caught if issubclass(warning.category, FIPOWarning)]
+    assert any('--fipo_* flags are ignored' in message for message in messages) is warned
