@@ -86,6 +86,29 @@ EQUIVALENT: dict[str, str] = {
     '.contiguous():<-><=':
         'also flushes a decay entry exactly equal to the smallest normal number (2**-126 in float32, reached only '
         'for gamma = 0.5 at distance 126): a change below 2**-126 relative, invisible in any weight',
+    'swift_fipo/ops/future_kl.py:_future_sum:if length <= dense::<=-><':
+        'a sequence of exactly the dense length takes the blocked path, which computes the same exact sums',
+    'swift_fipo/ops/future_kl.py:_flush_subnormal:tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else '
+    '0.0:dtype.is_floating_point->not (dtype.is_floating_point)':
+        'the decay matrices are only built in the dtype of the values, and discounted_future_sum refuses '
+        'non-floating values before: the integer branch is never taken',
+    'swift_fipo/ops/future_kl.py:_flush_subnormal:tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else '
+    '0.0:0.0->1.0': 'the integer branch is never taken (see above)',
+    'swift_fipo/ops/influence.py:<module>:@functools.lru_cache(maxsize=16):16->17': 'a cache size: speed only',
+    'swift_fipo/integrations/token_capture.py:_completion_ids:return None:return None->pass':
+        'the last statement of the function: falling off its end returns None as well',
+    'swift_fipo/integrations/trl.py:_loss_source:return None:return None->pass':
+        'the last statement of the function: falling off its end returns None as well',
+    'swift_fipo/integrations/trl.py:check_trl_support:if logps_at < 0 or advantages_at < logps_at::0->1':
+        'find() returns 0 only if the method source starts with the call, and it starts with "def"',
+    'swift_fipo/integrations/trl.py:FIPOGRPOTrainer._reweight_advantages:mean_log_ratio = torch.where(mask, '
+    'log_ratio, 0.0).sum(-1) / mask.sum(-1).clamp(min=1):-->': 'log_ratio and mask are [B, T]: dim 1 is dim -1',
+    'swift_fipo/integrations/trl.py:FIPOGRPOTrainer._reweight_advantages:ratio = torch.exp(mean_log_ratio)'
+    '.unsqueeze(-1):-->': 'mean_log_ratio is [B]: unsqueeze(1) is unsqueeze(-1)',
+    'swift_fipo/integrations/trl.py:FIPOGRPOTrainer._log_fipo_metrics:gathered = self.accelerator.gather(local'
+    '.unsqueeze(0)).reshape(-1, len(keys)).float().cpu():0->1':
+        'gather concatenates along dim 0 and the result is reshaped to [ranks, keys]: [n, 1] rows give the '
+        'same layout as [1, n]',
     'swift_fipo/ops/influence.py:<module>:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
         'the stand-in for an infinite log-ratio only has to saturate exp() and keep sums finite; 1.5e30 does both',
     _HF_WRAPPER + _RESULT_CHECK + '-->': _TWO_TUPLE,

@@ -209,6 +209,17 @@ def test_minus_infinity_pulls_the_weight_to_its_lowest(name, lowest):
     assert float(weight[0, 2]) == pytest.approx(math.exp(0.2) if name == 'no-clip' else 1.2)
 
 
+def test_a_ratio_equal_to_a_threshold_does_not_exceed_it():
+    """The filter and the safety rule act on ratios that exceed their threshold: equality does not."""
+    log_ratio = torch.full((2, 3), 0.1)
+    ratio = torch.tensor([[2.0], [2.5]])  # exactly representable, as a sequence-level ratio
+    config = FIPOConfig(delta=2.0, safety_threshold=2.0, clip_range=None)
+    _, stats = compute_fipo_influence(log_ratio, torch.ones(2, 3, dtype=torch.bool), torch.tensor([-1.0, -1.0]),
+                                      config, ratio=ratio)
+    assert stats.participation_mask.all(dim=1).tolist() == [True, False]
+    assert stats.safety_mask.all(dim=1).tolist() == [True, False]
+
+
 def test_non_finite_values_at_masked_positions_do_not_leak():
     log_ratio, mask, advantages = random_inputs(4, 50, seed=8)
     poisoned = log_ratio.clone()

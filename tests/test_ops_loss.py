@@ -60,6 +60,14 @@ def test_token_mean_is_dapo_of_the_weighted_loss_and_ignores_padding() -> None:
     torch.testing.assert_close(total, expected * mask.sum())
 
 
+def test_token_mean_of_a_single_completion_token_is_its_weighted_loss() -> None:
+    log_ratio = torch.tensor([[0.3, 0.0]])
+    mask = torch.tensor([[True, False]])
+    per_token_loss = torch.tensor([[2.0, 7.0]])
+    loss, stats = apply_fipo(per_token_loss, log_ratio, mask, torch.ones(1), reduction='token_mean')
+    assert float(loss) == pytest.approx(2.0 * 1.2)  # exp(0.3) > 1.2: clipped to the default high bound
+
+
 def test_on_policy_equals_plain_dapo() -> None:
     _, mask, advantages = _batch(seed=2)
     log_ratio = torch.zeros(mask.shape)

@@ -132,6 +132,16 @@ def test_tokens_outside_the_loss_mask_are_listed_and_marked(tmp_path, log_tokens
     assert [token.get('in_loss', True) for token in line['tokens']] == [True, False, True, True]
 
 
+def test_output_directory_is_created_and_logging_steps_default_to_every_step(tmp_path, log_tokens):
+    log_tokens(1)
+    trainer = make_trainer(tmp_path / 'new' / 'run')  # ms-swift may not have created it yet
+    del trainer.args.logging_steps  # an args object without it: every step is a logging step
+    for step in (0, 1):
+        trainer.state.global_step = step
+        call_46(trainer, make_batch())
+    assert [line['step'] for line in read_lines(tmp_path / 'new' / 'run')] == [1, 2]
+
+
 def test_ms_swift_43_layout_and_per_token_advantages(tmp_path, log_tokens):
     log_tokens(1)
     data = make_batch()
