@@ -66,11 +66,12 @@ else:
 
 
 # --- skips ------------------------------------------------------------------------------------------------
-# A skip must mean "this kind of machine cannot run the test". Such reasons start with one of these words;
+# A skip must mean "this kind of machine cannot run the test" (no GPU, no CUDA, no Transformer Engine, no
+# vLLM; or running as root, which permission faults cannot be made for). Such reasons start with these words;
 # with SWIFT_FIPO_STRICT_SKIPS=1 (set by the ms-swift CI suites) any other skip reason fails the run, so a failed
 # import or a missing dependency cannot hide as a skip. SWIFT_FIPO_ALLOWED_SKIPS, a regular expression,
 # admits further reasons for a suite whose environment leaves something out on purpose.
-MACHINE_KIND_SKIP = re.compile(r'^no (GPU|CUDA|Transformer Engine|vLLM)\b')
+MACHINE_KIND_SKIP = re.compile(r'^(no (GPU|CUDA|Transformer Engine|vLLM)|running as root)\b')
 STRICT_SKIPS_ENV = 'SWIFT_FIPO_STRICT_SKIPS'
 ALLOWED_SKIPS_ENV = 'SWIFT_FIPO_ALLOWED_SKIPS'
 NOT_INSTALLED = 'not in this environment'

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 import swift_fipo
 from swift_fipo.integrations.contract import installed_version
 
@@ -150,14 +152,14 @@ FAULTS = ['directory named like the file', 'fifo', 'symlink loop', 'output is a 
 @pytest.mark.parametrize('command', ['plot', 'inspect'])
 @pytest.mark.parametrize('kind', FAULTS)
 def test_viewers_in_a_faulty_file_system_fail_with_one_line(tmp_path: Path, command: str, kind: str):
-    pytest.importorskip('matplotlib')
+    need('matplotlib')
     result = swift_fipo_command(command, *fault(tmp_path, kind), timeout=120)
     assert_clean_failure(result, command)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f'swift-fipo {command}: error: ')
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads files whatever their mode')
+@pytest.mark.skipif(os.geteuid() == 0, reason='running as root: root reads files whatever their mode')
 @pytest.mark.parametrize('command, name', [('plot', 'logging.jsonl'), ('inspect', 'fipo_tokens.jsonl')])
 def test_viewers_on_an_unreadable_file(tmp_path: Path, command: str, name: str):
     root = run_dir(tmp_path)
@@ -178,7 +180,7 @@ def test_plot_without_matplotlib_names_the_fix(tmp_path: Path):
 @pytest.mark.parametrize('given, written', [('chart', 'chart.png'), ('chart.png', 'chart.png'),
                                             ('chart.svg', 'chart.svg'), ('chart.v2', 'chart.v2.png')])
 def test_plot_reports_the_file_it_actually_wrote(tmp_path: Path, given: str, written: str):
-    pytest.importorskip('matplotlib')
+    need('matplotlib')
     from swift_fipo import cli
     root = run_dir(tmp_path)
     result = swift_fipo_command('plot', str(root), '-o', str(tmp_path / given), timeout=120)
@@ -189,7 +191,7 @@ def test_plot_reports_the_file_it_actually_wrote(tmp_path: Path, given: str, wri
 
 
 def test_odd_file_names_are_reported_on_one_line(tmp_path: Path):
-    pytest.importorskip('matplotlib')
+    need('matplotlib')
     odd = tmp_path / 'new\nline' / 'run'
     odd.mkdir(parents=True)
     (odd / 'logging.jsonl').write_text(LOGGING_ROW)

@@ -2,6 +2,8 @@ import math
 
 import pytest
 
+from conftest import need
+
 from swift_fipo import FIPOConfig
 
 
@@ -68,7 +70,7 @@ def test_huge_ints_are_a_value_error_naming_the_field_not_an_overflow():
 
 
 def test_numpy_and_tensor_scalars_are_numbers_and_stored_as_floats():
-    numpy = pytest.importorskip('numpy')
+    numpy = need('numpy')
     import torch
     config = FIPOConfig(decay_rate=numpy.float32(16.0), clip_range=torch.tensor(0.25), safety_threshold=numpy.int64(3),
                         delta=numpy.array(5.0), clip_high_only=numpy.bool_(False), sequence_drop=torch.tensor(True))
@@ -80,7 +82,7 @@ def test_numpy_and_tensor_scalars_are_numbers_and_stored_as_floats():
 
 @pytest.mark.parametrize('value', [True, 'numpy-bool', 'tensor-1d', 'complex', 'list'])
 def test_non_numbers_are_refused_even_when_they_convert(value):
-    numpy = pytest.importorskip('numpy')
+    numpy = need('numpy')
     import torch
     given = {'numpy-bool': numpy.bool_(True), 'tensor-1d': torch.tensor([16.0]), 'complex': 16 + 0j,
              'list': [16.0]}.get(value, value)

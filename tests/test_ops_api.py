@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 
+from conftest import need
+
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.ops.future_kl import discounted_future_sum
 from swift_fipo.ops.influence import FIPOStats
@@ -111,7 +113,7 @@ def test_future_sum_refuses_bad_arguments(arguments, message):
 
 
 def test_future_sum_takes_numpy_and_tensor_gammas():
-    numpy = pytest.importorskip('numpy')
+    numpy = need('numpy')
     values = torch.randn(2, 7)
     expected = discounted_future_sum(values, 0.75)
     assert torch.equal(discounted_future_sum(values, numpy.float32(0.75)), expected)

@@ -19,7 +19,9 @@ from typing import Any, Optional
 import pytest
 import torch
 
-hypothesis = pytest.importorskip('hypothesis')
+from conftest import need
+
+hypothesis = need('hypothesis')
 from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -227,7 +229,7 @@ def test_influence_invariants_on_hostile_inputs(inputs: dict[str, Any], config: 
 
 
 def _numpy_scalars(value: float) -> list[Any]:
-    numpy = pytest.importorskip('numpy')
+    numpy = need('numpy')
     return [numpy.float32(value), numpy.float64(value), numpy.array(value)]
 
 
