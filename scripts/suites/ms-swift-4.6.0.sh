@@ -7,4 +7,6 @@ cd "$ROOT"
 bash scripts/setup.sh 4.6.0 "$ROOT/.venv"
 export SWIFT_FIPO_STRICT_SKIPS=1
 "$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/test_integrations_trl.py
-"$ROOT/.venv/bin/python" -m pytest tests/test_integrations_trl.py -q -p no:cacheprovider
+# TRL's option grid skips the options the TRL that ms-swift pins (0.29.1) does not have.
+SWIFT_FIPO_ALLOWED_SKIPS='^trl [0-9.]+ has no ' "$ROOT/.venv/bin/python" -m pytest tests/test_integrations_trl.py -q \
+    -p no:cacheprovider
