@@ -9,21 +9,18 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="${1:-4.6.0}"
 venv="${2:-$root/.venv}"
 extra=("${@:3}")
-constraints="$root/scripts/constraints-cpu.txt"
 
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+source "$root/scripts/install.sh"
 marker="$venv/.swift-fipo-deps-$version"
 [ "${#extra[@]}" -eq 0 ] || marker="$marker$(printf -- '-%s' "${extra[@]}" | tr -c 'A-Za-z0-9.-' '_')"
 if [ ! -f "$marker" ]; then
-    "${pip[@]}" install -c "$constraints" torch==2.13.0
+    install_torch "$venv"
     # ms-swift imports msgspec without declaring it; deepspeed: the CPU ZeRO-2 test (tests/test_cli_multiprocess.py).
-    "${pip[@]}" install -c "$constraints" "ms-swift==$version" msgspec 'pytest>=8' deepspeed "${extra[@]}"
+    install_requirements "$venv" "ms-swift==$version" msgspec 'pytest>=8' deepspeed "${extra[@]}"
     touch "$marker"
 fi
 # hypothesis: the property and fuzz tests (tests/test_properties.py, tests/test_viz_fuzz.py); checked apart
 # from the marker so that venvs made before it was needed get it too.
-"$venv/bin/python" -c 'import hypothesis' 2>/dev/null || "${pip[@]}" install -c "$constraints" 'hypothesis>=6'
-# --force-reinstall --no-deps: always the current source, never a stale wheel; dependencies untouched.
-"${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
+"$venv/bin/python" -c 'import hypothesis' 2>/dev/null || install_requirements "$venv" 'hypothesis>=6'
+install_swift_fipo "$venv"
 echo "ready: $venv (ms-swift $version, $("$venv/bin/python" -c 'import swift_fipo; print("swift-fipo", swift_fipo.__version__)'))"

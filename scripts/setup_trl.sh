@@ -9,17 +9,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="${1:?usage: setup_trl.sh TRL_VERSION VENV_DIR [EXTRA_REQUIREMENT ...]}"
 venv="${2:?usage: setup_trl.sh TRL_VERSION VENV_DIR [EXTRA_REQUIREMENT ...]}"
 shift 2
-constraints="$root/scripts/constraints-cpu.txt"
 
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+source "$root/scripts/install.sh"
 marker="$venv/.swift-fipo-trl-deps-$version"
 if [ ! -f "$marker" ]; then
-    "${pip[@]}" install -c "$constraints" torch==2.13.0
-    "${pip[@]}" install -c "$constraints" "trl==$version" "$@" 'pytest>=8'
+    install_torch "$venv"
+    install_requirements "$venv" "trl==$version" "$@" 'pytest>=8'
     touch "$marker"
 fi
-"${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
+install_swift_fipo "$venv"
 if "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("swift") is None)'; then
     echo "$venv has ms-swift installed; this environment must not" >&2
     exit 1

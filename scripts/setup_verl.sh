@@ -8,16 +8,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="$1"
 venv="$2"
 shift 2
-constraints="$root/scripts/constraints-cpu.txt"
 
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+source "$root/scripts/install.sh"
 if [ ! -f "$venv/.swift-fipo-deps-verl-$version" ]; then
-    "${pip[@]}" install -c "$constraints" torch==2.13.0
-    "${pip[@]}" install -c "$constraints" "verl==$version" 'pytest>=8' "$@"
+    install_torch "$venv"
+    install_requirements "$venv" "verl==$version" 'pytest>=8' "$@"
     touch "$venv/.swift-fipo-deps-verl-$version"
 fi
 # Non-editable, as users get it: its .pth activation must run in every fresh interpreter (Ray workers).
 # --no-deps: its one dependency, torch, is already there (pinned to the CPU build).
-"${pip[@]}" install -c "$constraints" --no-deps --force-reinstall "$root"
+install_swift_fipo "$venv"
 echo "ready: $venv (verl $version)"

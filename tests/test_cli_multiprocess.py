@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,14 @@ adapter_module.compute_fipo_influence = loss_module.compute_fipo_influence = _re
 '''
 
 
-def run_two_ranks(tiny_run_dir: Path, work: Path, mode: str, port: int, *flags: str
+def free_port() -> int:
+    """A port nothing listens on now: CI runs several suites at once, so fixed torchrun ports collide."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def run_two_ranks(tiny_run_dir: Path, work: Path, mode: str, *flags: str
                   ) -> tuple[subprocess.CompletedProcess, list[dict], list[list[dict]]]:
     """Run the recipe in MODE (ddp|zero2) with extra FLAGS; return the result, logged steps and each rank's
     recorded calls."""
@@ -66,7 +74,7 @@ def run_two_ranks(tiny_run_dir: Path, work: Path, mode: str, port: int, *flags: 
     recorder.write_text(RECORDER)
     env = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
     env.update(PATH=f'{Path(sys.executable).parent}{os.pathsep}{env.get("PATH", "")}', MODE=mode,
-               MASTER_PORT=str(port), FIPO_RECORD_DIR=str(records))
+               MASTER_PORT=str(free_port()), FIPO_RECORD_DIR=str(records))
     result = subprocess.run(['bash', str(RECIPE), str(work), '--external_plugins', str(REWARD), str(recorder), *flags],
                             capture_output=True, text=True, cwd=work, env=env, timeout=900, check=False)
     logs = sorted(work.glob('output/*/logging.jsonl'))
@@ -135,13 +143,13 @@ def check_aggregated_over_ranks(result, rows, ranks, extremes_disagree: bool = F
 
 def test_two_processes_fipo_metrics_are_finite_and_averaged_over_ranks(tiny_run_dir, tmp_path):
     # Unclipped weights (--fipo_clip_range 0), so the ranks' minima and maxima differ.
-    check_aggregated_over_ranks(*run_two_ranks(tiny_run_dir, tmp_path / 'ddp', 'ddp', 29571, '--fipo_clip_range', '0'),
+    check_aggregated_over_ranks(*run_two_ranks(tiny_run_dir, tmp_path / 'ddp', 'ddp', '--fipo_clip_range', '0'),
                                 extremes_disagree=True)
 
 
 def test_deepspeed_zero2_fipo_metrics_are_finite_and_averaged_over_ranks(tiny_run_dir, tmp_path):
     need('deepspeed')  # CI installs it (scripts/setup.sh): a broken install fails here
-    result, rows, ranks = run_two_ranks(tiny_run_dir, tmp_path / 'zero2', 'zero2', 29572)
+    result, rows, ranks = run_two_ranks(tiny_run_dir, tmp_path / 'zero2', 'zero2')
     assert 'zero_optimization' in result.stdout + result.stderr and "'stage': 2" in result.stdout + result.stderr, \
         _tail(result)
     check_aggregated_over_ranks(result, rows, ranks)
