@@ -129,10 +129,12 @@ def check_aggregated_over_ranks(result, rows, ranks, extremes_disagree: bool = F
         assert row['fipo/future_kl_mean'] == 0 and row['fipo/influence_weight_mean'] == 1, row
     for step in (1, 3):
         assert rows[step]['fipo/future_kl_mean'] != 0, rows[step]
-        # exp(Future-KL) moves off 1; the high-only clip keeps weights at 1 where Future-KL is negative.
+        # exp(Future-KL) moves off 1; the high-only clip keeps weights at 1 where Future-KL is negative,
+        # so the weights themselves are only sure to move in the unclipped run.
         assert any(calls[step]['raw_weight_mean'] != 1 for calls in ranks), ranks
-        assert any(calls[step]['influence_weight_max'] > 1 or calls[step]['influence_weight_min'] < 1
-                   for calls in ranks), ranks  # the weights moved off 1
+        if extremes_disagree:
+            assert any(calls[step]['influence_weight_max'] > 1 or calls[step]['influence_weight_min'] < 1
+                       for calls in ranks), ranks
     # The two ranks trained on different completions (data parallel, not a duplicated batch).
     assert any(ranks[0][step]['tokens'] != ranks[1][step]['tokens'] or
                ranks[0][step]['future_kl_mean'] != ranks[1][step]['future_kl_mean'] for step in (1, 3))
