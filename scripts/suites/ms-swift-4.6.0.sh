@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$ROOT"
 bash scripts/setup.sh 4.6.0 "$ROOT/.venv"
 export SWIFT_FIPO_STRICT_SKIPS=1
-"$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/test_integrations_trl.py
+# Not collected here, as they cannot apply to a line with native FIPO and TRL >= 0.26 (run by the suites of
+# the lines they are for): the legacy hook (3.11 - 4.2.1) and the refusal where no rollout is reused (4.0/4.1).
+not_for_this_line=(--ignore=tests/test_integrations_ms_swift_legacy.py
+                   --deselect tests/test_cli_swift.py::test_fipo_is_refused_where_no_rollout_is_reused)
+"$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/test_integrations_trl.py \
+    "${not_for_this_line[@]}"
 # TRL's option grid skips the options the TRL that ms-swift pins (0.29.1) does not have.
 SWIFT_FIPO_ALLOWED_SKIPS='^trl [0-9.]+ has no ' "$ROOT/.venv/bin/python" -m pytest tests/test_integrations_trl.py -q \
     -p no:cacheprovider
