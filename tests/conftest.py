@@ -65,23 +65,40 @@ else:
     settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 
-# --- skips ------------------------------------------------------------------------------------------------
+# --- skips, and tests that do not apply here -------------------------------------------------------------
 # A skip must mean "this kind of machine cannot run the test" (no GPU, no CUDA, no Transformer Engine, no
 # vLLM; or running as root, which permission faults cannot be made for). Such reasons start with these words;
-# with SWIFT_FIPO_STRICT_SKIPS=1 (set by the ms-swift CI suites) any other skip reason fails the run, so a failed
-# import or a missing dependency cannot hide as a skip. SWIFT_FIPO_ALLOWED_SKIPS, a regular expression,
-# admits further reasons for a suite whose environment leaves something out on purpose.
+# with SWIFT_FIPO_STRICT_SKIPS=1 (set for every CI suite by scripts/test.sh) any other skip reason fails the
+# run, so a failed import or a missing dependency cannot hide as a skip.
+#
+# A test written for another host release (an ms-swift line without native FIPO, an option this TRL lacks,
+# a file for a host this environment does not install) is not skipped: it is left out of the run where it is
+# collected and listed by reason at the end ("not run here"). Its condition is read from installed versions
+# and files, never from a failed import, so it cannot hide a broken install either:
+#   pytestmark = only_where(condition, reason)   a test, a class, a module, or pytest.param(..., marks=...)
+#   not_applicable_here(reason)                  at module level, before imports that only exist elsewhere
+#   need('module', 'distribution')               at module level: the file is left out without the distribution
 MACHINE_KIND_SKIP = re.compile(r'^(no (GPU|CUDA|Transformer Engine|vLLM)|running as root)\b')
 STRICT_SKIPS_ENV = 'SWIFT_FIPO_STRICT_SKIPS'
-ALLOWED_SKIPS_ENV = 'SWIFT_FIPO_ALLOWED_SKIPS'
 NOT_INSTALLED = 'not in this environment'
-_NOT_COLLECTED = pytest.StashKey[list]()  # (file name, missing distribution) of files left out
+_NOT_APPLICABLE_PREFIX = 'does not apply here: '
+_NOT_RUN = pytest.StashKey[collections.Counter]()  # reason -> tests (or files) left out
+
+
+def only_where(condition: bool, reason: str) -> pytest.MarkDecorator:
+    """Run the marked tests only where CONDITION holds; elsewhere leave them out, listed under REASON."""
+    return pytest.mark.only_where(bool(condition), reason=reason)
+
+
+def not_applicable_here(reason: str) -> None:
+    """At a test module's top level: this file is for another host release; leave it out, listed under REASON."""
+    pytest.skip(_NOT_APPLICABLE_PREFIX + reason, allow_module_level=True)
 
 
 def need(module: str, distribution: Optional[str] = None) -> ModuleType:
     """Import a test dependency. Where its distribution is installed the import is plain, so a broken
     install fails the run; only where the environment lacks the distribution altogether (a suite for
-    another host) is the test skipped."""
+    another host) is the test skipped (at module level: the file is left out, see pytest_ignore_collect)."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -114,6 +131,10 @@ def _installed(distribution: str) -> bool:
     return True
 
 
+def _not_run(config: pytest.Config, reason: str, count: int = 1) -> None:
+    config.stash.setdefault(_NOT_RUN, collections.Counter())[reason] += count
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
     """A test file that needs, at module level, a distribution this environment does not have at all is
     not collected (a suite for another host), rather than reported as skipped."""
@@ -124,9 +145,36 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optio
         return None
     asked = [Path(arg.split('::')[0]).resolve() for arg in config.args] or [Path(config.rootpath)]
     if any(collection_path == path or path in collection_path.parents for path in asked):
-        config.stash.setdefault(_NOT_COLLECTED, []).append((collection_path.name, missing[0]))
+        _not_run(config, f'{collection_path.name}: {missing[0]} is not installed in this environment')
     return True
 
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A module that called ``not_applicable_here`` is collected as empty, its reason listed, not skipped."""
+    outcome = yield
+    report = outcome.get_result()
+    longrepr = report.longrepr
+    if report.skipped and isinstance(collector, pytest.Module) and isinstance(longrepr, tuple) \
+            and str(longrepr[2]).removeprefix('Skipped: ').startswith(_NOT_APPLICABLE_PREFIX):
+        reason = str(longrepr[2]).removeprefix('Skipped: ').removeprefix(_NOT_APPLICABLE_PREFIX)
+        _not_run(collector.config, f'{collector.path.name}: {reason}')
+        outcome.force_result(pytest.CollectReport(report.nodeid, 'passed', None, []))
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k, so that only tests they kept are listed as not run here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, left_out = [], []
+    for item in items:
+        unmet = [mark for mark in item.iter_markers('only_where') if not mark.args[0]]
+        if unmet:
+            left_out.append(item)
+            _not_run(config, unmet[0].kwargs['reason'])
+        else:
+            kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 def ms_swift_version() -> tuple[int, ...]:
@@ -142,9 +190,7 @@ def _skip_reason(report: pytest.TestReport) -> str:
 def _disallowed(reasons: list[str]) -> list[str]:
     if os.environ.get(STRICT_SKIPS_ENV, '').strip().lower() not in ('1', 'true', 'yes', 'on'):
         return []
-    extra = os.environ.get(ALLOWED_SKIPS_ENV)
-    return sorted({reason for reason in reasons if not MACHINE_KIND_SKIP.match(reason)
-                   and not (extra and re.search(extra, reason))})
+    return sorted({reason for reason in reasons if not MACHINE_KIND_SKIP.match(reason)})
 
 
 def _skip_reasons(config: pytest.Config) -> list[str]:
@@ -159,14 +205,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    not_collected = config.stash.get(_NOT_COLLECTED, [])
-    if not_collected:
-        by_distribution = collections.defaultdict(list)
-        for name, distribution in not_collected:
-            by_distribution[distribution].append(name)
-        terminalreporter.section('not collected: not installed in this environment')
-        for distribution, names in sorted(by_distribution.items()):
-            terminalreporter.line(f'{distribution}: {", ".join(sorted(names))}')
+    not_run = config.stash.get(_NOT_RUN, collections.Counter())
+    if not_run:
+        terminalreporter.section('not run here: written for another environment')
+        for reason, count in sorted(not_run.items(), key=lambda item: (-item[1], item[0])):
+            terminalreporter.line(f'{count:4d}  {reason}')
     reasons = _skip_reasons(config)
     if not reasons:
         return
@@ -176,7 +219,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     disallowed = _disallowed(reasons)
     if disallowed:
         terminalreporter.line(f'FAILED ({STRICT_SKIPS_ENV}=1): skips for reasons other than the machine kind '
-                              f'(a reason must match {MACHINE_KIND_SKIP.pattern!r}'
-                              f'{" or " + ALLOWED_SKIPS_ENV if os.environ.get(ALLOWED_SKIPS_ENV) else ""}):', red=True)
+                              f'(a reason must match {MACHINE_KIND_SKIP.pattern!r}):', red=True)
         for reason in disallowed:
             terminalreporter.line(f'      {reason}', red=True)

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need
+from conftest import need, not_applicable_here
 from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
 
 need('swift', 'ms-swift')
 if not native_fipo_installed():
-    pytest.skip('this ms-swift predates native FIPO (4.2.2), which the benchmark compares against',
-                allow_module_level=True)
+    not_applicable_here('this ms-swift predates native FIPO (4.2.2), which the benchmark compares against')
 need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')  # the benchmark compares against ms-swift's native method
 need('matplotlib')
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ms_swift_version, need
-from swift_fipo.integrations.ms_swift_layout import module_path, rollout_reuse_broken
+from conftest import REPO, ms_swift_version, need, only_where
+from swift_fipo.integrations.ms_swift_layout import module_path, native_fipo_installed, rollout_reuse_broken
 
 pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]
 need('swift', 'ms-swift')
@@ -24,7 +24,7 @@ PIPELINE_MODULE = module_path('swift.pipelines.base')
 TUNER_FLAG = '--train_type' if TRAINER_MODULE.startswith('swift.trainers.') else '--tuner_type'
 # ms-swift 4.0/4.1 with TRL >= 0.26 never reuse a rollout; the plugin then refuses fipo at start-up.
 REUSE_BROKEN = rollout_reuse_broken()
-trains_fipo = pytest.mark.skipif(REUSE_BROKEN is not None, reason=f'fipo is refused here: {REUSE_BROKEN}')
+trains_fipo = only_where(REUSE_BROKEN is None, f'fipo is refused here: {REUSE_BROKEN}')
 
 
 def trainer_class() -> type:
@@ -123,10 +123,9 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
 
 
 @trains_fipo
+@only_where(native_fipo_installed(), 'without native FIPO the --fipo_* flags of the example are the plugin\'s own, and '
+            '--external_plugins loads only after ms-swift has parsed (and rejected) them')
 def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path):
-    if not hasattr(trainer_class(), '_compute_fipo_influence'):
-        pytest.skip('without native FIPO the --fipo_* flags of the example are the plugin\'s own, and '
-                    '--external_plugins loads only after ms-swift has parsed (and rejected) them')
     plugin = subprocess.run([str(Path(sys.executable).parent / 'swift-fipo'), 'plugin-path'], capture_output=True,
                             text=True, check=True).stdout.strip()
     reward = str(REPO / 'examples' / 'tiny' / 'reward.py')
@@ -210,7 +209,7 @@ def test_lora_run_applies_fipo(tiny_run_dir, tmp_path):
     assert any(row['fipo/future_kl_mean'] != 0 for row in rows[1::2]), rows
 
 
-@pytest.mark.skipif(REUSE_BROKEN is None, reason='this ms-swift and TRL reuse rollouts')
+@only_where(REUSE_BROKEN is not None, 'this ms-swift and TRL reuse rollouts (the refusal is for ms-swift 4.0/4.1 with TRL >= 0.26)')
 def test_fipo_is_refused_where_no_rollout_is_reused(tiny_run_dir, tmp_path):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'refused')
     assert result.returncode != 0 and rows == []

@@ -28,7 +28,7 @@ import pytest
 
 from swift_fipo.integrations import ms_swift_cli as cli
 
-from conftest import REPO, need
+from conftest import REPO, need, not_applicable_here
 
 pytestmark = [pytest.mark.ms_swift]
 need('swift', 'ms-swift')
@@ -36,8 +36,8 @@ need('swift', 'ms-swift')
 from swift_fipo.integrations import ms_swift_layout  # noqa: E402
 
 if not ms_swift_layout.native_fipo_installed():
-    pytest.skip('the GPU recipes are written for ms-swift >= 4.2.2 (their flags, e.g. --tuner_type and the native '
-                '--fipo_* flags); this ms-swift predates it', allow_module_level=True)
+    not_applicable_here('the GPU recipes are written for ms-swift >= 4.2.2 (their flags, e.g. --tuner_type and the '
+                        'native --fipo_* flags); this ms-swift predates it')
 
 EXAMPLES = REPO / 'examples'
 # Run for real by the CLI tests rather than dry-run here.

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import ms_swift_version, need
+from conftest import ms_swift_version, need, not_applicable_here, only_where
 from swift_fipo.integrations.contract import is_patch
 
 pytestmark = [pytest.mark.ms_swift]
@@ -42,8 +42,8 @@ need('swift', 'ms-swift')
 from swift_fipo.integrations import ms_swift_layout  # noqa: E402
 
 if 'def _compute_fipo_influence' not in ms_swift_layout.trainer_source(megatron=True):
-    pytest.skip("this ms-swift's Megatron GRPO trainer predates native FIPO (4.2.2): megatron rlhf --loss_type "
-                'fipo is refused at start-up (tests/test_integrations_ms_swift_cli.py)', allow_module_level=True)
+    not_applicable_here("this ms-swift's Megatron GRPO trainer predates native FIPO (4.2.2): megatron rlhf "
+                        '--loss_type fipo is refused at start-up (tests/test_integrations_ms_swift_cli.py)')
 
 from swift_fipo.integrations import ms_swift as integration  # noqa: E402
 
@@ -146,12 +146,11 @@ def test_megatron_teacher_mixin_uses_an_attribute_the_teacher_wrapper_understand
     assert {'_has_teacher_explicit', '_has_teacher', '_is_dynamic_self_distillation'} <= assigned
 
 
+@only_where(RAY_GRPO_LOSS_FILE.is_file(), 'this ms-swift has no Ray Megatron GRPO loss (swift/ray/megatron/loss/grpo.py)')
 def test_ray_megatron_loss_reuses_the_megatron_trainer_class():
     """The Ray pipeline's GRPO loss instantiates MegatronGRPOTrainer (``__new__``) and calls its methods, so
     patching that class covers Ray workers; the Ray driver class (``swift.ray.megatron.grpo_trainer``) has
     no FIPO code and must not be patched (it would be refused as 'no hook')."""
-    if not RAY_GRPO_LOSS_FILE.is_file():
-        pytest.skip(f'this ms-swift has no Ray Megatron GRPO loss ({RAY_GRPO_LOSS_FILE} missing)')
     source = RAY_GRPO_LOSS_FILE.read_text()
     assert 'from swift.megatron.trainers.grpo_trainer import MegatronGRPOTrainer' in source
     create = _class_methods(RAY_GRPO_LOSS_FILE, 'GRPOLoss')['_create_dummy_trainer']

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import need, ms_swift_version
+from conftest import ms_swift_version, need, not_applicable_here
 from reference import brute_fipo, is_close, random_inputs
 from swift_fipo.integrations import ms_swift, ms_swift_cli
 from swift_fipo.integrations.contract import is_patch, original_of
@@ -18,8 +18,7 @@ from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
 pytestmark = pytest.mark.ms_swift
 need('swift', 'ms-swift')
 if not native_fipo_installed():  # 3.11 - 4.2.1: tests/test_integrations_ms_swift_legacy.py
-    pytest.skip('this ms-swift predates native FIPO (4.2.2): its trainer has no _compute_fipo_influence to adapt',
-                allow_module_level=True)
+    not_applicable_here('this ms-swift predates native FIPO (4.2.2): its trainer has no _compute_fipo_influence to adapt')
 grpo_trainer = need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')
 GRPOTrainer = grpo_trainer.GRPOTrainer
 

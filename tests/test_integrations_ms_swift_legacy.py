@@ -23,16 +23,17 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import need, not_applicable_here
 from reference import brute_fipo_weight, is_close, random_inputs
 from swift_fipo.integrations import ms_swift, ms_swift_layout, ms_swift_legacy
 from swift_fipo.integrations.contract import PatchSet
 
 pytestmark = pytest.mark.ms_swift
-pytest.importorskip('swift')
-trainer_module = pytest.importorskip(ms_swift_layout.module_path('swift.rlhf_trainers.grpo_trainer'))
+need('swift', 'ms-swift')
+trainer_module = need(ms_swift_layout.module_path('swift.rlhf_trainers.grpo_trainer'), 'ms-swift')
 GRPOTrainer = trainer_module.GRPOTrainer
 if hasattr(GRPOTrainer, '_compute_fipo_influence'):
-    pytest.skip('this ms-swift has native FIPO (tested by test_integrations_ms_swift.py)', allow_module_level=True)
+    not_applicable_here('this ms-swift has native FIPO (tested by test_integrations_ms_swift.py)')
 
 BATCH, LENGTH = 4, 12
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import need
+from conftest import need, only_where
 
 need('trl')
 
@@ -280,8 +280,12 @@ def test_constant_weights_scale_trl_loss(offpolicy: tuple[FIPOGRPOTrainer, dict[
 # rollouts cannot run here (no CUDA; the tiny model calls no tools), so their outputs are put into the batch
 # as TRL's generation would: vLLM's importance-sampling ratio ([B, T] in token modes, [B, 1] in sequence
 # modes, 0 where a *_mask mode drops) and a tool_mask with 0 on tool-output tokens.
+CONFIG_FIELDS = {field.name for field in dataclasses.fields(GRPOConfig)}
+# The options newer TRL releases added run only where this TRL's GRPOConfig has them.
 LOSS_OPTIONS = ['token', 'sequence', 'vllm_is_token', 'vllm_is_sequence', 'tool_mask', 'tool_mask_sequence', 'delta',
-                'beta', 'top_entropy_quantile', 'off_policy_mask_threshold', 'entropy_coef']
+                'beta', 'top_entropy_quantile'] + [
+    pytest.param(option, marks=only_where(option in CONFIG_FIELDS, f'trl {fipo_trl.trl_version()} has no {option}'))
+    for option in ('off_policy_mask_threshold', 'entropy_coef')]
 
 
 def set_loss_option(option: str, trainer: FIPOGRPOTrainer, inputs: dict[str, Any],
@@ -313,12 +317,8 @@ def set_loss_option(option: str, trainer: FIPOGRPOTrainer, inputs: dict[str, Any
     if option == 'top_entropy_quantile':
         monkeypatch.setattr(trainer, 'top_entropy_quantile', 0.5)
     if option == 'off_policy_mask_threshold':
-        if not hasattr(trainer, 'off_policy_mask_threshold'):
-            pytest.skip(f'trl {fipo_trl.trl_version()} has no off_policy_mask_threshold')
         monkeypatch.setattr(trainer, 'off_policy_mask_threshold', 0.02)
     if option == 'entropy_coef':  # an entropy bonus added after the policy term
-        if not hasattr(trainer, '_entropy_bonus_enabled'):
-            pytest.skip(f'trl {fipo_trl.trl_version()} has no entropy_coef')
         monkeypatch.setattr(trainer, 'entropy_coef', 0.05)
         monkeypatch.setattr(trainer, '_entropy_bonus_enabled', True)
     return batch
@@ -416,7 +416,7 @@ def test_every_loss_type_trl_offers_is_tested_or_refused(tmp_path: Path) -> None
             make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type, importance_sampling_level='sequence'))
 
 
-@pytest.mark.skipif('luspo' not in OFFERED_LOSS_TYPES, reason=f'trl {fipo_trl.trl_version()} has no luspo loss')
+@only_where('luspo' in OFFERED_LOSS_TYPES, f'trl {fipo_trl.trl_version()} has no luspo loss')
 def test_luspo_is_accepted_exactly_where_trl_keeps_padding_out_of_it(
         offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     trainer, inputs = offpolicy

@@ -5,6 +5,7 @@ missing or broken verl into a failure."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import need
+from conftest import need, only_where
 
 verl = need('verl')  # not collected without verl; where verl is installed, an import error fails
 
@@ -37,8 +38,7 @@ if VERL_07:
     from verl.utils import tensordict_utils as tu  # noqa: E402
     from verl.workers.utils.losses import ppo_loss  # noqa: E402
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
-needs_verl_07 = pytest.mark.skipif(not VERL_07,
-                                   reason='verl < 0.7: no ppo_loss, and validate_config runs in the TaskRunner')
+needs_verl_07 = only_where(VERL_07, 'verl < 0.7: no ppo_loss, and validate_config runs in the TaskRunner')
 
 from reference import authors_weight, brute_fipo_weight, random_inputs  # noqa: E402
 from swift_fipo import FIPOConfig, compute_fipo_influence  # noqa: E402
@@ -50,7 +50,12 @@ pytestmark = pytest.mark.verl
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / 'examples' / 'verl' / 'run_grpo_fipo.sh'
 VERL_CONFIG_DIR = str(Path(core_algos.__file__).resolve().parents[1] / 'config')
-AGG_MODES = ['token-mean', 'token-sum', 'seq-mean-token-sum', 'seq-mean-token-mean', 'seq-mean-token-sum-norm']
+# The aggregation modes verl's ActorConfig accepts, read from its source (token-sum arrived after 0.6.1).
+_ACTOR_CONFIG_SOURCE = Path(inspect.getsourcefile(ActorConfig)).read_text()
+AGG_MODES = [pytest.param(mode, marks=only_where(re.search(f'[\'"]{mode}[\'"]', _ACTOR_CONFIG_SOURCE) is not None,
+                                                 f'verl {verl.__version__} has no loss_agg_mode {mode}'))
+             for mode in ('token-mean', 'token-sum', 'seq-mean-token-sum', 'seq-mean-token-mean',
+                          'seq-mean-token-sum-norm')]
 
 
 def actor(loss_mode: str = 'fipo', fipo: dict | None = None, clip_ratio_c: float = 3.0,
@@ -167,13 +172,16 @@ def test_capability_check_refuses_a_registry_without_the_two_value_loss():
 # The loss
 
 
+def test_the_agg_mode_probe_finds_what_every_served_verl_accepts():
+    """The source probe above leaves a mode out where verl lacks it; it must never leave out them all."""
+    found = {param.values[0] for param in AGG_MODES if param.marks[0].args[0]}
+    assert {'token-mean', 'seq-mean-token-sum', 'seq-mean-token-mean', 'seq-mean-token-sum-norm'} <= found
+
+
 @pytest.mark.parametrize('agg', AGG_MODES)
 def test_first_pass_equals_vanilla_loss_and_gradient(agg):
     old, new, advantages, mask, is_weights = batch(seed=1, off_policy=False)
-    try:
-        fipo = actor('fipo', loss_agg_mode=agg)
-    except ValueError as error:  # token-sum arrived after 0.6.1
-        pytest.skip(f'verl {verl.__version__}: {error}')
+    fipo = actor('fipo', loss_agg_mode=agg)
     vanilla = actor('vanilla', loss_agg_mode=agg)
     for config in (fipo, vanilla):  # verl's global-batch normalisation, as its engines set it (0.7+)
         getattr(config, 'global_batch_info', {}).update(dp_size=2, batch_num_tokens=int(mask.sum()) * 2,

@@ -11,10 +11,11 @@ from typing import Optional
 import pytest
 import torch
 
-from conftest import need
+from conftest import need, only_where
 
 from reference import brute_fipo, brute_fipo_weight, is_close, random_inputs
 from swift_fipo import FIPOConfig, compute_fipo_influence
+from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
 
 CONFIGS = {
     'defaults': FIPOConfig(),
@@ -269,10 +270,6 @@ def test_rejects_mismatched_shapes():
 @pytest.fixture(scope='module')
 def native_fipo():
     """ms-swift's own GRPOTrainer._compute_fipo_influence, as shipped (never the plugin's adapter)."""
-    need('swift', 'ms-swift')
-    from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
-    if not native_fipo_installed():  # the legacy lines' parity: tests/test_integrations_ms_swift_legacy.py
-        pytest.skip('this ms-swift predates native FIPO (4.2.2): no native method to compare with')
     grpo_trainer = need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')
     from swift_fipo.integrations.ms_swift import native_fipo_influence
     method = native_fipo_influence(grpo_trainer.GRPOTrainer)
@@ -289,6 +286,8 @@ def _stand_in(config: FIPOConfig) -> SimpleNamespace:
 
 
 @pytest.mark.ms_swift
+@only_where(native_fipo_installed(), 'this ms-swift predates native FIPO (4.2.2), or none is installed: no native '
+            'method to compare with (the legacy lines: tests/test_integrations_ms_swift_legacy.py)')
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 @pytest.mark.parametrize('ratio_level', ['token', 'sequence'])
 @pytest.mark.parametrize('length', [1, 129, 300])

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
-hypothesis = pytest.importorskip('hypothesis')
-pytest.importorskip('matplotlib')
+from conftest import need  # noqa: E402
+
+hypothesis = need('hypothesis')
+need('matplotlib')
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

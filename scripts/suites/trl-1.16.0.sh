@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$ROOT"
 venv="$ROOT/.venv-trl-1.16.0"
-bash scripts/setup_trl.sh 1.16.0 "$venv"
+# matplotlib, pillow, hypothesis: the plots, the inspector and the fuzz tests run here too.
+bash scripts/setup_trl.sh 1.16.0 "$venv" matplotlib pillow 'hypothesis>=6'
 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider -m 'not ms_swift'
