@@ -4,6 +4,9 @@ metric reductions and revertible patches."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -161,3 +164,33 @@ def test_settings_and_patch_records_are_immutable():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, field, getattr(record, field))
     assert hash(FIPOConfig(delta=2.0)) == hash(FIPOConfig(delta=2.0))
+
+
+# --- process exit ------------------------------------------------------------------------------------
+
+_EXIT_PROBE = textwrap.dedent('''
+    import atexit, sys, torch, torch.distributed as dist
+    from swift_fipo.integrations import contract
+    # Registered first, so it runs last (atexit is last in, first out): what is left after ours ran.
+    atexit.register(lambda: print('alive at exit:', dist.is_initialized(), flush=True))
+    dist.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0, world_size=1)
+    dist.all_reduce(torch.ones(3))
+    for _ in range(int(sys.argv[2])):  # a host may ask more than once
+        contract.release_gloo_group_at_exit()
+''')
+
+
+@pytest.mark.parametrize('requests', [0, 1, 2])
+def test_a_live_gloo_group_is_destroyed_at_exit_once_asked(tmp_path, requests):
+    result = subprocess.run([sys.executable, '-c', _EXIT_PROBE, str(tmp_path / 'store'), str(requests)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f'alive at exit: {requests == 0}'
+    assert 'could not destroy' not in result.stderr
+
+
+def test_releasing_at_exit_without_a_group_does_nothing():
+    result = subprocess.run([sys.executable, '-c', 'from swift_fipo.integrations import contract; '
+                             'contract.release_gloo_group_at_exit(); import torch.distributed'],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]

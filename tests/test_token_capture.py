@@ -105,6 +105,38 @@ def test_ms_swift_46_layout_writes_tokens_with_their_values(tmp_path, log_tokens
     assert len(lines[0]['tokens']) == 4 and any(token['weight'] != 1 for line in lines for token in line['tokens'])
 
 
+def test_the_ms_swift_loss_hook_captures_the_calls_fipo_ran_in_and_no_other(tmp_path, log_tokens):
+    """Through the plugin's wrapper of ``_compute_loss_and_metrics``: a loss call in which the FIPO adapter ran
+    is captured with that call's own weights; a call of another loss type (no adapter call) is not."""
+    from swift_fipo.integrations import ms_swift
+    log_tokens(3)
+    data = make_batch()
+    log_ratio = 0.3 * torch.randn(data['completion_mask'].shape, generator=torch.Generator().manual_seed(7))
+
+    def loss_call(trainer, model, model_inputs, grpo_batch, runs_fipo):
+        if runs_fipo:  # as ms-swift's loss calls its _compute_fipo_influence
+            weight, _ = ms_swift.fipo_influence_adapter(trainer, log_ratio, log_ratio.exp(), grpo_batch.advantages,
+                                                        grpo_batch.completion_mask)
+            return weight.sum(), {}
+        return torch.tensor(0.0), {}
+
+    hooked = ms_swift._with_extra_metrics(loss_call)
+    batch = SimpleNamespace(completion_mask=data['completion_mask'], advantages=data['advantages'])
+    trainer = make_trainer(tmp_path)
+    hooked(trainer, torch.nn.Linear(1, 1), {'input_ids': data['input_ids']}, batch, runs_fipo=False)
+    assert read_lines(tmp_path) == []
+    hooked(trainer, torch.nn.Linear(1, 1), {'input_ids': data['input_ids']}, batch, runs_fipo=True)
+    lines = read_lines(tmp_path)
+    expected, _ = compute_fipo_influence(log_ratio, data['completion_mask'], data['advantages'], FIPOConfig())
+    assert [line['index'] for line in lines] == [0, 1, 2]
+    for row, line in enumerate(lines):
+        positions = data['completion_mask'][row].nonzero().flatten().tolist()
+        assert [token['weight'] for token in line['tokens']] == pytest.approx(expected[row, positions].tolist(),
+                                                                             rel=1e-5, abs=1e-6)
+    hooked(trainer, torch.nn.Linear(1, 1), {'input_ids': data['input_ids']}, batch, runs_fipo=False)
+    assert read_lines(tmp_path) == lines and not trainer._swift_fipo_token_capture.disabled
+
+
 def test_safety_flag_marks_exactly_the_tokens_the_rule_fired_on(tmp_path, log_tokens):
     log_tokens(3)
     data = make_batch(config=FIPOConfig(safety_threshold=1.0))  # row 1 (advantage < 0): ratio > 1 fires

@@ -6,6 +6,7 @@ needs from swift-fipo besides the maths, written once.
   its trainer, attached to the trainer's arguments object (``attach_settings`` / ``settings_of``);
 - refusals and warnings: ``liger_refusal``, ``on_policy_reason``, ``warn`` (rank 0, once per message);
 - versions: ``installed_version``;
+- process exit: ``release_gloo_group_at_exit`` (for hosts that leave a gloo process group alive at exit);
 - metrics: ``METRIC_REDUCTIONS`` (how each ``FIPOStats.summary`` key combines across ranks and
   gradient-accumulation chunks) and ``combine_metric``;
 - reweighting: ``reweight_advantages`` and ``apply_fipo`` (re-exported from ``ops.loss``);
@@ -18,10 +19,12 @@ parsed); only ``combine_metric`` and the reweighting functions need it, and load
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.metadata
 import math
 import os
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Optional
 
@@ -32,8 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     'FIPOWarning', 'METRIC_REDUCTIONS', 'Patch', 'PatchSet', 'RunSettings', 'apply_fipo', 'attach_settings',
-    'combine_metric', 'config_error', 'installed_version', 'liger_refusal', 'on_policy_reason', 'resolve_config',
-    'reweight_advantages', 'settings_of', 'warn'
+    'combine_metric', 'config_error', 'installed_version', 'liger_refusal', 'on_policy_reason',
+    'release_gloo_group_at_exit', 'resolve_config', 'reweight_advantages', 'settings_of', 'warn'
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,6 +134,31 @@ def warn(message: str, stacklevel: int = 2) -> None:
     if not any(entry[2] is FIPOWarning for entry in warnings.filters):
         warnings.filterwarnings('default', category=FIPOWarning)
     warnings.warn(f'[swift-fipo] WARNING: {message}', FIPOWarning, stacklevel=stacklevel + 1)
+
+
+def release_gloo_group_at_exit() -> None:
+    """Destroy the default process group at interpreter exit if it is a gloo group still alive then.
+
+    A process that exits with a live gloo group aborts now and then (SIGABRT, "terminate called without an
+    active exception") after its work is done: gloo's worker threads may still hold tensors while the
+    interpreter is torn down (pytorch/pytorch#190489). ``swift rlhf`` leaves its group alive, and FIPO's
+    metric gathers make it more frequent on CPU runs. atexit handlers run while the interpreter is still whole. Only gloo: destroying an NCCL group is collective
+    and can hang where another rank failed. Registered once per process, however often a host asks.
+    """
+    atexit.unregister(_destroy_live_gloo_group)
+    atexit.register(_destroy_live_gloo_group)
+
+
+def _destroy_live_gloo_group() -> None:
+    distributed = sys.modules.get('torch.distributed')
+    try:
+        if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+            return
+        if distributed.get_backend() == 'gloo':
+            distributed.destroy_process_group()
+    except Exception as error:  # noqa: BLE001 - the process is exiting; report, never raise
+        print(f'[swift-fipo] could not destroy the gloo process group at exit ({type(error).__name__}: {error})',
+              file=sys.stderr)
 
 
 def installed_version(distribution: str) -> Optional[str]:
