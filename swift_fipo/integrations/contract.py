@@ -6,7 +6,7 @@ needs from swift-fipo besides the maths, written once.
   its trainer, attached to the trainer's arguments object (``attach_settings`` / ``settings_of``);
 - refusals and warnings: ``liger_refusal``, ``on_policy_reason``, ``warn`` (rank 0, once per message);
 - versions: ``installed_version``;
-- process exit: ``release_gloo_group_at_exit`` (for hosts that leave a gloo process group alive at exit);
+- process exit: ``settle_gloo_workers_at_exit`` (gloo worker threads finish before the interpreter goes);
 - metrics: ``METRIC_REDUCTIONS`` (how each ``FIPOStats.summary`` key combines across ranks and
   gradient-accumulation chunks) and ``combine_metric``;
 - reweighting: ``reweight_advantages`` and ``apply_fipo`` (re-exported from ``ops.loss``);
@@ -25,6 +25,7 @@ import importlib.metadata
 import math
 import os
 import sys
+import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Optional
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     'FIPOWarning', 'METRIC_REDUCTIONS', 'Patch', 'PatchSet', 'RunSettings', 'apply_fipo', 'attach_settings',
     'combine_metric', 'config_error', 'installed_version', 'liger_refusal', 'on_policy_reason',
-    'release_gloo_group_at_exit', 'resolve_config', 'reweight_advantages', 'settings_of', 'warn'
+    'resolve_config', 'reweight_advantages', 'settings_of', 'settle_gloo_workers_at_exit', 'warn'
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,29 +137,34 @@ def warn(message: str, stacklevel: int = 2) -> None:
     warnings.warn(f'[swift-fipo] WARNING: {message}', FIPOWarning, stacklevel=stacklevel + 1)
 
 
-def release_gloo_group_at_exit() -> None:
-    """Destroy the default process group at interpreter exit if it is a gloo group still alive then.
+# Seconds a process with a gloo group holds back its exit (see settle_gloo_workers_at_exit).
+GLOO_EXIT_GRACE_S = 0.5
 
-    A process that exits with a live gloo group aborts now and then (SIGABRT, "terminate called without an
-    active exception") after its work is done: gloo's worker threads may still hold tensors while the
-    interpreter is torn down (pytorch/pytorch#190489). ``swift rlhf`` leaves its group alive, and FIPO's
-    metric gathers make it more frequent on CPU runs. atexit handlers run while the interpreter is still whole. Only gloo: destroying an NCCL group is collective
-    and can hang where another rank failed. Registered once per process, however often a host asks.
+
+def settle_gloo_workers_at_exit() -> None:
+    """At interpreter exit, give gloo's worker threads time to finish before the interpreter is torn down.
+
+    After a gloo collective completes, its worker thread still drops the tensors it held, which needs the
+    GIL. If that thread is scheduled late (a busy CPU) and the main thread has begun finalizing, taking the
+    GIL ends the thread inside a destructor: SIGABRT, "terminate called without an active exception", after
+    all work is done (seen in two-process CPU runs of ``swift rlhf``; pytorch/pytorch#190489). Destroying
+    the group does not help: gloo's threads live while anything references the group. So in a process whose
+    default group uses gloo, an atexit handler sleeps GLOO_EXIT_GRACE_S, releasing the GIL and a core to
+    those threads. It narrows the race; it cannot close it from outside torch. Registered once per process.
     """
-    atexit.unregister(_destroy_live_gloo_group)
-    atexit.register(_destroy_live_gloo_group)
+    atexit.unregister(_settle_gloo_workers)
+    atexit.register(_settle_gloo_workers)
 
 
-def _destroy_live_gloo_group() -> None:
+def _settle_gloo_workers() -> None:
     distributed = sys.modules.get('torch.distributed')
     try:
         if distributed is None or not distributed.is_available() or not distributed.is_initialized():
             return
-        if distributed.get_backend() == 'gloo':
-            distributed.destroy_process_group()
+        if 'gloo' in str(distributed.get_backend_config()):  # 'gloo', 'cpu:gloo,cuda:nccl', ...
+            time.sleep(GLOO_EXIT_GRACE_S)
     except Exception as error:  # noqa: BLE001 - the process is exiting; report, never raise
-        print(f'[swift-fipo] could not destroy the gloo process group at exit ({type(error).__name__}: {error})',
-              file=sys.stderr)
+        print(f'[swift-fipo] could not wait for gloo at exit ({type(error).__name__}: {error})', file=sys.stderr)
 
 
 def installed_version(distribution: str) -> Optional[str]:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
 from swift_fipo.integrations.contract import (RunSettings, attach_settings, installed_version, liger_refusal,
-                                              on_policy_reason, release_gloo_group_at_exit, resolve_config, warn)
+                                              on_policy_reason, resolve_config, settle_gloo_workers_at_exit, warn)
 
 HOST = 'swift-fipo'
 PIPELINE_MODULE = 'swift.pipelines.base'
@@ -285,7 +285,7 @@ def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
             for arguments in (parsed, getattr(parsed, 'training_args', None)):
                 if arguments is not None:
                     attach_settings(arguments, settings)
-            release_gloo_group_at_exit()  # ms-swift leaves it alive; see the function
+            settle_gloo_workers_at_exit()  # CPU runs: see the function
         elif command_line.explicit or command_line.preset != 'swift' or command_line.log_tokens:
             warn(f'--fipo_* flags are ignored: --loss_type is {getattr(parsed, "loss_type", None)!r}, not fipo.')
         return parsed
