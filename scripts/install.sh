@@ -6,6 +6,9 @@
 #                                 instead of copies: seconds where pip takes minutes), with torch pinned by
 #                                 scripts/constraints-cpu.txt so the CPU build stays
 #   install_swift_fipo VENV       this package, non-editable and without dependencies, as users get it
+#   prepare_venv VENV REQUIREMENT...
+#                                 install_torch, then install_requirements, once per VENV and set of
+#                                 REQUIREMENTs (a marker file in VENV names them: a changed set installs again)
 # uv itself lives in .venv-uv at the repository root, made once (under a lock: suites run in parallel).
 install_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 install_constraints="$install_root/scripts/constraints-cpu.txt"
@@ -36,4 +39,16 @@ install_requirements() {
 install_swift_fipo() {
     # --reinstall: always the current source, never a stale build; dependencies untouched.
     _uv pip install --quiet --python "$1/bin/python" --no-deps --reinstall "$install_root"
+}
+
+prepare_venv() {
+    local venv="$1"
+    shift
+    local marker
+    marker="$venv/.swift-fipo-deps$(printf -- '-%s' "$@" | tr -c 'A-Za-z0-9.-' '_')"
+    if [ ! -f "$marker" ]; then
+        install_torch "$venv"
+        install_requirements "$venv" "$@"
+        touch "$marker"
+    fi
 }

@@ -11,14 +11,8 @@ venv="${2:-$root/.venv}"
 extra=("${@:3}")
 
 source "$root/scripts/install.sh"
-marker="$venv/.swift-fipo-deps-$version"
-[ "${#extra[@]}" -eq 0 ] || marker="$marker$(printf -- '-%s' "${extra[@]}" | tr -c 'A-Za-z0-9.-' '_')"
-if [ ! -f "$marker" ]; then
-    install_torch "$venv"
-    # ms-swift imports msgspec without declaring it; deepspeed: the CPU ZeRO-2 test (tests/test_cli_multiprocess.py).
-    install_requirements "$venv" "ms-swift==$version" msgspec 'pytest>=8' deepspeed "${extra[@]}"
-    touch "$marker"
-fi
+# ms-swift imports msgspec without declaring it; deepspeed: the CPU ZeRO-2 test (tests/test_cli_multiprocess.py).
+prepare_venv "$venv" "ms-swift==$version" msgspec 'pytest>=8' deepspeed "${extra[@]}"
 # hypothesis: the property and fuzz tests (tests/test_properties.py, tests/test_viz_fuzz.py); checked apart
 # from the marker so that venvs made before it was needed get it too.
 "$venv/bin/python" -c 'import hypothesis' 2>/dev/null || install_requirements "$venv" 'hypothesis>=6'

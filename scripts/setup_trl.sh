@@ -11,12 +11,7 @@ venv="${2:?usage: setup_trl.sh TRL_VERSION VENV_DIR [EXTRA_REQUIREMENT ...]}"
 shift 2
 
 source "$root/scripts/install.sh"
-marker="$venv/.swift-fipo-trl-deps-$version"
-if [ ! -f "$marker" ]; then
-    install_torch "$venv"
-    install_requirements "$venv" "trl==$version" "$@" 'pytest>=8'
-    touch "$marker"
-fi
+prepare_venv "$venv" "trl==$version" "$@" 'pytest>=8'
 install_swift_fipo "$venv"
 if "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("swift") is None)'; then
     echo "$venv has ms-swift installed; this environment must not" >&2

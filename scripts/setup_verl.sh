@@ -5,16 +5,12 @@
 # Extra requirements pin what an old verl release forgets to (0.6.1 imports names transformers 5 removed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-version="$1"
-venv="$2"
+version="${1:?usage: setup_verl.sh VERL_VERSION VENV_DIR [EXTRA_REQUIREMENT ...]}"
+venv="${2:?usage: setup_verl.sh VERL_VERSION VENV_DIR [EXTRA_REQUIREMENT ...]}"
 shift 2
 
 source "$root/scripts/install.sh"
-if [ ! -f "$venv/.swift-fipo-deps-verl-$version" ]; then
-    install_torch "$venv"
-    install_requirements "$venv" "verl==$version" 'pytest>=8' "$@"
-    touch "$venv/.swift-fipo-deps-verl-$version"
-fi
+prepare_venv "$venv" "verl==$version" 'pytest>=8' "$@"
 # Non-editable, as users get it: its .pth activation must run in every fresh interpreter (Ray workers).
 # --no-deps: its one dependency, torch, is already there (pinned to the CPU build).
 install_swift_fipo "$venv"
