@@ -131,8 +131,8 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-def _not_run(config: pytest.Config, reason: str, count: int = 1) -> None:
-    config.stash.setdefault(_NOT_RUN, collections.Counter())[reason] += count
+def _not_run(config: pytest.Config, reason: str) -> None:
+    config.stash.setdefault(_NOT_RUN, collections.Counter())[reason] += 1
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
@@ -154,11 +154,11 @@ def pytest_make_collect_report(collector: pytest.Collector):
     """A module that called ``not_applicable_here`` is collected as empty, its reason listed, not skipped."""
     outcome = yield
     report = outcome.get_result()
-    longrepr = report.longrepr
-    if report.skipped and isinstance(collector, pytest.Module) and isinstance(longrepr, tuple) \
-            and str(longrepr[2]).removeprefix('Skipped: ').startswith(_NOT_APPLICABLE_PREFIX):
-        reason = str(longrepr[2]).removeprefix('Skipped: ').removeprefix(_NOT_APPLICABLE_PREFIX)
-        _not_run(collector.config, f'{collector.path.name}: {reason}')
+    if not (report.skipped and isinstance(collector, pytest.Module)):
+        return
+    message = _skip_reason(report)
+    if message.startswith(_NOT_APPLICABLE_PREFIX):
+        _not_run(collector.config, f'{collector.path.name}: {message.removeprefix(_NOT_APPLICABLE_PREFIX)}')
         outcome.force_result(pytest.CollectReport(report.nodeid, 'passed', None, []))
 
 
@@ -182,7 +182,7 @@ def ms_swift_version() -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r'\d+', importlib.metadata.version('ms-swift'))[:3])
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     return ' '.join(reason.removeprefix('Skipped: ').split())  # one line each, for the CI summary
 
@@ -204,18 +204,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    not_run = config.stash.get(_NOT_RUN, collections.Counter())
-    if not_run:
-        terminalreporter.section('not run here: written for another environment')
-        for reason, count in sorted(not_run.items(), key=lambda item: (-item[1], item[0])):
+def _count_section(terminalreporter, title: str, counts: collections.Counter) -> None:
+    """A summary section of reasons, most frequent first (scripts/test.sh gathers these lines by title)."""
+    if counts:
+        terminalreporter.section(title)
+        for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
             terminalreporter.line(f'{count:4d}  {reason}')
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    _count_section(terminalreporter, 'not run here: written for another environment',
+                   config.stash.get(_NOT_RUN, collections.Counter()))
     reasons = _skip_reasons(config)
     if not reasons:
         return
-    terminalreporter.section('skips by reason')
-    for reason, count in sorted(collections.Counter(reasons).items(), key=lambda item: (-item[1], item[0])):
-        terminalreporter.line(f'{count:4d}  {reason}')
+    _count_section(terminalreporter, 'skips by reason', collections.Counter(reasons))
     disallowed = _disallowed(reasons)
     if disallowed:
         terminalreporter.line(f'FAILED ({STRICT_SKIPS_ENV}=1): skips for reasons other than the machine kind '
