@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -63,6 +64,35 @@ def test_combine_metric_across_disagreeing_ranks(key, expected):
     # Ranks disagree, one has no such tokens (NaN): min, max and mean over the others.
     assert contract.combine_metric(key, torch.tensor([0.5, 3.0, math.nan])) == expected
     assert math.isnan(contract.combine_metric(key, torch.tensor([math.nan, math.nan])))
+
+
+def test_combine_over_ranks_gathers_one_row_and_reduces_each_key_its_way():
+    other_rank = torch.tensor([[3.0, 0.5, math.nan]])
+    rows = []
+
+    def gather(row: torch.Tensor) -> torch.Tensor:  # a two-rank all-gather, as accelerate returns it
+        rows.append(row)
+        return torch.cat([row, other_rank])
+
+    summary = {'future_kl_mean': torch.tensor(1.0), 'influence_weight_min': torch.tensor(2.0),
+               'influence_weight_max': torch.tensor(4.0)}
+    combined = contract.combine_over_ranks(summary, gather, torch.device('cpu'))
+    assert combined == {'future_kl_mean': 2.0, 'influence_weight_min': 0.5, 'influence_weight_max': 4.0}
+    assert len(rows) == 1 and rows[0].shape == (1, 3)
+
+
+def test_combine_over_ranks_gathers_the_row_on_the_given_device():
+    seen = []
+
+    def gather(row: torch.Tensor) -> torch.Tensor:  # rank 0's row, then rank 1's: the values it would gather
+        seen.append(row.device)
+        return torch.tensor([[1.0, 2.0], [3.0, 0.5]])
+
+    summary = {'future_kl_mean': torch.tensor(1.0), 'influence_weight_min': torch.tensor(2.0)}
+    assert contract.combine_over_ranks(summary, gather, torch.device('meta')) == {'future_kl_mean': 2.0,
+                                                                                   'influence_weight_min': 0.5}
+    contract.combine_over_ranks(summary, gather)
+    assert seen == [torch.device('meta'), torch.device('cpu')]
 
 
 def test_warn_is_silent_off_rank_zero(monkeypatch, recwarn):
@@ -199,3 +229,34 @@ def test_a_process_with_a_gloo_group_holds_its_exit_back_once(tmp_path, requests
 def test_without_a_gloo_group_or_the_request_the_exit_is_not_held_back(tmp_path):
     assert _held_back(tmp_path, 'gloo', 0) < contract.GLOO_EXIT_GRACE_S
     assert _held_back(tmp_path, 'none', 1) < contract.GLOO_EXIT_GRACE_S
+
+
+def _fake_distributed(backend_config: str, initialized: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(is_available=lambda: True, is_initialized=lambda: initialized,
+                           get_backend_config=lambda: backend_config)
+
+
+@pytest.mark.parametrize('distributed, waits', [
+    (_fake_distributed('cpu:gloo,cuda:nccl'), True), (_fake_distributed('gloo'), True),
+    (_fake_distributed('cuda:nccl'), False), (_fake_distributed('gloo', initialized=False), False), (None, False)])
+def test_the_exit_handler_waits_only_where_a_gloo_group_is_alive(monkeypatch, capsys, distributed, waits):
+    if distributed is None:  # torch.distributed never imported
+        monkeypatch.delitem(sys.modules, 'torch.distributed', raising=False)
+    else:
+        monkeypatch.setitem(sys.modules, 'torch.distributed', distributed)
+    slept = []
+    monkeypatch.setattr(contract.time, 'sleep', slept.append)
+    contract._settle_gloo_workers()
+    assert slept == ([contract.GLOO_EXIT_GRACE_S] if waits else [])
+    assert capsys.readouterr().err == ''
+
+
+def test_the_exit_handler_reports_a_failure_and_does_not_raise(monkeypatch, capsys):
+    def broken() -> str:
+        raise RuntimeError('no backend')
+
+    distributed = _fake_distributed('gloo')
+    distributed.get_backend_config = broken
+    monkeypatch.setitem(sys.modules, 'torch.distributed', distributed)
+    contract._settle_gloo_workers()
+    assert capsys.readouterr().err == '[swift-fipo] could not wait for gloo at exit (RuntimeError: no backend)\n'

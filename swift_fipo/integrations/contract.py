@@ -8,13 +8,13 @@ needs from swift-fipo besides the maths, written once.
 - versions: ``installed_version``;
 - process exit: ``settle_gloo_workers_at_exit`` (gloo worker threads finish before the interpreter goes);
 - metrics: ``METRIC_REDUCTIONS`` (how each ``FIPOStats.summary`` key combines across ranks and
-  gradient-accumulation chunks) and ``combine_metric``;
+  gradient-accumulation chunks), ``combine_metric`` and ``combine_over_ranks``;
 - reweighting: ``reweight_advantages`` and ``apply_fipo`` (re-exported from ``ops.loss``);
 - patches: ``Patch`` / ``PatchSet``, declared by a host in one list, applied by its ``install()`` and
   reverted exactly by its ``uninstall()``.
 
 Importing this module imports no torch (hosts validate while their command line is still being
-parsed); only ``combine_metric`` and the reweighting functions need it, and load it when called.
+parsed); only the metric and reweighting functions need it, and load it when called.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     'FIPOWarning', 'METRIC_REDUCTIONS', 'Patch', 'PatchSet', 'RunSettings', 'apply_fipo', 'attach_settings',
-    'combine_metric', 'config_error', 'installed_version', 'liger_refusal', 'on_policy_reason',
+    'combine_metric', 'combine_over_ranks', 'config_error', 'installed_version', 'liger_refusal', 'on_policy_reason',
     'resolve_config', 'reweight_advantages', 'settings_of', 'settle_gloo_workers_at_exit', 'warn'
 ]
 
@@ -207,6 +207,18 @@ def combine_metric(key: str, values: 'torch.Tensor') -> float:
         return math.nan
     how = METRIC_REDUCTIONS[key]
     return float(finite.min() if how == 'min' else finite.max() if how == 'max' else finite.mean())
+
+
+def combine_over_ranks(summary: Mapping[str, 'torch.Tensor'], gather: Callable[['torch.Tensor'], 'torch.Tensor'],
+                       device: Optional['torch.device'] = None) -> dict[str, float]:
+    """Combine this rank's ``FIPOStats.summary`` values with every other rank's, each key as
+    ``METRIC_REDUCTIONS`` says, in one collective: ``gather`` (e.g. an accelerate ``Accelerator.gather``)
+    takes this rank's ``[1, n]`` row and returns the ``[world, n]`` rows; ``device``, where the row must be."""
+    import torch
+    keys = list(summary)
+    row = torch.stack([summary[key] for key in keys]).reshape(1, -1)
+    gathered = gather(row if device is None else row.to(device)).reshape(-1, len(keys)).float().cpu()
+    return {key: combine_metric(key, gathered[:, column]) for column, key in enumerate(keys)}
 
 
 # ---------------------------------------------------------------------------------------------------

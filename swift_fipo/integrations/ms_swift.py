@@ -25,7 +25,7 @@ import torch
 
 from swift_fipo.integrations import ms_swift_layout, ms_swift_legacy
 from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, RunSettings, attach_settings,
-                                              combine_metric, is_patch, original_of, settings_of)
+                                              combine_metric, combine_over_ranks, is_patch, original_of, settings_of)
 from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, config_from_arguments,
                                                   unsupported_message, with_fipo_flags)
 from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
@@ -100,10 +100,7 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
         fipo_metrics = result[-1].get('fipo')
         if isinstance(fipo_metrics, dict):
             summary = {key: value for key, value in stats.summary.items() if key not in _NATIVE_METRICS}
-            # One gather for all summaries: [world, n] after gathering a [1, n] row per rank.
-            gathered = self.accelerator.gather_for_metrics(torch.stack(list(summary.values())).reshape(1, -1))
-            for column, key in enumerate(summary):
-                fipo_metrics[key] = combine_metric(key, gathered[:, column])
+            fipo_metrics.update(combine_over_ranks(summary, self.accelerator.gather_for_metrics))
         return result
 
     return compute_loss_and_metrics_with_fipo

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils._pytree import tree_map
 
-from swift_fipo.integrations.contract import Patch, combine_metric, is_patch, reweight_advantages
+from swift_fipo.integrations.contract import Patch, combine_over_ranks, is_patch, reweight_advantages
 from swift_fipo.integrations.ms_swift_layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
 from swift_fipo.ops.influence import FIPOStats
 
@@ -152,12 +152,9 @@ def reweight_batch(trainer: Any, batch: _Batch, per_token_logps: torch.Tensor) -
 def log_metrics(trainer: Any, stats: FIPOStats) -> None:
     """Append this loss call's ``fipo/*`` summaries (reduced over ranks) to the trainer's metrics."""
     mode = 'train' if trainer.model.training else 'eval'
-    summary = stats.summary
-    keys = list(summary)
-    local = torch.stack([summary[key] for key in keys]).reshape(1, -1).to(trainer.accelerator.device)
-    gathered = trainer.accelerator.gather(local).reshape(-1, len(keys)).float().cpu()
-    for column, key in enumerate(keys):
-        trainer._metrics[mode][f'fipo/{key}'].append(combine_metric(key, gathered[:, column]))
+    combined = combine_over_ranks(stats.summary, trainer.accelerator.gather, trainer.accelerator.device)
+    for key, value in combined.items():
+        trainer._metrics[mode][f'fipo/{key}'].append(value)
 
 
 def serve_fipo(trainer: Any) -> None:

@@ -26,7 +26,7 @@ import torch
 from trl import GRPOTrainer
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import (combine_metric, installed_version, liger_refusal, on_policy_reason,
+from swift_fipo.integrations.contract import (combine_over_ranks, installed_version, liger_refusal, on_policy_reason,
                                               reweight_advantages, warn)
 from swift_fipo.ops.influence import FIPOStats
 
@@ -257,10 +257,6 @@ class FIPOGRPOTrainer(GRPOTrainer):
 
     def _log_fipo_metrics(self, stats: FIPOStats) -> None:
         mode = 'train' if self.model.training else 'eval'
-        summary = stats.summary
-        keys = list(summary)
-        local = torch.stack([summary[key] for key in keys]).to(self.accelerator.device)
         # One gather and one device sync for all the metrics of this micro-batch.
-        gathered = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(keys)).float().cpu()
-        for index, key in enumerate(keys):
-            self._metrics[mode][METRIC_PREFIX + key].append(combine_metric(key, gathered[:, index]))
+        for key, value in combine_over_ranks(stats.summary, self.accelerator.gather, self.accelerator.device).items():
+            self._metrics[mode][METRIC_PREFIX + key].append(value)
