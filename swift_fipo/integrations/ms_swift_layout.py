@@ -21,10 +21,10 @@ MODULES_3X = {
 }
 
 
-def _swift_root() -> Optional[Path]:
-    """The installed ``swift`` package's directory, found without importing it."""
+def _package_root(name: str) -> Optional[Path]:
+    """An installed top-level package's directory (``swift``, ``trl``), found without importing it."""
     try:
-        spec = importlib.util.find_spec('swift')
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
     return Path(spec.origin).parent if spec is not None and spec.origin else None
@@ -33,7 +33,7 @@ def _swift_root() -> Optional[Path]:
 def module_path(name: str) -> str:
     """``name`` if this ms-swift has that file, else its 3.x location (when there is one). Looked up on
     disk: importing ``swift`` to ask can fail, and doctor must then still name the module."""
-    root = _swift_root()
+    root = _package_root('swift')
     if name not in MODULES_3X or root is None:
         return name
 
@@ -52,7 +52,7 @@ _TRAINER_FILES = {False: (('rlhf_trainers', 'grpo_trainer.py'), ('trainers', 'rl
 def trainer_source(megatron: bool, swift_root: Optional[Path] = None) -> str:
     """The installed GRPO trainer module's source, read without importing it ('' if absent):
     importing ``swift.megatron`` has side effects, and 4.1/4.2 trainers import vLLM."""
-    swift_root = swift_root or _swift_root() or Path('/nonexistent')
+    swift_root = swift_root or _package_root('swift') or Path('/nonexistent')
     for parts in _TRAINER_FILES[megatron]:
         try:
             return swift_root.joinpath(*parts).read_text()
@@ -97,9 +97,7 @@ def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[P
     so a new rollout is generated at every step and none is trained on twice: every run is on-policy
     and FIPO (which only acts off-policy) would be DAPO.
     """
-    if trl_root is None:
-        spec = importlib.util.find_spec('trl')
-        trl_root = Path(spec.origin).parent if spec is not None and spec.origin else Path('/nonexistent')
+    trl_root = trl_root or _package_root('trl') or Path('/nonexistent')
     try:
         trl_source = (trl_root / 'trainer' / 'grpo_trainer.py').read_text()
     except OSError:
