@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from swift_fipo.config import real_number
+from swift_fipo.ops.precision import autocast_off
 
 DEFAULT_BLOCK_SIZE = 32
 # Sequences (or block-head sequences) up to this length take one matmul against a dense decay matrix:
@@ -74,7 +75,7 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
     Integer, bool and complex tensors are refused (a decay matrix in their dtype would round every
     gamma**k to 0 or 1). Values should be finite: a NaN or inf can turn outputs anywhere in its row
     into NaN (the zero entries of the decay matrix multiply it); checking would cost a pass.
-    The result has the dtype of ``values``. Not differentiable by design: callers run it under
+    The result has the dtype of ``values``, also under ``torch.autocast``. Not differentiable by design: callers run it under
     ``torch.no_grad``.
     """
     if not isinstance(values, torch.Tensor):
@@ -89,7 +90,8 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
     number = real_number(gamma)
     if number is None or not 0.0 <= number <= 1.0:
         raise ValueError(f'gamma must be a number in [0, 1]; got {gamma!r}.')
-    return _future_sum(values, number, block_size)
+    with autocast_off(values.device):  # else autocast would run the matmuls in bf16/fp16
+        return _future_sum(values, number, block_size)
 
 
 def _future_sum(values: torch.Tensor, gamma: float, block_size: int) -> torch.Tensor:

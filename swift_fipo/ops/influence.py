@@ -15,6 +15,7 @@ import torch
 
 from swift_fipo.config import FIPOConfig
 from swift_fipo.ops.future_kl import discounted_future_sum
+from swift_fipo.ops.precision import autocast_off
 
 # Stand-in for +-inf log-ratios: large enough that exp() of any sum involving it saturates, small
 # enough that sums of up to ~1e8 of them stay finite in float32.
@@ -163,6 +164,16 @@ def fipo_influence(log_ratio: torch.Tensor,
                    ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, FIPOStats]:
     """``compute_fipo_influence`` whose returned weight IS ``stats.weight`` (saves a copy): for
     callers in this package that only read it, e.g. to build a new tensor from it."""
+    device = log_ratio.device if isinstance(log_ratio, torch.Tensor) else None
+    with autocast_off(device):
+        return _fipo_influence(log_ratio, completion_mask, advantages, config, ratio)
+
+
+def _fipo_influence(log_ratio: torch.Tensor,
+                    completion_mask: torch.Tensor,
+                    advantages: torch.Tensor,
+                    config: Optional[FIPOConfig],
+                    ratio: Optional[torch.Tensor]) -> tuple[torch.Tensor, FIPOStats]:
     config = _check_config(config)
     _check_tensor(log_ratio, 'log_ratio', 'a [B, T] floating-point', floating=True)
     if log_ratio.dim() != 2:
