@@ -274,3 +274,17 @@ def test_every_config_value_is_refused_by_name_or_computes_finite_weights(overri
     weight, stats = compute_fipo_influence(inputs['log_ratio'], inputs['mask'], inputs['advantages'], config,
                                            ratio=inputs['ratio'])
     check_invariants(weight, stats, inputs['mask'], config)
+
+
+@given(inputs=batches(moderate=False), config=valid_configs(moderate=False),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16]))
+def test_autocast_never_changes_a_weight(inputs: dict[str, Any], config: FIPOConfig, dtype: torch.dtype) -> None:
+    """Under CPU autocast (bf16, fp16), over the whole hostile input space: the same weights and
+    Future-KL as without it, bit for bit (the guard leaves the float32 maths untouched)."""
+    args = (inputs['log_ratio'], inputs['mask'], inputs['advantages'], config)
+    expected, expected_stats = compute_fipo_influence(*args, ratio=inputs['ratio'])
+    with torch.autocast('cpu', dtype=dtype):
+        weight, stats = compute_fipo_influence(*args, ratio=inputs['ratio'])
+    assert torch.isfinite(weight).all()
+    assert torch.equal(weight, expected)
+    assert torch.equal(stats.future_kl, expected_stats.future_kl)
