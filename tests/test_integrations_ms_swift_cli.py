@@ -109,6 +109,8 @@ def test_ambiguous_prefixes_are_left_to_ms_swift():
     (['--fipo_weight_cap', 'ten'], '--fipo_weight_cap must be a number or None'),
     (['--fipo_filter_threshold'], '--fipo_filter_threshold needs a value'),
     (['--fipo_log_tokens', '-1'], '--fipo_log_tokens must be an integer >= 0'),
+    (['--fipo_log_tokens', '\u00b3'], '--fipo_log_tokens must be an integer >= 0'),  # superscript 3: isdigit()
+    (['--fipo_log_tokens', '\u0663'], '--fipo_log_tokens must be an integer >= 0'),  # Arabic-Indic 3
 ])
 def test_malformed_flags_are_named(argv, message):
     with pytest.raises(ValueError, match=message):

@@ -143,7 +143,8 @@ def split_argv(argv: Sequence[str], swift_fields: set[str]) -> CommandLine:
         else:
             raise ValueError(f'{HOST}: --{name} needs a value.')
         if name == LOG_TOKENS_FLAG:
-            if not text.strip().isdigit():
+            digits = text.strip()
+            if not (digits.isascii() and digits.isdigit()):  # '³'.isdigit() is True, int('³') raises
                 raise ValueError(f'{HOST}: --{LOG_TOKENS_FLAG} must be an integer >= 0; got {text!r}.')
             log_tokens = int(text)
         elif name == PRESET_FLAG:
