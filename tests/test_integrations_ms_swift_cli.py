@@ -158,7 +158,8 @@ def _warnings_of(args) -> list[str]:
     (dict(num_iterations=1, steps_per_generation=4, gradient_accumulation_steps=4), 'FIPO is a no-op'),
     (dict(num_iterations=2), None),
     (dict(num_iterations=1, steps_per_generation=8, gradient_accumulation_steps=4), None),
-    (dict(importance_sampling_level='sequence'), '--importance_sampling_level sequence'),
+    (dict(importance_sampling_level='sequence'), '--importance_sampling_level sequence:'),
+    (dict(importance_sampling_level='sequence_token'), '--importance_sampling_level sequence_token:'),
 ])
 def test_warnings_once(values, expected, monkeypatch):
     monkeypatch.delenv('RANK', raising=False)

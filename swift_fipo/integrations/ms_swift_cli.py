@@ -225,8 +225,9 @@ def validate_run(args: Any, config: FIPOConfig) -> None:
                               getattr(args, 'gradient_accumulation_steps', None))
     if reason is not None:
         warn(reason)
-    if getattr(args, 'importance_sampling_level', 'token') == 'sequence':
-        warn('--importance_sampling_level sequence: the filter and the safety rule test one ratio per '
+    level = getattr(args, 'importance_sampling_level', 'token')
+    if level in ('sequence', 'sequence_token'):  # both hand the loss one ratio per response (coef_1)
+        warn(f'--importance_sampling_level {level}: the filter and the safety rule test one ratio per '
              'response, so they act on whole responses; Future-KL still uses per-token log-ratios.')
 
 
