@@ -88,6 +88,29 @@ def test_missing_capture_names_the_flag(tmp_path, capsys):
     assert 'no such file or directory' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('name', ['fipo_tokens.jsonl', 'logging.jsonl', 'args.json'])
+def test_the_page_never_overwrites_a_file_of_the_run(tmp_path, capsys, name):
+    path = write_tokens(tmp_path, records())
+    victim = path.parent / name
+    if not victim.exists():
+        victim.write_text('{"keep": true}\n')
+    before = victim.read_bytes()
+    assert cli.main(['inspect', str(tmp_path), '-o', str(victim)]) == 2
+    err = capsys.readouterr().err
+    assert "is one of the run's files" in err and str(victim) in err and len(err.splitlines()) == 1
+    assert victim.read_bytes() == before
+    # An earlier page may be replaced, and a new file written.
+    assert cli.main(['inspect', str(tmp_path), '-o', str(path.parent / 'fipo_tokens.html')]) == 0
+    assert cli.main(['inspect', str(tmp_path), '-o', str(tmp_path / 'page.html')]) == 0
+
+
+def test_a_failed_write_names_the_file(tmp_path, capsys):
+    write_tokens(tmp_path, records())
+    assert cli.main(['inspect', str(tmp_path), '-o', '/dev/full']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('swift-fipo inspect: error: /dev/full: cannot write the page') and len(err.splitlines()) == 1
+
+
 # --- a real browser --------------------------------------------------------------------------------
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')

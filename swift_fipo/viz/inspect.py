@@ -114,9 +114,24 @@ def inspect(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
     target = Path(output) if output is not None else path.with_suffix('.html')
     if target.is_dir():
         raise RunDirError(f'{target}: is a directory; -o needs a file name.')
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # errors='replace': a lone surrogate (a JSON "\\ud800" in a token, undecodable bytes in a directory
-    # name) has no UTF-8 form; it becomes U+FFFD rather than an exception.
-    target.write_text(render(records, f'FIPO tokens: {run_label(run_dir)}', str(path)), encoding='utf-8',
-                      errors='replace')
+    _refuse_a_run_file(target, path)
+    page = render(records, f'FIPO tokens: {run_label(run_dir)}', str(path))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # errors='replace': a lone surrogate (a JSON "\\ud800" in a token, undecodable bytes in a directory
+        # name) has no UTF-8 form; it becomes U+FFFD rather than an exception.
+        target.write_text(page, encoding='utf-8', errors='replace')
+    except OSError as error:  # some errors (ENOSPC on /dev/full) carry no file name of their own
+        raise RunDirError(f'{target}: cannot write the page: {error.strerror or error}.') from None
     return target
+
+
+def _refuse_a_run_file(target: Path, tokens_file: Path) -> None:
+    """An existing file of the run (the captured tokens, logging.jsonl, args.json, ...) is never
+    overwritten by the page: only a new file or an earlier page (.html) may be the output."""
+    if not target.is_file():
+        return
+    run_directory = tokens_file.parent.resolve()
+    resolved = target.resolve()
+    if resolved == tokens_file.resolve() or (run_directory in resolved.parents and resolved.suffix != '.html'):
+        raise RunDirError(f'{target}: is one of the run\'s files; -o needs a new file or an .html page.')
