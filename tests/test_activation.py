@@ -64,3 +64,15 @@ def test_watcher_ignores_unrelated_modules():
     watcher = activation.TrainerImportWatcher()
     assert watcher.find_spec('json', None) is None
     assert watcher.find_spec('swift.rlhf_trainers.not_a_trainer', None) is None
+
+
+def test_a_broken_swift_fipo_earlier_on_the_path_costs_one_line_not_a_traceback(tmp_path):
+    """Another ``swift_fipo`` (a stale checkout, a namesake) ahead of site-packages has no activation
+    module: the .pth line reports it in one line and the interpreter runs on."""
+    (tmp_path / 'swift_fipo').mkdir()
+    (tmp_path / 'swift_fipo' / '__init__.py').write_text('')
+    result = _python('print("still running")', PYTHONPATH=str(tmp_path))
+    assert result.returncode == 0 and result.stdout == 'still running\n'
+    assert 'Traceback' not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('[swift-fipo] not activated: ModuleNotFoundError'), result.stderr
