@@ -1,0 +1,135 @@
+"""Test-only: import ms-swift's real Megatron GRPO trainer and run megatron-core on a CPU machine.
+
+Nothing here is part of swift-fipo. It fakes only what cannot exist on a CPU machine:
+
+* Transformer Engine and triton (CUDA-only). mcore-bridge imports ``transformer_engine`` (and one kernel
+  file imports ``triton``) at module level, but a model built with megatron-core's *local* layer spec
+  never uses them. Stand-in modules sit in ``sys.modules`` only while mcore_bridge and the trainer module
+  import, then are removed; peft and megatron-core probe for TE first, so they record "no TE".
+  mcore-bridge assigns attributes on five TE classes that megatron-core leaves ``None`` without TE:
+  they get placeholder classes that refuse to be instantiated.
+* CUDA calls megatron-core makes on a CPU run: ``torch.cuda.current_device()`` in
+  ``RotaryEmbedding.get_emb`` and ``GlobalMemoryBuffer.get_tensor`` answers ``cpu`` there, and
+  ``CudaRNGStatesTracker.fork`` (needs a CUDA RNG state) is a no-op context (attention dropout is 0).
+  ``model_parallel_cuda_manual_seed`` is never called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.machinery
+import sys
+from types import ModuleType
+
+import torch
+
+TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
+_NONE_TE_CLASSES = ('TEActivationOp', 'TEColumnParallelGroupedLinear', 'TEFusedMLP', 'TEGroupedLinear',
+                    'TERowParallelGroupedLinear')
+
+
+class _StandIn(ModuleType):
+    """A module whose every attribute is another stand-in (classes and functions resolve lazily)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+        self.__path__ = []
+
+    def __getattr__(self, name: str):
+        if name.startswith('__'):
+            raise AttributeError(name)
+        child = _StandIn(f'{self.__name__}.{name}')
+        setattr(self, name, child)
+        return child
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f'{self.__name__} is a CPU test stand-in (Transformer Engine / triton need CUDA)')
+
+
+def _null_context(*args, **kwargs):
+    return contextlib.nullcontext()
+
+
+def _stand_ins() -> dict[str, ModuleType]:
+    te = _StandIn('transformer_engine')
+    pytorch = te.pytorch
+    pytorch.fp8_model_init = _null_context
+    pytorch.fp8_autocast = _null_context
+    modules = {'transformer_engine': te, 'transformer_engine.pytorch': pytorch,
+               'transformer_engine_torch': _StandIn('transformer_engine_torch')}
+    triton = _StandIn('triton')
+    triton.jit = lambda fn=None, **kwargs: fn if fn is not None else (lambda f: f)
+    triton.autotune = lambda *args, **kwargs: (lambda f: f)
+    triton.heuristics = lambda *args, **kwargs: (lambda f: f)
+    triton.Config = lambda *args, **kwargs: None
+    modules.update({'triton': triton, 'triton.language': triton.language})
+    return modules
+
+
+def _placeholder(name: str) -> type:
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(f'{name} needs Transformer Engine (CUDA): a CPU test placeholder')
+    return type(name, (torch.nn.Module,), {'__init__': refuse})
+
+
+def import_trainer_module() -> ModuleType:
+    """Import ``swift.megatron.trainers.grpo_trainer`` (the swift-fipo .pth hook patches it as it loads)."""
+    if TRAINER_MODULE in sys.modules:
+        return sys.modules[TRAINER_MODULE]
+    import peft  # noqa: F401  (records "no TE" before any stand-in exists)
+    import peft.import_utils  # noqa: F401
+    te_extension = importlib.import_module('megatron.core.extensions.transformer_engine')
+    for module in ('megatron.core.tensor_parallel.layers', 'megatron.core.tensor_parallel.random',
+                   'megatron.core.extensions.transformer_engine_spec_provider',
+                   'megatron.core.tensor_parallel.inference_layers'):
+        importlib.import_module(module)
+    for name in _NONE_TE_CLASSES:
+        if getattr(te_extension, name, None) is None:
+            setattr(te_extension, name, _placeholder(name))
+    stand_ins = _stand_ins()
+    assert not set(stand_ins) & set(sys.modules), 'a real Transformer Engine / triton is imported'
+    sys.modules.update(stand_ins)
+    try:
+        importlib.import_module('mcore_bridge')
+        module = importlib.import_module(TRAINER_MODULE)
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
+    return module
+
+
+@contextlib.contextmanager
+def cpu_megatron():
+    """megatron-core's CUDA calls answered for CPU, for the duration of the block."""
+    from megatron.core import utils as core_utils
+    from megatron.core.models.common.embeddings import rotary_pos_embedding
+    from megatron.core.tensor_parallel import random as core_random
+    saved = []
+
+    def replace(owner, name, value):
+        saved.append((owner, name, vars(owner)[name]))
+        setattr(owner, name, value)
+
+    def on_cpu(method):
+        @functools.wraps(method)
+        def run(*args, **kwargs):
+            original = torch.cuda.current_device
+            torch.cuda.current_device = lambda: 'cpu'
+            try:
+                return method(*args, **kwargs)
+            finally:
+                torch.cuda.current_device = original
+        return run
+
+    replace(rotary_pos_embedding.RotaryEmbedding, 'get_emb',
+            on_cpu(vars(rotary_pos_embedding.RotaryEmbedding)['get_emb']))
+    replace(core_utils.GlobalMemoryBuffer, 'get_tensor', on_cpu(vars(core_utils.GlobalMemoryBuffer)['get_tensor']))
+    replace(core_random.CudaRNGStatesTracker, 'fork', lambda self, *args, **kwargs: contextlib.nullcontext())
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
