@@ -75,8 +75,8 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
     Integer, bool and complex tensors are refused (a decay matrix in their dtype would round every
     gamma**k to 0 or 1). Values should be finite: a NaN or inf can turn outputs anywhere in its row
     into NaN (the zero entries of the decay matrix multiply it); checking would cost a pass.
-    The result has the dtype of ``values``, also under ``torch.autocast``. Not differentiable by design: callers run it under
-    ``torch.no_grad``.
+    The result has the dtype of ``values``, also under ``torch.autocast``. Not differentiable by
+    design: callers run it under ``torch.no_grad``.
     """
     if not isinstance(values, torch.Tensor):
         raise TypeError(f'values must be a floating-point torch.Tensor; got {type(values).__name__}.')
