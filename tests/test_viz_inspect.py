@@ -3,10 +3,12 @@ rendered by a real headless browser (Debian's chromium) into a screenshot that m
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,139 @@ def test_browser_renders_coloured_tokens_and_the_step_selector(tmp_path):
         shots[step] = coloured_pixels(shot)
     # Step 1 (every weight 1) shows only the legend's colours; step 2 adds coloured tokens of both kinds.
     assert shots[2][0] > shots[1][0] + 1500 and shots[2][1] > shots[1][1] + 500, shots
+
+
+# --- bidi controls and other format characters ----------------------------------------------------
+
+RLO, LRI, ZWJ, TAG = '\u202e', '\u2066', '\u200d', '\U000e0001'  # all Unicode category Cf
+BIDI_TEXTS = ['A', 'B', f'{RLO}C', 'D', 'E', f'F{LRI}', 'G', 'H', f'I{ZWJ}{TAG}', 'J']
+
+
+def bidi_records() -> list[dict]:
+    # Step 2 only: one line of ten tokens, the third opening a right-to-left override it never closes.
+    return [{'step': 2, 'index': 0, 'advantage': 0.5, 'num_tokens': len(BIDI_TEXTS), 'truncated': False,
+             'tokens': [{'id': position, 'text': text, 'weight': 1.1, 'future_kl': 0.1, 'raw_weight': 1.1}
+                        for position, text in enumerate(BIDI_TEXTS)]}]
+
+
+def outside_the_data(page: str) -> str:
+    return re.sub(r'<script id="fipo-data" type="application/json">.*?</script>', '', page, flags=re.S)
+
+
+def test_format_characters_stay_in_the_data_and_never_reach_the_markup(tmp_path):
+    """The records embedded are the input, format characters and all; the rest of the page (title, heading,
+    template) holds none: a directory named with U+202E shows it as [U+202E], in the browser's tab too."""
+    run = tmp_path / f'run{RLO}evil'
+    rows = bidi_records()
+    write_tokens(run, rows)
+    assert cli.main(['inspect', str(run)]) == 0
+    page = (run / 'output' / 'v0-20260101-120000' / 'fipo_tokens.html').read_text()
+    assert embedded(page)['records'] == rows
+    assert embedded(page)['source'].count(RLO) == 1  # the source name too: the script shows it visibly
+    rest = outside_the_data(page)
+    assert [character for character in rest if unicodedata.category(character) == 'Cf'] == []
+    assert '<title>FIPO tokens: run[U+202E]evil</title>' in rest
+    # Each token, the details line and the source name are their own bidi isolates.
+    for selector in ('.tok', '#details', '.source'):
+        rule = re.search(re.escape(selector) + r' \{([^}]*)\}', rest)
+        assert rule is not None and 'unicode-bidi: isolate' in rule.group(1), selector
+
+
+BIDI_PROBE = """
+<script>
+// Test probe, run after the page's own script: where each token was laid out, what it shows, and what
+// the details line says on hovering the override token.
+const tokens = [...document.querySelectorAll('.tok')];
+tokens[2].dispatchEvent(new MouseEvent('mouseenter'));
+const probe = document.createElement('pre');
+probe.id = 'probe';
+probe.textContent = JSON.stringify({
+  lefts: tokens.map(t => t.getBoundingClientRect().left),
+  tops: tokens.map(t => t.getBoundingClientRect().top),
+  shown: tokens.map(t => t.textContent),
+  marks: tokens.map(t => [...t.querySelectorAll('.cf')].map(m => m.textContent)),
+  details: document.getElementById('details').textContent,
+  title: tokens[2].title,
+  source: document.getElementById('source').textContent,
+  isolated: [tokens[0], document.getElementById('details'), document.getElementById('source')]
+    .map(e => getComputedStyle(e).unicodeBidi),
+});
+document.body.append(probe);
+</script>
+"""
+
+
+def probed(tmp_path: Path, page: Path, probe: str, fragment: str = '') -> dict:
+    """The JSON a probe script appended to a copy of the page wrote into the DOM, read with --dump-dom."""
+    copy = page.with_name('probed.html')
+    copy.write_text(page.read_text().replace('</body>', probe + '</body>'))
+    dom = chromium(tmp_path, copy.resolve().as_uri() + fragment, '--dump-dom', '--window-size=1400,800')
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert match is not None, dom.stdout[-3000:]
+    return json.loads(html.unescape(match.group(1)))
+
+
+@needs_chromium
+def test_browser_a_bidi_control_in_a_token_reorders_nothing_after_it(tmp_path):
+    run = tmp_path / f'run{RLO}x'
+    write_tokens(run, bidi_records())
+    result = probed(tmp_path, inspect(run), BIDI_PROBE)
+    assert len(set(result['tops'])) == 1, result  # one line, so left to right is reading order
+    lefts = result['lefts']
+    assert lefts == sorted(lefts) and len(set(lefts)) == len(lefts), f'tokens out of order: {lefts}'
+    # Every format character shows as a mark of its own; the token's other text stays as it was.
+    assert result['marks'][2] == ['RLO'] and result['marks'][5] == ['LRI']
+    assert result['marks'][8] == ['ZWJ', 'U+E0001']
+    assert result['shown'][2] == 'RLOC' and result['shown'][0] == 'A'
+    for text in (*result['shown'], result['details'], result['title'], result['source']):
+        assert not any(unicodedata.category(c) == 'Cf' for c in text.replace('\u2068', '').replace('\u2069', '')), text
+    # The details line and the tooltip: the text as an escaped literal, isolated, and the field naming it.
+    for info in (result['details'], result['title']):
+        assert 'token \u2068"\\u202eC"\u2069  id 2' in info and 'format characters: U+202E RLO' in info, info
+    assert '[U+202E RLO]' in result['source']
+    assert result['isolated'] == ['isolate'] * 3
+
+
+MODE_PROBE = """
+<script>
+// Test probe: each token's colour in the mode the page opened with, then after choosing the other one.
+const mode = document.getElementById('mode');
+const seen = () => ({mode: mode.value, low: document.getElementById('low').textContent,
+                     high: document.getElementById('high').textContent,
+                     colours: [...document.querySelectorAll('.tok')].map(t => t.style.background)});
+const first = seen();
+mode.value = mode.value === 'weight' ? 'future_kl' : 'weight';
+mode.dispatchEvent(new Event('change'));
+const probe = document.createElement('pre');
+probe.id = 'probe';
+probe.textContent = JSON.stringify([first, seen()]);
+document.body.append(probe);
+</script>
+"""
+ORANGE, BLUE = 'rgba(230, 85, 13', 'rgba(49, 130, 189'
+
+
+@needs_chromium
+@pytest.mark.parametrize('fragment', ['', '#mode=future_kl'])
+def test_browser_colours_tokens_by_the_field_the_page_selects(tmp_path, fragment):
+    """Weight and Future-KL disagree on every token here (above 1 with a negative Future-KL and the
+    reverse): the colours follow whichever field the address or the selector chose, on its own scale."""
+    weights, future_kls = [1.2, 1.1, 0.9, 0.8], [-0.4, -0.2, 0.2, 0.4]
+    rows = [{'step': 2, 'index': 0, 'advantage': 0.5, 'num_tokens': 4, 'truncated': False,
+             'tokens': [{'id': position, 'text': f't{position}', 'weight': weight, 'future_kl': future_kl,
+                         'raw_weight': weight}
+                        for position, (weight, future_kl) in enumerate(zip(weights, future_kls))]}]
+    write_tokens(tmp_path, rows)
+    views = probed(tmp_path, inspect(tmp_path), MODE_PROBE, fragment)
+    assert [view['mode'] for view in views] == (['future_kl', 'weight'] if fragment else ['weight', 'future_kl'])
+    for view in views:
+        field = weights if view['mode'] == 'weight' else future_kls
+        centre = 1.0 if view['mode'] == 'weight' else 0.0
+        expected = ['orange' if value > centre else 'blue' for value in field]
+        shown = ['orange' if colour.startswith(ORANGE) else 'blue' if colour.startswith(BLUE) else colour
+                 for colour in view['colours']]
+        assert shown == expected, view
+        # The 95th-percentile distance from the centre: 0.2 for the weights, 0.4 for the Future-KL.
+        span = 0.2 if view['mode'] == 'weight' else 0.4
+        assert (float(view['low']), float(view['high'])) == pytest.approx((centre - span, centre + span)), view

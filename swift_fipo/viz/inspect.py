@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -101,8 +102,16 @@ def render(records: list[dict[str, Any]], title: str, source: str) -> str:
     # Inside <script> only "</script" (and "<!--") can end the block; escaping every < > & keeps it valid JSON.
     payload = payload.replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
     # One pass: a title or token text containing a placeholder's name must not be expanded again.
-    fills = {'__FIPO_TITLE__': html.escape(title), '__FIPO_DATA__': payload}
+    fills = {'__FIPO_TITLE__': html.escape(visible_format_characters(title)), '__FIPO_DATA__': payload}
     return re.sub('__FIPO_TITLE__|__FIPO_DATA__', lambda match: fills[match.group(0)], template)
+
+
+def visible_format_characters(text: str) -> str:
+    """``text`` with each format character (Unicode category Cf) written as ``[U+XXXX]``: in the page's
+    title (a directory name) a U+202E would otherwise reverse what follows it, in the browser's tab too,
+    where no markup can isolate it. The page's script does the same for token text and the source."""
+    return ''.join(f'[U+{ord(character):04X}]' if unicodedata.category(character) == 'Cf' else character
+                   for character in text)
 
 
 def inspect(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
