@@ -153,3 +153,96 @@ def test_command_line_errors_have_no_traceback_and_matplotlib_loads_lazily(tmp_p
              "print('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
                           check=True).stdout.strip() == 'False'
+
+
+def test_a_resumed_run_is_drawn_forward_in_time(tmp_path):
+    """A run resumed from its step-3 checkpoint appends steps 4.. again to the same logging.jsonl: from
+    there its rows replace the earlier ones, so every line is monotone in step."""
+    first = [{'fipo/future_kl_mean': 0.1 * step, 'fipo/clipped_low_ratio': 0.5, 'global_step/max_steps': f'{step}/8'}
+             for step in range(1, 7)]
+    resumed = [{'fipo/future_kl_mean': -0.1 * step, 'global_step/max_steps': f'{step}/8'} for step in range(4, 9)]
+    write_run(tmp_path, first + resumed)
+    run = viz_plot.load_run(tmp_path)
+    steps, values = run.series['fipo/future_kl_mean']
+    assert steps == list(range(1, 9))
+    assert values == pytest.approx([0.1, 0.2, 0.3, -0.4, -0.5, -0.6, -0.7, -0.8])
+    # Only the first attempt logged this one: its points from step 4 on belong to the superseded run.
+    assert run.series['fipo/clipped_low_ratio'] == ([1, 2, 3], [0.5] * 3)
+    assert cli.main(['plot', str(tmp_path)]) == 0
+
+
+def test_rows_of_one_step_merge_with_the_latest_value_winning(tmp_path):
+    rows = [{'reward': 0.5, 'fipo/future_kl_mean': 0.1, 'global_step/max_steps': '1/2'},
+            {'reward': 0.7, 'global_step/max_steps': '1/2'},  # a second row for step 1 (e.g. logged again)
+            {'reward': 0.9, 'global_step/max_steps': '2/2'}]
+    write_run(tmp_path, rows)
+    run = viz_plot.load_run(tmp_path)
+    assert run.series['reward'] == ([1, 2], [0.7, 0.9])
+    assert run.series['fipo/future_kl_mean'] == ([1], [0.1])
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+def test_a_failed_write_names_the_file(tmp_path, capsys):
+    """ENOSPC from the write itself (a chart name linked to /dev/full) carries no file name: the message adds it."""
+    write_run(tmp_path, [fipo_row(1)])
+    chart = tmp_path / 'chart.png'
+    chart.symlink_to('/dev/full')
+    assert cli.main(['plot', str(tmp_path), '-o', str(chart)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'swift-fipo plot: error: {chart}: cannot write the chart: No space left on device')
+    assert len(err.splitlines()) == 1
+
+
+def test_a_parent_that_is_a_file_is_named(tmp_path, capsys):
+    path = write_run(tmp_path, [fipo_row(1)])
+    assert cli.main(['plot', str(tmp_path), '-o', str(path / 'chart.png')]) == 2
+    err = capsys.readouterr().err
+    assert f'{path / "chart.png"}: cannot write the chart: ' in err and str(path) in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every matplotlib Figure the plot builds, kept for the test to read its legends and lines."""
+    built = []
+    real = viz_plot._matplotlib
+
+    def recording() -> tuple:
+        Figure, FigureCanvasAgg = real()
+
+        class RecordedFigure(Figure):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                built.append(self)
+        return RecordedFigure, FigureCanvasAgg
+
+    monkeypatch.setattr(viz_plot, '_matplotlib', recording)
+    return built
+
+
+def legends(figure) -> dict[str, list[str]]:
+    """Panel title -> its legend's entries."""
+    shown = {}
+    for axes in figure.axes:
+        legend = axes.get_legend()
+        if legend is not None:
+            shown[axes.get_title()] = [text.get_text() for text in legend.get_texts()]
+    return shown
+
+
+@pytest.mark.parametrize('labels, names', [([], ['dapo', 'fipo']), (['baseline', 'FIPO 7b'], ['baseline', 'FIPO 7b']),
+                                           (['run', 'run'], ['run', 'run (2)'])])
+def test_a_comparison_labels_each_run_with_its_own_name(tmp_path, figures, labels, names):
+    dapo_rows = [{key: value for key, value in fipo_row(step).items() if not key.startswith('fipo/')}
+                 for step in range(1, 5)]
+    write_run(tmp_path / 'dapo', dapo_rows)
+    write_run(tmp_path / 'fipo', [fipo_row(step) for step in range(1, 5)])
+    arguments = ['plot', str(tmp_path / 'dapo'), str(tmp_path / 'fipo'), '-o', str(tmp_path / 'c.png')]
+    assert cli.main([*arguments, *(f'--label={label}' for label in labels)]) == 0
+    (figure, ) = [built for built in figures if built.axes]  # output_path makes an empty one too
+    shown = legends(figure)
+    assert shown['reward'] == names and shown['completion length (mean tokens)'] == names
+    # Only the FIPO run has the weights: each of its keys under its own run's name.
+    assert shown['influence weight'] == [f'{names[1]}: influence_weight_{kind}' for kind in ('mean', 'min', 'max')]
+    reward = next(axes for axes in figure.axes if axes.get_title() == 'reward')
+    assert [line.get_color() for line in reward.get_lines()] == ['C0', 'C1']  # one colour per run
+    assert figure.get_suptitle() == f'{names[0]} vs {names[1]}: FIPO metrics per step'

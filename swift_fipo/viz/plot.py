@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import sys
 from dataclasses import dataclass
@@ -46,22 +47,42 @@ def load_run(run_dir: str | Path, label: Optional[str] = None) -> Run:
     """The plottable metrics of one run's newest logging.jsonl."""
     path = find_run_file(run_dir, LOGGING_FILE, hint='Give the --output_dir of a `swift rlhf` run.')
     series: dict[str, tuple[list[int], list[float]]] = {}
+    last_step: Optional[int] = None
     for row in read_jsonl(path):
         step = step_of(row)
         if step is None:
             continue
+        if last_step is not None and step < last_step:
+            # A run resumed from a checkpoint logs again from that step on, into the same file: its rows
+            # supersede the earlier ones from there, or every line would run back in time.
+            _drop_from(series, step)
+        last_step = step
         for key, value in row.items():
             number = finite_number(value) if _plottable(key) else None
             # matplotlib cannot scale an axis to +-1e308 (its range overflows): such values are skipped
             # like NaN; no metric of a real run comes near.
             if number is not None and abs(number) <= _LARGEST_PLOTTED:
                 steps, values = series.setdefault(key, ([], []))
-                steps.append(step)
-                values.append(number)
+                if steps and steps[-1] == step:  # a second row of this step: the latest value counts
+                    values[-1] = number
+                else:
+                    steps.append(step)
+                    values.append(number)
     if not series:
         raise RunDirError(f'{path}: no logged training step with a reward, completion length or fipo/* '
                           'metric (is the run still starting, or was it not GRPO?).')
     return Run(label=label or run_label(run_dir), source=path, series=series)
+
+
+def _drop_from(series: dict[str, tuple[list[int], list[float]]], step: int) -> None:
+    """Remove every point at ``step`` or later (each series is in step order); a key left with no point
+    is removed."""
+    for key in list(series):
+        steps, values = series[key]
+        keep = bisect.bisect_left(steps, step)
+        del steps[keep:], values[keep:]
+        if not steps:
+            del series[key]
 
 
 def _plottable(key: str) -> bool:
@@ -118,11 +139,16 @@ def plot_runs(runs: Sequence[Run], output: Path) -> Path:
             axes.legend(fontsize=7)
     names = ' vs '.join(run.label for run in runs)
     figure.suptitle(_text(f'{names}: FIPO metrics per step'), fontsize=12)
-    output.parent.mkdir(parents=True, exist_ok=True)
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(output, format=output.suffix[1:].lower())
     except (ValueError, OverflowError) as error:  # values or text matplotlib cannot lay out
         raise RunDirError(f'cannot draw the chart: {error}') from None
+    except OSError as error:  # some errors (ENOSPC on /dev/full) carry no file name of their own
+        reason = error.strerror or str(error)
+        if error.filename is not None and str(error.filename) != str(output):  # e.g. a parent that is a file
+            reason += f': {error.filename}'
+        raise RunDirError(f'{output}: cannot write the chart: {reason}.') from None
     return output
 
 
