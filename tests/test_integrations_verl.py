@@ -15,6 +15,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -347,6 +348,80 @@ def test_a_dual_clip_fipo_cannot_use_is_refused_at_validation():
         actor(clip_ratio_c=1.0).validate(n_gpus=1, train_batch_size=8)
 
 
+# Around the PPO clip 1 + clip_ratio_high = 1.28 of actor(): at or inside it refused, beyond it accepted.
+THRESHOLDS_AROUND_THE_CLIP = [1.05, 1.2, 1.28, 1.2800001, 1.3, 3.0]
+
+
+@pytest.mark.parametrize('value', THRESHOLDS_AROUND_THE_CLIP)
+@pytest.mark.parametrize('option', ['clip_ratio_c', 'filter_threshold'])
+def test_a_dual_clip_or_filter_inside_the_ppo_clip_is_refused_as_ms_swift_refuses_it(option, value):
+    """One rule for every host: verl refuses clip_ratio_c (its delta) and fipo.filter_threshold where
+    ms-swift refuses --delta and --fipo_filter_threshold, i.e. at or below 1 + epsilon_high."""
+    from swift_fipo.integrations import ms_swift_cli
+    config = actor(clip_ratio_c=value) if option == 'clip_ratio_c' else actor(fipo={'filter_threshold': value})
+    swift_field = 'delta' if option == 'clip_ratio_c' else 'filter_threshold'
+    swift_args = SimpleNamespace(epsilon=0.2, epsilon_high=config.clip_ratio_high, num_iterations=2)
+    try:
+        ms_swift_cli.validate_run(swift_args, FIPOConfig(**{swift_field: value}))
+        swift_refuses = False
+    except ValueError:
+        swift_refuses = True
+    assert swift_refuses == (value <= 1.28)
+    name = fipo_verl.DUAL_CLIP_OPTION if option == 'clip_ratio_c' else fipo_verl.option_name(option)
+    if swift_refuses:
+        expected = (f'verl: {name} must be > 1 + actor_rollout_ref.actor.clip_ratio_high = 1.28 (the PPO clip '
+                    f'already bounds ratios up to there); got {value:g}.')
+        with pytest.raises(ValueError) as refused:
+            config.validate(n_gpus=1, train_batch_size=8)
+        assert str(refused.value) == expected
+        old, new, advantages, mask, _ = batch(seed=2, off_policy=True)
+        with pytest.raises(ValueError, match=re.escape(expected)):  # and the loss never runs with it
+            core_algos.get_policy_loss_fn('fipo')(old_log_prob=old, log_prob=new, advantages=advantages,
+                                                  response_mask=mask, config=config)
+    else:
+        config.validate(n_gpus=1, train_batch_size=8)
+
+
+def test_the_ppo_clip_bound_falls_back_to_clip_ratio_as_vanilla_does():
+    """vanilla clips at 1 + clip_ratio when clip_ratio_high is None; the rule reads the same value."""
+    config = actor(clip_ratio_c=1.25)
+    object.__setattr__(config, 'clip_ratio_high', None)
+    object.__setattr__(config, 'clip_ratio', 0.3)
+    with pytest.raises(ValueError, match=r'clip_ratio_high = 1\.3 .*got 1\.25\.'):
+        fipo_verl.config_of_actor(config)
+    object.__setattr__(config, 'clip_ratio', 0.2)
+    assert fipo_verl.config_of_actor(config).delta == 1.25
+
+
+def test_a_fully_masked_micro_batch_keeps_the_fipo_metrics_finite():
+    """No response token in a micro-batch: vanilla's metrics stay finite (0), and so must FIPO's, or verl's
+    mean over the step's micro-batches (reduce_metrics, np.mean) turns NaN."""
+    from verl.utils.metric import reduce_metrics
+    old, new, advantages, mask, is_weights = batch(seed=4, off_policy=True)
+    empty = torch.zeros_like(mask)
+    _, vanilla_metrics = core_algos.get_policy_loss_fn('vanilla')(
+        old_log_prob=old, log_prob=new, advantages=advantages, response_mask=empty, config=actor('vanilla'),
+        rollout_is_weights=is_weights)
+    assert all(math.isfinite(value) for value in vanilla_metrics.values())
+    _, empty_metrics = core_algos.get_policy_loss_fn('fipo')(
+        old_log_prob=old, log_prob=new, advantages=advantages, response_mask=empty, config=actor(),
+        rollout_is_weights=is_weights)
+    fipo_keys = {key for key in empty_metrics if key.startswith('actor/fipo/')}
+    assert all(math.isfinite(empty_metrics[key]) for key in fipo_keys), empty_metrics
+    assert fipo_keys == {f'actor/fipo/{key}' for key in fipo_verl.EMPTY_MICRO_BATCH_METRICS}
+    assert {key: empty_metrics[key] for key in fipo_keys} == {
+        f'actor/fipo/{key}': value for key, value in fipo_verl.EMPTY_MICRO_BATCH_METRICS.items()}
+    # FIPO did nothing there: Future-KL 0, every weight 1, nothing clipped, filtered or fired.
+    assert empty_metrics['actor/fipo/future_kl_mean'] == 0.0
+    assert empty_metrics['actor/fipo/influence_weight_min'] == empty_metrics['actor/fipo/influence_weight_max'] == 1.0
+    _, full_metrics = core_algos.get_policy_loss_fn('fipo')(
+        old_log_prob=old, log_prob=new, advantages=advantages, response_mask=mask, config=actor(),
+        rollout_is_weights=is_weights)
+    step = reduce_metrics({key: [full_metrics[key], empty_metrics[key]] for key in fipo_keys})
+    assert all(math.isfinite(value) for value in step.values()), step
+    assert step['actor/fipo/future_kl_mean'] == pytest.approx(full_metrics['actor/fipo/future_kl_mean'] / 2)
+
+
 def test_fipo_options_without_the_fipo_loss_warn():
     with pytest.warns(FIPOWarning, match='loss_mode is .vanilla.: the FIPO options do nothing'):
         PolicyLossConfig(loss_mode='vanilla', fipo={'preset': 'paper-7b', 'clip_range': -1})
@@ -406,6 +481,11 @@ def test_a_command_line_with_a_preset_composes_validates_and_reaches_the_loss():
     ('+actor_rollout_ref.actor.policy_loss.fipo.preset=paper',
      r'preset must be one of swift, paper-32b, paper-7b'),
     ('actor_rollout_ref.actor.clip_ratio_c=0.5', r'actor_rollout_ref\.actor\.clip_ratio_c must be a number > 1'),
+    # verl's default clip_ratio_high is 0.2: the rule ms-swift applies against epsilon_high.
+    ('actor_rollout_ref.actor.clip_ratio_c=1.05',
+     r'actor_rollout_ref\.actor\.clip_ratio_c must be > 1 \+ actor_rollout_ref\.actor\.clip_ratio_high = 1\.2 '),
+    ('+actor_rollout_ref.actor.policy_loss.fipo.filter_threshold=1.1',
+     r'fipo\.filter_threshold must be > 1 \+ actor_rollout_ref\.actor\.clip_ratio_high = 1\.2 '),
 ])
 @needs_verl_07
 def test_a_bad_command_line_is_refused_by_the_driver_check(override, message):

@@ -4,11 +4,13 @@ needs from swift-fipo besides the maths, written once.
 - configuration: ``resolve_config`` (preset, then explicit options) and ``config_error`` (a bad value
   re-worded with the host's own option name); ``RunSettings`` is the resolved result a host hands to
   its trainer, attached to the trainer's arguments object (``attach_settings`` / ``settings_of``);
-- refusals and warnings: ``liger_refusal``, ``on_policy_reason``, ``warn`` (rank 0, once per message);
+- refusals and warnings: ``liger_refusal``, ``check_ratio_thresholds`` (the dual clip and the filter must lie
+  beyond the PPO clip, on every host), ``on_policy_reason``, ``warn`` (rank 0, once per message);
 - versions: ``installed_version``;
 - process exit: ``settle_gloo_workers_at_exit`` (gloo worker threads finish before the interpreter goes);
 - metrics: ``METRIC_REDUCTIONS`` (how each ``FIPOStats.summary`` key combines across ranks and
-  gradient-accumulation chunks), ``combine_metric`` and ``combine_over_ranks``;
+  gradient-accumulation chunks), ``combine_metric``, ``combine_over_ranks`` and ``record_metric`` (one loss
+  call's value into a host's per-logging-step list that the host averages);
 - reweighting: ``reweight_advantages`` and ``apply_fipo`` (re-exported from ``ops.loss``);
 - patches: ``Patch`` / ``PatchSet``, declared by a host in one list, applied by its ``install()`` and
   reverted exactly by its ``uninstall()``.
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     'FIPOWarning', 'METRIC_REDUCTIONS', 'Patch', 'PatchSet', 'RunSettings', 'apply_fipo', 'attach_settings',
-    'combine_metric', 'combine_over_ranks', 'config_error', 'installed_version', 'liger_refusal', 'on_policy_reason',
-    'resolve_config', 'reweight_advantages', 'settings_of', 'settle_gloo_workers_at_exit', 'warn'
+    'check_ratio_thresholds', 'combine_metric', 'combine_over_ranks', 'config_error', 'installed_version',
+    'liger_refusal', 'on_policy_reason', 'record_metric', 'resolve_config', 'reweight_advantages', 'settings_of',
+    'settle_gloo_workers_at_exit', 'warn'
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,6 +106,30 @@ def liger_refusal(host: str, option: str) -> str:
     """Why FIPO refuses a host's fused Liger loss: it has no per-token weights to reweight."""
     return (f'{host}: FIPO does not work with {option}: the Liger kernel computes a fused loss that never '
             f'calls FIPO, so training would silently be the unweighted loss. Turn {option} off.')
+
+
+# The FIPOConfig fields that bound the importance ratio from above (the dual clip and the filter c).
+RATIO_THRESHOLD_FIELDS = ('delta', 'filter_threshold')
+
+
+def check_ratio_thresholds(config: FIPOConfig, epsilon_high: Optional[float], option_name: Callable[[str], str],
+                           host: str, epsilon_option: str) -> None:
+    """Refuse a dual clip or filter threshold at or inside the PPO clip ``1 + epsilon_high``, on every host.
+
+    The PPO clip already bounds the ratio up to 1 + epsilon_high: a dual clip at or below it changes nothing
+    (ms-swift) or stops the gradient of negative-advantage tokens the PPO clip still trains (verl), and the
+    participation filter there keeps such tokens out of Future-KL. ``option_name(field)`` is the host's name
+    of a field (ms-swift: ``--delta``; verl: its ``clip_ratio_c``), ``epsilon_option`` its name of
+    epsilon_high. ``epsilon_high`` None: nothing to check. A ``ValueError`` names the option and the bound.
+    """
+    if epsilon_high is None:
+        return
+    bound = 1 + epsilon_high
+    for field in RATIO_THRESHOLD_FIELDS:
+        value = getattr(config, field)
+        if value is not None and value <= bound:
+            raise ValueError(f'{host}: {option_name(field)} must be > 1 + {epsilon_option} = {bound:g} (the PPO clip '
+                             f'already bounds ratios up to there); got {value:g}.')
 
 
 def on_policy_reason(num_iterations: Optional[int], steps_per_generation: Optional[int],
@@ -207,6 +234,22 @@ def combine_metric(key: str, values: 'torch.Tensor') -> float:
         return math.nan
     how = METRIC_REDUCTIONS[key]
     return float(finite.min() if how == 'min' else finite.max() if how == 'max' else finite.mean())
+
+
+def record_metric(values: list[float], key: str, value: float) -> None:
+    """Add one loss call's ``value`` of summary ``key`` to ``values``, a host's list for one logging step
+    that the host averages when it logs (TRL's and ms-swift's ``_metrics[mode][name]``).
+
+    A mean key appends, so the host's average is the mean over loss calls. A min or max key keeps a
+    single entry, the extreme so far (``combine_metric``: NaN ignored), so the host's average of that one
+    entry is the minimum or maximum over every gradient-accumulation chunk, as ``METRIC_REDUCTIONS`` says;
+    appended, it would become a mean of per-chunk extremes.
+    """
+    if METRIC_REDUCTIONS[key] == 'mean' or not values:
+        values.append(value)
+        return
+    import torch
+    values[:] = [combine_metric(key, torch.tensor([*values, value], dtype=torch.float64))]
 
 
 def combine_over_ranks(summary: Mapping[str, 'torch.Tensor'], gather: Callable[['torch.Tensor'], 'torch.Tensor'],

@@ -30,8 +30,8 @@ import typing
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import (Patch, PatchSet, on_policy_reason, resolve_config, reweight_advantages,
-                                              warn)
+from swift_fipo.integrations.contract import (Patch, PatchSet, check_ratio_thresholds, on_policy_reason, resolve_config,
+                                              reweight_advantages, warn)
 
 if TYPE_CHECKING:
     import torch
@@ -40,11 +40,23 @@ HOST = 'verl'
 LOSS_MODE = 'fipo'
 OPTION_PREFIX = 'actor_rollout_ref.actor.policy_loss.fipo'
 DUAL_CLIP_OPTION = 'actor_rollout_ref.actor.clip_ratio_c'
+# verl's epsilon_high: vanilla clips the ratio at 1 + clip_ratio_high (clip_ratio when that is None).
+CLIP_HIGH_OPTION = 'actor_rollout_ref.actor.clip_ratio_high'
 CONFIG_MODULE = 'verl.workers.config.actor'
 CORE_ALGOS_MODULE = 'verl.trainer.ppo.core_algos'
 # verl averages every loss metric over micro-batches and ranks (ppo_loss wraps them as means); a
 # quantile cannot be averaged meaningfully, and it is NaN in a micro-batch without negative advantages.
 _UNLOGGED = frozenset({'neg_adv_ratio_p99'})
+# What a micro-batch without response tokens reports: FIPO did nothing there (no log-ratio: Future-KL 0,
+# every weight 1, nothing clipped, filtered, fired or dropped). Its summaries are NaN (a mean over no
+# tokens), and verl takes a plain np.mean over micro-batches (NaN then spoils the whole step's value)
+# and needs as many values from every rank (a left-out key breaks that); vanilla's own masked means
+# give 0 there.
+EMPTY_MICRO_BATCH_METRICS = {
+    'future_kl_mean': 0.0, 'raw_weight_mean': 1.0, 'influence_weight_mean': 1.0, 'influence_weight_min': 1.0,
+    'influence_weight_max': 1.0, 'safety_keep_ratio': 1.0, 'safety_fired_ratio': 0.0, 'filtered_ratio': 0.0,
+    'dropped_response_ratio': 0.0, 'clipped_high_ratio': 0.0, 'clipped_low_ratio': 0.0,
+}
 _LOSS_PARAMETERS = ('old_log_prob', 'log_prob', 'advantages', 'response_mask', 'loss_agg_mode', 'config',
                     'rollout_is_weights')
 
@@ -64,11 +76,14 @@ class _FIPOField:
 # Configuration
 
 
-def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[float] = None) -> FIPOConfig:
+def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[float] = None,
+                clip_ratio_high: Optional[float] = None) -> FIPOConfig:
     """The FIPOConfig of ``policy_loss.fipo`` (``preset`` plus explicit fields; explicit wins).
 
-    ``clip_ratio_c`` (verl's dual clip) becomes FIPO's ``delta`` when given. A bad value raises
-    ``ValueError`` naming the Hydra option.
+    ``clip_ratio_c`` (verl's dual clip) becomes FIPO's ``delta`` when given. With ``clip_ratio_high``
+    (vanilla's epsilon_high), the dual clip and ``filter_threshold`` must exceed 1 + clip_ratio_high, the
+    rule every host applies (``contract.check_ratio_thresholds``). A bad value raises ``ValueError``
+    naming the Hydra option.
     """
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f'{HOST}: {OPTION_PREFIX} must be a mapping of FIPO options; got {options!r}.')
@@ -78,18 +93,28 @@ def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[flo
         raise ValueError(f'{HOST}: {option_name("delta")} is not an option under verl: verl always applies its '
                          f'dual clip {DUAL_CLIP_OPTION}, and FIPO uses that value. Set {DUAL_CLIP_OPTION} instead.')
     config = resolve_config(preset, explicit, option_name, HOST)
-    if clip_ratio_c is None:
-        return config
-    try:
-        return dataclasses.replace(config, delta=clip_ratio_c)
-    except ValueError:
-        raise ValueError(f'{HOST}: {DUAL_CLIP_OPTION} must be a number > 1 for FIPO (it is the dual clip FIPO '
-                         f'filters and drops by); got {clip_ratio_c!r}.') from None
+    if clip_ratio_c is not None:
+        try:
+            config = dataclasses.replace(config, delta=clip_ratio_c)
+        except ValueError:
+            raise ValueError(f'{HOST}: {DUAL_CLIP_OPTION} must be a number > 1 for FIPO (it is the dual clip FIPO '
+                             f'filters and drops by); got {clip_ratio_c!r}.') from None
+    # Under verl, FIPO's delta is the dual clip clip_ratio_c.
+    check_ratio_thresholds(config, clip_ratio_high, lambda field: DUAL_CLIP_OPTION if field == 'delta'
+                           else option_name(field), HOST, CLIP_HIGH_OPTION)
+    return config
+
+
+def _clip_ratio_high(actor_config: Any) -> Optional[float]:
+    """The upper PPO clip width vanilla uses: ``clip_ratio_high``, else ``clip_ratio`` (None if neither)."""
+    high = actor_config.get('clip_ratio_high', None)
+    return actor_config.get('clip_ratio', None) if high is None else high
 
 
 def config_of_actor(actor_config: Any) -> FIPOConfig:
     """The FIPOConfig of an actor config (verl's ``ActorConfig``, or its DictConfig in older verl)."""
-    return fipo_config(actor_config.policy_loss.get('fipo', None), actor_config.get('clip_ratio_c', 3.0))
+    return fipo_config(actor_config.policy_loss.get('fipo', None), actor_config.get('clip_ratio_c', 3.0),
+                       _clip_ratio_high(actor_config))
 
 
 def _validate_policy_loss(policy_loss: Any) -> None:
@@ -197,7 +222,10 @@ def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
                             rollout_is_weights=rollout_is_weights)
     import torch
     summary = {key: value for key, value in stats.summary.items() if key not in _UNLOGGED}
-    values = torch.stack(list(summary.values())).tolist()  # one device sync for all of them
+    tokens = stats.completion_mask.sum().to(torch.float32)
+    *values, tokens = torch.stack([*summary.values(), tokens]).tolist()  # one device sync for all of them
+    if tokens == 0:  # no response token: NaN summaries would spoil verl's mean over micro-batches
+        values = [EMPTY_MICRO_BATCH_METRICS[key] for key in summary]
     return loss, {**metrics, **{f'actor/fipo/{key}': value for key, value in zip(summary, values)}}
 
 
