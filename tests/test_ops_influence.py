@@ -307,3 +307,53 @@ def test_matches_native_ms_swift(native_fipo, name, ratio_level, length):
     assert is_close(weight, native_weight)
     assert is_close(stats.future_kl, native_metrics['future_kl'])
     assert torch.equal(stats.safety_mask, native_metrics['safety_mask'].expand(6, length))
+
+
+def meta_stats(ratio_shape: tuple[int, int], weight_bounds: Optional[tuple[float, float]]):
+    """FIPOStats built on the meta device by hand: compute_fipo_influence itself cannot run there
+    (torch.nonzero has no meta kernel), but a host may trace or size its metrics on meta tensors."""
+    from swift_fipo.ops.influence import FIPOStats
+    batch, length = 3, 7
+
+    def tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device='meta')
+    return FIPOStats(future_kl=tensor((batch, length)), raw_weight=tensor((batch, length)),
+                     weight=tensor((batch, length)), safety_mask=tensor((batch, length), torch.bool),
+                     participation_mask=tensor((batch, length), torch.bool),
+                     completion_mask=tensor((batch, length), torch.bool), ratio=tensor(ratio_shape),
+                     negative_advantage=tensor((batch, 1), torch.bool), dropped=tensor((batch, ), torch.bool),
+                     weight_bounds=weight_bounds)
+
+
+@pytest.mark.parametrize('ratio_shape', [(3, 7), (3, 1)])
+@pytest.mark.parametrize('weight_bounds', [None, (0.8, 1.2)])
+def test_summary_works_on_meta_tensors(ratio_shape, weight_bounds):
+    summary = meta_stats(ratio_shape, weight_bounds).summary
+    _, real = compute_fipo_influence(torch.randn(3, 7), torch.ones(3, 7, dtype=torch.bool), torch.ones(3),
+                                     FIPOConfig(clip_range=None if weight_bounds is None else 0.2))
+    assert summary.keys() == real.summary.keys()
+    for name, value in summary.items():
+        assert (value.device.type, value.shape, value.dtype) == ('meta', torch.Size([]), torch.float32), name
+
+
+def _same(first: torch.Tensor, second: torch.Tensor) -> bool:
+    return bool(torch.equal(first, second) or (first.isnan() & second.isnan()))
+
+
+@pytest.mark.parametrize('size', [0, 1, 2, 99, 100, 101, 200, 300, 1000, 4097])
+@pytest.mark.parametrize('q', [0.0, 0.5, 0.9, 0.99, 1.0])
+def test_the_sync_free_quantile_is_the_selecting_one(size, q):
+    """Off the CPU the summary's p99 sorts every value instead of selecting (no device sync, a meta
+    kernel): on the same data it must pick the very same element, ties, infinities and NaNs included."""
+    from swift_fipo.ops.influence import FIPOStats, _masked_quantile
+    generator = torch.Generator().manual_seed(size * 1000 + int(q * 100))
+    for trial in range(6):
+        values = torch.randint(0, 7, (size, ), generator=generator).to(torch.float32) / 4  # many ties
+        if trial >= 3 and size:
+            special = torch.randint(0, size, (max(1, size // 10), ), generator=generator)
+            values[special] = torch.tensor([math.inf, -math.inf, math.nan][trial - 3])
+        mask = torch.rand(size, generator=generator) < [0.0, 1.0, 0.5, 0.3, 0.7, 0.9][trial]
+        for shaped, shaped_mask in ((values, mask), (values.reshape(1, -1), mask.reshape(1, -1))):
+            sorted_pick = FIPOStats._sorted_quantile(shaped, shaped_mask, q)
+            assert sorted_pick.shape == torch.Size([])
+            assert _same(sorted_pick, _masked_quantile(shaped, shaped_mask, q)), (trial, size, q)

@@ -6,6 +6,7 @@ Megatron trainers, TRL, custom loops). It is a pure function of tensors and a ``
 
 from __future__ import annotations
 
+import fractions
 import functools
 import math
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ class FIPOStats:
         finite even over weights at float32's largest; ``neg_adv_ratio_p99`` is inf when the ratios are.
 
         How each combines across ranks and accumulation chunks: ``integrations.contract.METRIC_REDUCTIONS``.
-        Tensors rather than floats so that no device sync happens until a caller asks for one. An
-        empty batch (B = 0 or T = 0) gives NaN everywhere.
+        0-dim tensors on the batch's device, so that a host reads them all in one transfer
+        (``torch.stack(...).tolist()``). Computing them syncs with the device once: the p99 selects the
+        negative-advantage tokens by a boolean mask, whose count the host must know. An empty batch
+        (B = 0 or T = 0) gives NaN everywhere.
         """
         self._check()
         mask = self.completion_mask
@@ -92,13 +95,39 @@ class FIPOStats:
             'safety_fired_ratio': mean(~self.safety_mask),
             'filtered_ratio': mean(~self.participation_mask),
             'dropped_response_ratio': self.dropped.to(torch.float32).mean(),
-            'neg_adv_ratio_p99': _masked_quantile(self.ratio.expand_as(mask), mask & self.negative_advantage, 0.99),
+            'neg_adv_ratio_p99': self._quantile(self.ratio.expand_as(mask), mask & self.negative_advantage, 0.99),
         }
         if self.weight_bounds is not None:
             low, high = self.weight_bounds
             stats['clipped_high_ratio'] = mean(self.raw_weight > high)
             stats['clipped_low_ratio'] = mean(self.raw_weight < low)
         return stats
+
+    @staticmethod
+    def _quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+        """Nearest-rank quantile of ``values[mask]``, NaN when the mask is empty.
+
+        On the CPU a sync costs nothing and selecting first is several times faster. Elsewhere
+        ``values[mask]`` would wait for the device (its size depends on the data) and has no meta
+        kernel, so every value is sorted with the unselected ones as NaN, which sorts last and ties
+        with a selected NaN exactly as ``kthvalue`` ranks it, and the rank is read with ``gather``.
+        """
+        if values.device.type == 'cpu':
+            return _masked_quantile(values, mask, q)
+        return FIPOStats._sorted_quantile(values, mask, q)
+
+    @staticmethod
+    def _sorted_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+        """``_quantile`` with no data-dependent shape: no device sync, and a meta kernel for each step."""
+        flat = values.reshape(-1)
+        if flat.numel() == 0:
+            return torch.tensor(math.nan, device=values.device)
+        ordered = torch.where(mask.reshape(-1), flat, math.nan).sort().values
+        # ceil(q * count) in integers (float32 would round 0.99 * 100 up to 100): q as a fraction.
+        numerator, denominator = fractions.Fraction(q).limit_denominator(1_000_000).as_integer_ratio()
+        count = mask.sum()
+        rank = ((count * numerator + denominator - 1) // denominator).clamp(min=1)
+        return ordered.gather(0, (rank - 1).reshape(1)).reshape(())
 
     def _check(self) -> None:
         """Refuse fields ``summary`` cannot interpret (stats built by hand), naming the field."""
