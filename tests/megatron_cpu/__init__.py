@@ -10,7 +10,8 @@ Nothing here is part of swift-fipo. It fakes only what cannot exist on a CPU mac
   they get placeholder classes that refuse to be instantiated.
 * CUDA calls megatron-core makes on a CPU run: ``torch.cuda.current_device()`` in
   ``RotaryEmbedding.get_emb`` and ``GlobalMemoryBuffer.get_tensor`` answers ``cpu`` there, and
-  ``CudaRNGStatesTracker.fork`` (needs a CUDA RNG state) is a no-op context (attention dropout is 0).
+  ``CudaRNGStatesTracker.fork`` (needs a CUDA RNG state) is a no-op context (attention dropout is 0), and
+  the causal mask the torch softmax builds without an explicit mask (``device="cuda"``) is made on CPU.
   ``model_parallel_cuda_manual_seed`` is never called.
 """
 
@@ -20,7 +21,9 @@ import contextlib
 import functools
 import importlib
 import importlib.machinery
+import re
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -82,10 +85,14 @@ def import_trainer_module() -> ModuleType:
     import peft  # noqa: F401  (records "no TE" before any stand-in exists)
     import peft.import_utils  # noqa: F401
     te_extension = importlib.import_module('megatron.core.extensions.transformer_engine')
-    for module in ('megatron.core.tensor_parallel.layers', 'megatron.core.tensor_parallel.random',
-                   'megatron.core.extensions.transformer_engine_spec_provider',
-                   'megatron.core.tensor_parallel.inference_layers'):
-        importlib.import_module(module)
+    # Every megatron-core module that probes for TE is imported now, so that it records "no TE" (a module
+    # first imported while the stand-ins are in place would bind them, e.g. isinstance(x, TELinear) fails).
+    for module in _te_probing_core_modules():
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            if error.name != 'triton':  # a triton kernel file: only mcore-bridge's stand-in window imports it
+                raise
     for name in _NONE_TE_CLASSES:
         if getattr(te_extension, name, None) is None:
             setattr(te_extension, name, _placeholder(name))
@@ -98,13 +105,33 @@ def import_trainer_module() -> ModuleType:
     finally:
         for name in stand_ins:
             sys.modules.pop(name, None)
+    bound = sorted(f'{name}.{attribute}' for name, loaded in list(sys.modules.items())
+                   if name.startswith('megatron.core') and loaded is not None
+                   for attribute, value in vars(loaded).items()
+                   if isinstance(value, _StandIn) and value.__name__.startswith('transformer_engine'))
+    # (triton stand-ins bound by megatron-core's inference kernels are fine: training never calls them.)
+    assert not bound, f'megatron-core modules bound the Transformer Engine stand-ins: {bound}'
     return module
+
+
+def _te_probing_core_modules() -> list[str]:
+    """megatron-core's modules whose source imports transformer_engine (read, not imported)."""
+    import megatron.core
+    root = Path(megatron.core.__file__).parent
+    probe = re.compile(r'^\s*(import|from) transformer_engine\b', re.MULTILINE)
+    names = []
+    for path in sorted(root.rglob('*.py')):
+        if probe.search(path.read_text(errors='replace')):
+            parts = path.relative_to(root.parent.parent).with_suffix('').parts
+            names.append('.'.join(parts[:-1] if parts[-1] == '__init__' else parts))
+    return names
 
 
 @contextlib.contextmanager
 def cpu_megatron():
     """megatron-core's CUDA calls answered for CPU, for the duration of the block."""
     from megatron.core import utils as core_utils
+    from megatron.core.fusions import fused_softmax
     from megatron.core.models.common.embeddings import rotary_pos_embedding
     from megatron.core.tensor_parallel import random as core_random
     saved = []
@@ -128,6 +155,9 @@ def cpu_megatron():
             on_cpu(vars(rotary_pos_embedding.RotaryEmbedding)['get_emb']))
     replace(core_utils.GlobalMemoryBuffer, 'get_tensor', on_cpu(vars(core_utils.GlobalMemoryBuffer)['get_tensor']))
     replace(core_random.CudaRNGStatesTracker, 'fork', lambda self, *args, **kwargs: contextlib.nullcontext())
+    # Without an explicit attention mask the torch softmax path builds its causal mask with device="cuda".
+    replace(fused_softmax, 'get_default_causal_mask',
+            lambda sq: torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1))
     try:
         yield
     finally:
