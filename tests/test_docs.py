@@ -67,3 +67,160 @@ def test_every_flag_example_in_parameters_md_parses_as_written():
             for assignment in expected.split():
                 field, value = assignment.split('=')
                 assert getattr(config, field) == ast.literal_eval(value), (flags, field)
+
+
+# --- metric tables, quoted messages and versions: each must be what the code emits --------------------------
+
+def _summary_keys() -> set[str]:
+    """The keys ``FIPOStats.summary`` has with clipping on (the clip fractions exist only then)."""
+    import torch
+
+    from swift_fipo.config import FIPOConfig
+    from swift_fipo.ops.influence import compute_fipo_influence
+    log_ratio = torch.tensor([[0.1, -0.2, 0.3]])
+    _, stats = compute_fipo_influence(log_ratio, torch.ones(1, 3, dtype=torch.bool), torch.tensor([-1.0]),
+                                      FIPOConfig(clip_range=0.2))
+    return set(stats.summary)
+
+
+def _trl_logged_keys() -> set[str]:
+    """The names ``FIPOGRPOTrainer._log_fipo_metrics`` writes into TRL's metric store, from the method itself."""
+    import collections
+    import types
+
+    import torch
+
+    from swift_fipo.config import FIPOConfig
+    from swift_fipo.integrations.trl import FIPOGRPOTrainer
+    from swift_fipo.ops.influence import compute_fipo_influence
+    _, stats = compute_fipo_influence(torch.tensor([[0.1, -0.2]]), torch.ones(1, 2, dtype=torch.bool),
+                                      torch.tensor([-1.0]), FIPOConfig(clip_range=0.2))
+    trainer = types.SimpleNamespace(model=types.SimpleNamespace(training=True), _metrics=collections.defaultdict(
+        lambda: collections.defaultdict(list)), accelerator=types.SimpleNamespace(gather=lambda row: row,
+                                                                                  device=torch.device('cpu')))
+    FIPOGRPOTrainer._log_fipo_metrics(trainer, stats)
+    return set(trainer._metrics['train'])
+
+
+def _metric_tables() -> dict[str, list[set[str]]]:
+    """Every markdown table in docs/ whose first header cell is ``metric``: the names in its first column."""
+    import re
+    tables: dict[str, list[set[str]]] = {}
+    for path in sorted((REPO / 'docs').glob('*.md')):
+        names: set[str] | None = None
+        for line in path.read_text().splitlines() + ['']:
+            cells = [cell.strip() for cell in line.split('|')[1:-1]] if line.startswith('|') else None
+            if cells and names is None and cells[0] == 'metric':
+                names = set()
+            elif cells and names is not None and not set(cells[0]) <= set('-: '):
+                names.update(re.findall(r'`([^`]+)`', cells[0]))
+            elif not cells and names is not None:
+                tables.setdefault(path.name, []).append(names)
+                names = None
+    return tables
+
+
+def test_every_metric_table_lists_exactly_the_keys_the_code_emits():
+    """parameters.md (ms-swift, under fipo/) and custom-trainers.md (TRL) against the emitted keys; a new
+    metric table must say here which host's keys it lists."""
+    import importlib.util
+
+    from swift_fipo.integrations.contract import METRIC_REDUCTIONS
+
+    summary = _summary_keys()
+    assert set(METRIC_REDUCTIONS) == summary  # every emitted key has a documented reduction, and no other
+    tables = _metric_tables()
+    assert set(tables) == {'parameters.md', 'custom-trainers.md'}, f'a metric table of an unknown host: {tables}'
+    assert tables['parameters.md'] == [summary]
+    trl_keys = _trl_logged_keys() if importlib.util.find_spec('trl') else {f'fipo/{key}' for key in summary}
+    assert trl_keys == {f'fipo/{key}' for key in summary}
+    assert tables['custom-trainers.md'] == [trl_keys]
+
+
+def test_verl_page_names_the_keys_verl_does_not_log():
+    from swift_fipo.integrations import verl as fipo_verl
+
+    text = (REPO / 'docs' / 'verl.md').read_text().replace('\n', ' ')
+    assert fipo_verl._UNLOGGED <= _summary_keys()
+    for key in fipo_verl._UNLOGGED:
+        assert f'`{key}` is not logged under verl' in text, key
+
+
+def _reproduce(message: str) -> BaseException | None:
+    """The error the code raises for the situation ``message`` describes, or None if the form is unknown."""
+    import ast
+    import re
+
+    from swift_fipo.integrations import ms_swift_cli
+    from swift_fipo.integrations import verl as fipo_verl
+    from swift_fipo.integrations.contract import resolve_config
+
+    def raised(call, *args, **kwargs) -> BaseException:
+        try:
+            call(*args, **kwargs)
+        except (ValueError, TypeError, RuntimeError) as error:
+            return error
+        raise AssertionError(f'the code accepts what the docs quote a refusal of: {message}')
+
+    prefix = re.escape(fipo_verl.OPTION_PREFIX)
+    threshold = re.fullmatch(rf'verl: ({re.escape(fipo_verl.DUAL_CLIP_OPTION)}|{prefix}\.filter_threshold) must be '
+                             rf'> 1 \+ {re.escape(fipo_verl.CLIP_HIGH_OPTION)} = ([\d.]+) .*; got ([\d.]+)\.', message)
+    if threshold:
+        option, bound, value = threshold.group(1), float(threshold.group(2)), float(threshold.group(3))
+        if option == fipo_verl.DUAL_CLIP_OPTION:
+            return raised(fipo_verl.fipo_config, {}, clip_ratio_c=value, clip_ratio_high=bound - 1)
+        return raised(fipo_verl.fipo_config, {'filter_threshold': value}, clip_ratio_high=bound - 1)
+    option = re.fullmatch(rf'verl: {prefix}\.(\w+) must be .*; got (.+)\.', message)
+    if option:
+        return raised(fipo_verl.fipo_config, {option.group(1): ast.literal_eval(option.group(2))})
+    flag = re.fullmatch(rf'{re.escape(ms_swift_cli.HOST)}: --(\w+) must be .*; got (.+)\.', message)
+    if flag:
+        field = {name: field for field, name in ms_swift_cli.FLAG_NAMES.items()}[flag.group(1)]
+        return raised(resolve_config, 'swift', {field: ast.literal_eval(flag.group(2))},
+                      lambda name: f'--{ms_swift_cli.FLAG_NAMES[name]}', ms_swift_cli.HOST)
+    return None
+
+
+def test_every_quoted_error_message_is_the_one_the_code_raises():
+    """Error lines in the docs' code blocks (``ValueError('...')`` as Hydra prints it, or ``ValueError: ...``)
+    and inline quotes of the plugin's own messages: each is reproduced and must be the code's message, verbatim."""
+    import re
+
+    quoted = []
+    for path in [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]:
+        text = path.read_text()
+        for index, block in enumerate(text.split('```')):
+            if index % 2:  # inside a fenced block
+                for line in block.splitlines():
+                    match = re.fullmatch(r"(\w+Error)(?:\('(.*)'\)|: (.*))", line.strip())
+                    if match:
+                        quoted.append((path.name, match.group(1), match.group(2) or match.group(3),
+                                       match.group(2) is not None))
+            else:
+                for span in re.findall(r'`([^`\n]+)`', block):
+                    if re.match(r'(verl|swift-fipo): \S', span):
+                        quoted.append((path.name, None, span, False))
+    assert len(quoted) >= 2, quoted  # verl.md quotes two refusals
+    for page, kind, message, as_repr in quoted:
+        error = _reproduce(message)
+        assert error is not None, f'{page} quotes a message no reproducer here knows: {message!r}'
+        if kind is not None:
+            assert type(error).__name__ == kind, (page, message)
+        shown = repr(error) if as_repr else str(error)
+        assert shown == (f'{kind}({message!r})' if as_repr else message), (page, shown)
+
+
+def test_readme_gives_the_trl_range_and_versions_of_trl_py():
+    """Read from trl.py's source (this runs without TRL)."""
+    import ast
+    import re
+
+    constants = {node.targets[0].id: ast.literal_eval(node.value)
+                 for node in ast.parse((REPO / 'swift_fipo' / 'integrations' / 'trl.py').read_text()).body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and node.targets[0].id in ('SUPPORTED_RANGE', 'TESTED_VERSIONS')}
+    bullet = re.search(r'^- TRL .*?(?=^- )', (REPO / 'README.md').read_text(), flags=re.M | re.S).group(0)
+    bullet = ' '.join(bullet.split())
+    assert constants['SUPPORTED_RANGE'] in bullet
+    assert set(re.findall(r'\b\d+\.\d+\.\d+\b', bullet)) == set(constants['TESTED_VERSIONS'])
+

@@ -58,9 +58,9 @@ class FIPOStats:
 
         How each combines across ranks and accumulation chunks: ``integrations.contract.METRIC_REDUCTIONS``.
         0-dim tensors on the batch's device, so that a host reads them all in one transfer
-        (``torch.stack(...).tolist()``). Computing them syncs with the device once: the p99 selects the
-        negative-advantage tokens by a boolean mask, whose count the host must know. An empty batch
-        (B = 0 or T = 0) gives NaN everywhere.
+        (``torch.stack(...).tolist()``, one sync). Off the CPU computing them does not sync (the p99 sorts
+        instead of selecting, see ``_quantile``); on the CPU, where a sync costs nothing, the p99 selects
+        the negative-advantage tokens by their mask. An empty batch (B = 0 or T = 0) gives NaN everywhere.
         """
         self._check()
         mask = self.completion_mask
