@@ -95,6 +95,48 @@ def test_combine_over_ranks_gathers_the_row_on_the_given_device():
     assert seen == [torch.device('meta'), torch.device('cpu')]
 
 
+def test_record_metric_keeps_one_extreme_entry_and_appends_means():
+    """Hosts average each per-step list: a min/max key must hold the extreme over chunks, once."""
+    values: dict[str, list[float]] = {key: [] for key in contract.METRIC_REDUCTIONS}
+    chunks = [{'influence_weight_min': 0.9, 'influence_weight_max': 1.1, 'neg_adv_ratio_p99': 2.0,
+               'future_kl_mean': 0.1},
+              {'influence_weight_min': 0.8, 'influence_weight_max': 1.2, 'neg_adv_ratio_p99': math.nan,
+               'future_kl_mean': 0.3},
+              {'influence_weight_min': 0.85, 'influence_weight_max': 1.15, 'neg_adv_ratio_p99': 1.5,
+               'future_kl_mean': 0.2}]
+    for chunk in chunks:
+        for key, value in chunk.items():
+            contract.record_metric(values[key], key, value)
+    assert values['influence_weight_min'] == [0.8]
+    assert values['influence_weight_max'] == [1.2]
+    assert values['neg_adv_ratio_p99'] == [2.0]  # a chunk without negative advantages (NaN) is ignored
+    assert values['future_kl_mean'] == [0.1, 0.3, 0.2]
+
+
+def test_record_metric_starts_from_nan_without_losing_the_next_value():
+    values: list[float] = []
+    contract.record_metric(values, 'influence_weight_max', math.nan)
+    contract.record_metric(values, 'influence_weight_max', 1.25)
+    assert values == [1.25]
+
+
+@pytest.mark.parametrize('field', contract.RATIO_THRESHOLD_FIELDS)
+@pytest.mark.parametrize('value, refused', [(1.05, True), (1.28, True), (1.2800001, False), (10.0, False)])
+def test_ratio_thresholds_must_lie_beyond_the_ppo_clip(field, value, refused):
+    config = FIPOConfig(**{field: value})
+
+    def check() -> None:
+        contract.check_ratio_thresholds(config, 0.28, lambda name: f'--{name}', 'host', 'eps_high')
+
+    if refused:
+        message = rf'^host: --{field} must be > 1 \+ eps_high = 1\.28 .*; got {value:g}\.$'
+        with pytest.raises(ValueError, match=message):
+            check()
+    else:
+        check()
+    contract.check_ratio_thresholds(config, None, str, 'host', 'eps_high')  # no PPO clip known: nothing to check
+
+
 def test_warn_is_silent_off_rank_zero(monkeypatch, recwarn):
     monkeypatch.setenv('RANK', '3')
     contract.warn('quiet')

@@ -160,6 +160,49 @@ def test_loss_is_ms_swift_dapo_with_reweighted_advantages(case):
     assert is_close(torch.tensor(metrics['fipo/influence_weight_max'][-1]), weight[mask].max(), tol=1e-5)
 
 
+def test_logged_minima_and_maxima_are_extremes_over_accumulation_chunks():
+    """Two loss calls of one logging step (gradient-accumulation chunks) whose extremes differ, through the
+    installed trainer's loss and its own ``log()``, which averages every ``_metrics`` list: the weights' min /
+    max and the p99 must come out as the extremes over the chunks (METRIC_REDUCTIONS, docs/parameters.md),
+    the means as the mean of the chunks' means."""
+    from transformers import TrainerControl, TrainerState
+
+    from swift_fipo.config import FIPOConfig
+    from swift_fipo.integrations.contract import METRIC_REDUCTIONS
+    from swift_fipo.ops.influence import compute_fipo_influence
+
+    batches = [make_batch(seed=11), make_batch(seed=12)]
+    batches[0]['old_per_token_logps'] = batches[0]['logps'] - 0.05 * (batches[0]['logps'] -
+                                                                      batches[0]['old_per_token_logps'])
+    # The symmetric clip [0.8, 1.2]: the minimum moves too (high-only, every minimum is 1).
+    trainer = make_trainer('fipo', batches[0]['logps'], batches[0]['entropies'], fipo_clip_high_only=False)
+    chunks = []
+    for batch in batches:
+        trainer.fixed_logps, trainer.fixed_entropies = batch['logps'], batch['entropies']
+        trainer._compute_loss_and_metrics(None, loss_inputs(batch))
+        # The same summaries computed here, apart from the hook (the options make_trainer sets).
+        _, stats = compute_fipo_influence(batch['logps'] - batch['old_per_token_logps'], batch['completion_mask'],
+                                          batch['advantages'], FIPOConfig(clip_high_only=False))
+        chunks.append({key: float(value) for key, value in stats.summary.items()})
+    for key in ('influence_weight_min', 'influence_weight_max', 'neg_adv_ratio_p99'):
+        assert chunks[0][key] != chunks[1][key], key  # otherwise a mean of extremes would pass too
+
+    # What ms-swift's and transformers' log() read besides the metrics.
+    for name, value in dict(state=TrainerState(), control=TrainerControl(), custom_metrics={'train': {}, 'eval': {}},
+                            callback_handler=SimpleNamespace(on_log=lambda args, state, control, logs: control),
+                            _logs={'prompt': []}, log_completions=False).items():
+        setattr(trainer, name, value)
+    trainer.args.include_num_input_tokens_seen = 'no'
+    trainer.accelerator.is_main_process = True
+    trainer.log({})
+    logged = trainer.state.log_history[-1]
+    assert not trainer._metrics['train']  # ms-swift's log() consumed the step's lists
+    for key, how in METRIC_REDUCTIONS.items():
+        values = [chunk[key] for chunk in chunks]
+        expected = min(values) if how == 'min' else max(values) if how == 'max' else sum(values) / 2
+        assert logged[f'fipo/{key}'] == pytest.approx(expected, rel=1e-5, abs=1e-6), key
+
+
 def test_first_pass_equals_dapo():
     batch = make_batch(seed=3)
     batch['old_per_token_logps'] = None  # ms-swift's on-policy convention

@@ -228,6 +228,32 @@ def test_loss_is_trl_loss_with_advantages_times_weight(offpolicy: tuple[FIPOGRPO
     assert not torch.allclose(fipo_loss, plain)
 
 
+def test_logged_minima_and_maxima_are_extremes_over_accumulation_chunks(
+        offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]]) -> None:
+    """Two loss calls of one logging step (gradient-accumulation chunks) whose extremes differ, logged by TRL's
+    own ``log()``, which averages every metric list: the weights' min / max and the p99 must come out as the
+    extremes over the chunks (METRIC_REDUCTIONS, docs/parameters.md), the means as the mean of the chunks'."""
+    from swift_fipo.integrations.contract import METRIC_REDUCTIONS
+    trainer, inputs = offpolicy
+    trainer._metrics['train'].clear()
+    chunks = []
+    # Nearly on-policy (weights inside the clip [0.5, 1.5]), then the fixture's batch (weights at its bounds).
+    generator = torch.Generator().manual_seed(2)
+    near = current_logps(trainer, inputs) + 0.02 * torch.randn(inputs['old_per_token_logps'].shape, generator=generator)
+    for old in (near, inputs['old_per_token_logps']):
+        trainer._compute_loss(trainer.model, dict(inputs, old_per_token_logps=old))
+        chunks.append({key: float(value) for key, value in trainer.last_fipo_stats.summary.items()})
+    for key in ('influence_weight_min', 'influence_weight_max', 'neg_adv_ratio_p99'):
+        assert chunks[0][key] != chunks[1][key], key  # otherwise a mean of extremes would pass too
+    trainer.log({})
+    logged = trainer.state.log_history[-1]
+    assert not trainer._metrics['train']  # TRL's log() consumed the step's lists
+    for key, how in METRIC_REDUCTIONS.items():
+        values = [chunk[key] for chunk in chunks]
+        expected = min(values) if how == 'min' else max(values) if how == 'max' else sum(values) / 2
+        assert logged[f'fipo/{key}'] == pytest.approx(expected, rel=1e-6, abs=1e-7), key
+
+
 def test_sequence_level_importance_sampling_tests_the_sequence_ratio(
         offpolicy: tuple[FIPOGRPOTrainer, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     trainer, inputs = offpolicy

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils._pytree import tree_map
 
-from swift_fipo.integrations.contract import Patch, combine_over_ranks, is_patch, reweight_advantages
+from swift_fipo.integrations.contract import Patch, combine_over_ranks, is_patch, record_metric, reweight_advantages
 from swift_fipo.integrations.ms_swift_layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
 from swift_fipo.ops.influence import FIPOStats
 
@@ -150,11 +150,15 @@ def reweight_batch(trainer: Any, batch: _Batch, per_token_logps: torch.Tensor) -
 
 
 def log_metrics(trainer: Any, stats: FIPOStats) -> None:
-    """Append this loss call's ``fipo/*`` summaries (reduced over ranks) to the trainer's metrics."""
+    """Add this loss call's ``fipo/*`` summaries (reduced over ranks) to the trainer's metrics.
+
+    ms-swift's ``log()`` averages each list: min/max keys keep one entry, the extreme over the logging
+    step's chunks (``record_metric``), means one entry per loss call.
+    """
     mode = 'train' if trainer.model.training else 'eval'
     combined = combine_over_ranks(stats.summary, trainer.accelerator.gather, trainer.accelerator.device)
     for key, value in combined.items():
-        trainer._metrics[mode][f'fipo/{key}'].append(value)
+        record_metric(trainer._metrics[mode][f'fipo/{key}'], key, value)
 
 
 def serve_fipo(trainer: Any) -> None:

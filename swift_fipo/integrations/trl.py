@@ -27,7 +27,7 @@ from trl import GRPOTrainer
 
 from swift_fipo.config import FIPOConfig
 from swift_fipo.integrations.contract import (combine_over_ranks, installed_version, liger_refusal, on_policy_reason,
-                                              reweight_advantages, warn)
+                                              record_metric, reweight_advantages, warn)
 from swift_fipo.ops.influence import FIPOStats
 
 # Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
@@ -257,6 +257,7 @@ class FIPOGRPOTrainer(GRPOTrainer):
 
     def _log_fipo_metrics(self, stats: FIPOStats) -> None:
         mode = 'train' if self.model.training else 'eval'
-        # One gather and one device sync for all the metrics of this micro-batch.
+        # One gather and one device sync for all the metrics of this micro-batch. TRL's log() averages each
+        # list: min/max keys keep one entry, the extreme over the step's chunks (record_metric).
         for key, value in combine_over_ranks(stats.summary, self.accelerator.gather, self.accelerator.device).items():
-            self._metrics[mode][METRIC_PREFIX + key].append(value)
+            record_metric(self._metrics[mode][METRIC_PREFIX + key], key, value)
