@@ -6,27 +6,95 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import io
+import json
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence, TextIO
 
-from swift_fipo import __version__, activation
+import swift_fipo
+from swift_fipo import __version__
 from swift_fipo.integrations.contract import installed_version
+
+try:
+    from swift_fipo import activation
+    _ACTIVATION_ERROR = ''
+except ImportError as _error:  # a swift_fipo without activation.py ahead on sys.path: doctor says so
+    activation = None  # type: ignore[assignment]
+    _ACTIVATION_ERROR = f'{type(_error).__name__}: {_error}'
+
+_PTH_NAME = 'swift_fipo.pth'
+_DISTRIBUTION = 'swift-fipo'
+
+
+def _distribution() -> Optional[importlib.metadata.Distribution]:
+    try:
+        return importlib.metadata.distribution(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _site_directories() -> list[Path]:
+    """The directories whose .pth files this interpreter runs at start-up (none under ``python -S``)."""
+    import site
+    return [Path(entry) for entry in (*site.getsitepackages(), site.getusersitepackages())]
 
 
 def _pth_file() -> Optional[Path]:
-    """The activation file in a site-packages directory (only there does Python run it at start-up)."""
-    import site
-    directories = [*site.getsitepackages(), site.getusersitepackages()]
-    for entry in directories:
-        candidate = Path(entry) / 'swift_fipo.pth'
-        if candidate.is_file():
-            return candidate
+    """The installed activation file: from the distribution's file list (found on sys.path even where
+    the interpreter processed no site-packages, ``python -S``), else looked for in the site directories."""
+    distribution = _distribution()
+    for file in (distribution.files or []) if distribution is not None else []:
+        if file.name == _PTH_NAME and Path(str(file.locate())).is_file():
+            return Path(str(file.locate()))
+    for directory in _site_directories():
+        if (directory / _PTH_NAME).is_file():
+            return directory / _PTH_NAME
     return None
+
+
+def _editable() -> bool:
+    """Whether pip installed swift-fipo editable (``pip install -e``: no swift_fipo.pth is installed)."""
+    distribution = _distribution()
+    try:
+        text = distribution.read_text('direct_url.json') if distribution is not None else None
+        return bool(text) and bool(json.loads(text).get('dir_info', {}).get('editable'))
+    except (ValueError, AttributeError, OSError):  # unreadable metadata: no claim either way
+        return False
+
+
+def _pth_state(pth: Optional[Path]) -> str:
+    """The `.pth file` line: where it is, or why there is none."""
+    if pth is not None:
+        return str(pth)
+    if _editable():
+        return 'missing: swift-fipo is installed editable (pip install -e), which does not install it'
+    if sys.flags.no_site:  # not searched for at all, so not known to be missing
+        return 'not found (python -S: no site-packages directory was processed)'
+    return 'missing (installed editable or not via pip?)'
+
+
+def _why_inactive(pth: Optional[Path]) -> str:
+    """Why the watcher is not in this interpreter although nothing disabled it."""
+    if sys.flags.no_site:
+        return 'python -S: no site-packages directory was processed, so no .pth file ran'
+    if pth is not None and pth.parent.resolve() not in {directory.resolve() for directory in _site_directories()}:
+        return f'{pth.parent} is not a site-packages directory of this interpreter: .pth files run only there'
+    return 'the .pth file did not run'
+
+
+def _shadowing() -> Optional[str]:
+    """A note when the swift_fipo imported here is not the installed one (another is ahead on sys.path)."""
+    imported = Path(swift_fipo.__file__ or '').resolve().parent
+    distribution = _distribution()
+    installed = Path(str(distribution.locate_file('swift_fipo/__init__.py'))) if distribution is not None else None
+    if installed is None or not installed.is_file() or installed.resolve().parent == imported:
+        return None
+    return f'{imported}, not the installed {installed.parent}: another swift_fipo is ahead on sys.path'
 
 
 # What a training run imports (and the activation hooks), in that order: argument parsing, then the trainer.
@@ -46,14 +114,23 @@ def doctor() -> int:
         lines.append(f'  {distribution:<13} {installed_version(distribution) or "not installed"}')
     pth = _pth_file()
     lines.append('activation:')
-    lines.append(f'  .pth file     {pth or "missing (installed editable or not via pip?)"}')
-    if activation.is_disabled():
+    shadowing = _shadowing()
+    if shadowing is not None:
+        lines.append(f'  package       {shadowing}')
+    lines.append(f'  .pth file     {_pth_state(pth)}')
+    if activation is None:
+        package = Path(swift_fipo.__file__ or '').parent
+        lacks = (f'{package} has no activation.py' if not (package / 'activation.py').exists()
+                 else f'{package / "activation.py"} does not import ({_ACTIVATION_ERROR})')
+        lines.append(f'  state         unavailable: {lacks}; an incomplete or foreign swift_fipo is ahead on sys.path: '
+                     'remove it, or reinstall swift-fipo')
+    elif activation.is_disabled():
         lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}: '
                      'ms-swift runs its own code')
     elif activation.watcher_installed():
         lines.append('  state         active: host modules are hooked when ms-swift or verl imports them')
     else:
-        lines.append('  state         inactive in this interpreter (the .pth file did not run; explicit routes: '
+        lines.append(f'  state         inactive in this interpreter ({_why_inactive(pth)}; explicit routes: '
                      '--external_plugins "$(swift-fipo plugin-path)" or swift_fipo.install())')
     lines.append('hooks (host modules imported as a training run imports them):')
     has_swift, has_verl = installed_version('ms-swift') is not None, installed_version('verl') is not None
@@ -173,6 +250,8 @@ def _import_observed(name: str) -> tuple[Optional[ModuleType], str, list[str]]:
 
 
 def _why_not_hooked() -> str:
+    if activation is None:
+        return 'swift_fipo.activation is missing (see above)'
     if activation.is_disabled():
         return f'{activation.DISABLE_ENV} is set'
     if not activation.watcher_installed():
@@ -191,7 +270,7 @@ def _megatron_state() -> str:
         check_trainer_has_hook(megatron=True)
     except Exception as error:  # its message names the supported range
         return name + str(error)
-    if activation.is_disabled() or not activation.watcher_installed():
+    if activation is None or activation.is_disabled() or not activation.watcher_installed():
         return name + f'not hooked: {_why_not_hooked()}'
     return name + 'hooked when `megatron rlhf` imports it'
 

@@ -98,6 +98,54 @@ def test_doctor_without_ms_swift_exits_1(tmp_path: Path):
     assert 'ms-swift is not installed: pip install "ms-swift>=4.2.2"' in result.stdout
 
 
+def test_doctor_under_python_dash_s_blames_no_site_not_an_editable_install(tmp_path: Path):
+    """``python -S`` processes no site-packages: the .pth is not searched for, so it is not "missing",
+    and that, not the way swift-fipo was installed, is why the activation is not running."""
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': str(only_swift_fipo(tmp_path))}, python_flags=('-S', ))
+    assert_clean_failure(result, 'doctor')
+    assert 'editable' not in result.stdout, result.stdout
+    assert '  .pth file     not found (python -S: no site-packages directory was processed)' in result.stdout
+    assert ('  state         inactive in this interpreter (python -S: no site-packages directory was processed, '
+            'so no .pth file ran;') in result.stdout, result.stdout
+
+
+def test_doctor_with_a_swift_fipo_lacking_activation_ahead_on_the_path(tmp_path: Path):
+    """A stale or partial copy of swift_fipo ahead of the installed one, without activation.py: the
+    interpreter starts with the .pth file's one line, and doctor reports the copy in its own line."""
+    copy = only_swift_fipo(tmp_path, ('activation.py', ))
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': str(copy)})
+    assert_clean_failure(result, 'doctor')
+    assert result.returncode == 1
+    state = [line for line in result.stdout.splitlines() if line.startswith('  state ')]
+    assert state == [f'  state         unavailable: {copy / "swift_fipo"} has no activation.py; an incomplete or '
+                     'foreign swift_fipo is ahead on sys.path: remove it, or reinstall swift-fipo'], result.stdout
+    assert 'computed by swift-fipo' not in result.stdout.replace('NOT computed by swift-fipo', '')
+    if installed_version('swift-fipo') is not None:  # the installed copy is named beside the one imported
+        assert f'  package       {copy / "swift_fipo"}, not the installed ' in result.stdout
+    # At most the .pth file's own line (it runs in this interpreter and finds the copy first).
+    assert len(result.stderr.splitlines()) <= 1, result.stderr
+
+
+def test_doctor_with_a_swift_fipo_lacking_activation_under_python_dash_s(tmp_path: Path):
+    copy = only_swift_fipo(tmp_path, ('activation.py', ))
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': str(copy)}, python_flags=('-S', ))
+    assert_clean_failure(result, 'doctor')
+    assert result.returncode == 1 and result.stderr == ''
+    assert f'{copy / "swift_fipo"} has no activation.py' in result.stdout
+    # The other commands do not need the activation.
+    assert swift_fipo_command('plugin-path', env={'PYTHONPATH': str(copy)}, python_flags=('-S', )).returncode == 0
+
+
+def test_doctor_explains_a_pth_file_outside_the_site_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``pip install --target DIR`` and PYTHONPATH=DIR: the file is there, but Python runs .pth files only
+    in its site directories."""
+    from swift_fipo import cli
+    monkeypatch.setattr(cli, '_site_directories', lambda: [tmp_path / 'site-packages'])
+    reason = cli._why_inactive(tmp_path / 'target' / 'swift_fipo.pth')
+    assert reason == f'{tmp_path / "target"} is not a site-packages directory of this interpreter: .pth files run only there'
+    assert cli._why_inactive(tmp_path / 'site-packages' / 'swift_fipo.pth') == 'the .pth file did not run'
+
+
 # --- plugin-path -------------------------------------------------------------------------------------
 
 
