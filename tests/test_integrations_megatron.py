@@ -1,16 +1,19 @@
 """swift-fipo on ms-swift's Megatron GRPO trainer (and the Ray Megatron trainer, whose workers reuse it).
 
-Importing ``swift.megatron`` needs megatron-core, mcore-bridge and Transformer Engine (CUDA), so on a CPU
-machine the real ``MegatronGRPOTrainer`` cannot be imported. The tests come in two groups:
+The real ``MegatronGRPOTrainer`` runs in tests/test_integrations_megatron_real.py, where megatron-core and
+mcore-bridge are installed (the Megatron suite; CPU, with test-only stand-ins for Transformer Engine). Every other
+ms-swift suite has no Megatron stack, so here:
 
 * CPU, always: the installed trainer's *source file* is read (never imported). Its
   ``_compute_fipo_influence`` signature, the call in ``loss_func`` and the keys ``loss_func`` reads from the
-  returned dict are checked against the shared adapter; then a stand-in class is built from the installed
-  methods' own source (``_setup_teacher``, ``_init_grpo_params``, ``_compute_fipo_influence``, ``loss_func``),
-  with ``megatron.core.mpu`` and the cross-rank gathers stubbed for a single rank, and patched by the plugin
-  exactly as the real class would be. That runs ms-swift's real Megatron loss code on CPU.
-* Real trainer: the same checks on the imported ``MegatronGRPOTrainer``; skipped, with the import error,
-  where ``swift.megatron`` cannot be imported.
+  returned dict are checked against the shared adapter.
+* A stand-in class built from the installed methods' own source (``_setup_teacher``, ``_init_grpo_params``,
+  ``_compute_fipo_influence``, ``loss_func``), with ``megatron.core.mpu`` and the cross-rank gathers stubbed for
+  a single rank, patched by the plugin exactly as the real class would be: ms-swift's real Megatron loss code on
+  CPU for the ms-swift lines the Megatron suite does not install (4.2.3 - 4.5.3, and 4.6.0 in its plain suite).
+  Where the real class runs, the stand-in tests it duplicates are left out (``STAND_IN_DUPLICATE``); those it
+  does not cover stay: a sequence-level ratio with both thresholds set, and a data-parallel rank whose
+  micro-batch has no completion token.
 """
 
 from __future__ import annotations
@@ -18,12 +21,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import math
-import sys
 import textwrap
 import typing
 from collections import defaultdict
@@ -34,6 +35,7 @@ import pytest
 import torch
 
 from conftest import ms_swift_version, need, not_applicable_here, only_where
+from megatron_cpu import real_trainer_runs_here
 from swift_fipo.integrations.contract import is_patch
 
 pytestmark = [pytest.mark.ms_swift]
@@ -52,6 +54,9 @@ MEGATRON_TRAINER_FILE = SWIFT_DIR / 'megatron' / 'trainers' / 'grpo_trainer.py'
 MEGATRON_MIXIN_FILE = SWIFT_DIR / 'megatron' / 'trainers' / 'rollout_mixin.py'
 RAY_GRPO_LOSS_FILE = SWIFT_DIR / 'ray' / 'megatron' / 'loss' / 'grpo.py'
 NATIVE_KEYS = ('fipo/future_kl_mean', 'fipo/influence_weight_mean', 'fipo/safety_keep_ratio')
+# A stand-in test the real trainer's file (tests/test_integrations_megatron_real.py) repeats on the real class.
+STAND_IN_DUPLICATE = only_where(not real_trainer_runs_here(), 'the real MegatronGRPOTrainer runs here: '
+                                'tests/test_integrations_megatron_real.py checks this on it instead of a stand-in')
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -321,6 +326,7 @@ def stand_in() -> tuple[type, type]:
     return native, patched
 
 
+@STAND_IN_DUPLICATE
 def test_stand_in_teacher_flag_is_cleared_for_fipo_and_kept_for_an_explicit_teacher(stand_in):
     native, patched = stand_in
     if not hasattr(native, '_setup_teacher'):  # before OPD-RL (4.4): no teacher flag, nothing to clear
@@ -335,6 +341,7 @@ def test_stand_in_teacher_flag_is_cleared_for_fipo_and_kept_for_an_explicit_teac
     assert explicit._has_teacher is True and explicit._has_teacher_explicit is True
 
 
+@STAND_IN_DUPLICATE
 def test_stand_in_native_loss_rejects_fipo_and_the_patched_one_trains(stand_in):
     native, patched = stand_in
     logps, data = _batch()
@@ -349,13 +356,15 @@ def test_stand_in_native_loss_rejects_fipo_and_the_patched_one_trains(stand_in):
         assert key in metrics and math.isfinite(float(metrics[key])), key
 
 
-@pytest.mark.parametrize('overrides', [{}, {'fipo_clip_high_only': False}, {'delta': 1.5},
-                                       {'fipo_safety_threshold': 1.05}, {'importance_sampling_level': 'sequence'},
-                                       # coef_1 is then one ratio per sequence: filter and safety rule test it
-                                       {'importance_sampling_level': 'sequence', 'delta': 1.02,
-                                        'fipo_safety_threshold': 1.01, 'fipo_clip_high_only': False}],
-                         ids=['defaults', 'symmetric-clip', 'delta', 'safety-fires', 'sequence-is',
-                              'sequence-is-thresholds'])
+@pytest.mark.parametrize('overrides', [
+    pytest.param({}, id='defaults', marks=STAND_IN_DUPLICATE),
+    pytest.param({'fipo_clip_high_only': False}, id='symmetric-clip', marks=STAND_IN_DUPLICATE),
+    pytest.param({'delta': 1.5}, id='delta', marks=STAND_IN_DUPLICATE),
+    pytest.param({'fipo_safety_threshold': 1.05}, id='safety-fires', marks=STAND_IN_DUPLICATE),
+    pytest.param({'importance_sampling_level': 'sequence'}, id='sequence-is', marks=STAND_IN_DUPLICATE),
+    # coef_1 is then one ratio per sequence: filter and safety rule test it (not in the real trainer's file)
+    pytest.param({'importance_sampling_level': 'sequence', 'delta': 1.02, 'fipo_safety_threshold': 1.01,
+                  'fipo_clip_high_only': False}, id='sequence-is-thresholds')])
 def test_stand_in_loss_and_native_metrics_match_ms_swift(stand_in, overrides):
     """Patched vs native Megatron loss: same loss, gradient and fipo/* values (flags where ms-swift agrees)."""
     native, patched = stand_in
@@ -376,6 +385,7 @@ def test_stand_in_loss_and_native_metrics_match_ms_swift(stand_in, overrides):
     assert any(set(NATIVE_KEYS) <= set(keys) for _, keys in trainer.reductions)
 
 
+@STAND_IN_DUPLICATE
 def test_stand_in_plugin_metrics_reach_megatron_reduced_across_ranks(stand_in):
     """The plugin's extra diagnostics (weight min/max, raw weight, clip fractions) on the Megatron path.
 
@@ -404,7 +414,10 @@ def test_stand_in_plugin_metrics_reach_megatron_reduced_across_ranks(stand_in):
 def test_stand_in_extremes_and_means_combine_across_disagreeing_ranks(stand_in):
     """Two data-parallel ranks with different batches: the logged minimum is the smaller of the two
     ranks' minima, the maximum the larger maximum, the p99 of negative-advantage ratios the larger one
-    (a rank without negative advantages has none and is ignored), and the other diagnostics the mean."""
+    (a rank without negative advantages has none and is ignored), and the other diagnostics the mean.
+
+    Kept where the real trainer runs too: its two-rank test covers the rest, but a rank whose micro-batch has
+    no completion token at all is only made here."""
     _, patched = stand_in
     args = dict(fipo_clip_range=0.0, fipo_safety_threshold=None)  # unclipped: extremes differ per rank
 
@@ -433,69 +446,6 @@ def test_stand_in_extremes_and_means_combine_across_disagreeing_ranks(stand_in):
     for key in (low, high, p99):
         assert with_empty[key] == pytest.approx(mine[key], rel=1e-6), key
     assert with_empty['fipo/raw_weight_mean'] == pytest.approx(mine['fipo/raw_weight_mean'] / 2, rel=1e-6)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The real MegatronGRPOTrainer (needs megatron-core, mcore-bridge, Transformer Engine: a CUDA machine)
-# ----------------------------------------------------------------------------------------------------------
-
-def _megatron_stack_absent(error: BaseException) -> bool:
-    """True for exactly the errors of importing ``swift.megatron`` where the Megatron stack (megatron-core,
-    mcore-bridge, Transformer Engine: CUDA only) is not installed, as on CPU machines; seen here:
-
-    * ms-swift 4.6.0, no megatron-core: ``ModuleNotFoundError: No module named 'megatron'``;
-    * ms-swift 4.3.2, no mcore-bridge: ``PackageNotFoundError`` from its ``require_version('mcore-bridge>=...')``;
-    * megatron-core and mcore-bridge without Transformer Engine (either version):
-      ``ModuleNotFoundError: No module named 'transformer_engine'``.
-
-    Anything else (a broken install, an API change, a bug) is a failure."""
-    if isinstance(error, importlib.metadata.PackageNotFoundError):
-        return "'mcore-bridge>=" in str(error) and 'distribution was not found' in str(error)
-    return isinstance(error, ModuleNotFoundError) and error.name in ('megatron', 'transformer_engine')
-
-
-def _import_real_megatron_trainer() -> type:
-    try:
-        import swift.megatron  # noqa: F401  (its own import is what a `megatron rlhf` run does)
-        module = importlib.import_module(integration.MEGATRON_TRAINER_MODULE)
-    except ImportError as error:
-        if not _megatron_stack_absent(error):
-            raise
-        pytest.skip(f'no Transformer Engine (CUDA only): the Megatron stack is not installed on this machine '
-                    f'({type(error).__name__}: {error})')
-    return module.MegatronGRPOTrainer
-
-
-def test_real_megatron_trainer_is_hooked_on_import():
-    cls = _import_real_megatron_trainer()
-    from swift_fipo import activation
-    if activation.is_disabled():
-        pytest.skip('SWIFT_FIPO_DISABLE is set')
-    assert integration.is_patched(cls)
-    if hasattr(cls, '_setup_teacher'):
-        assert is_patch(cls._setup_teacher)
-
-
-def test_real_megatron_trainer_teacher_flag_and_adapter():
-    cls = _import_real_megatron_trainer()
-    integration.install(megatron=True)
-    trainer = cls.__new__(cls)  # as the Ray pipeline's GRPOLoss builds it
-    trainer.args = _megatron_args()
-    if hasattr(cls, '_setup_teacher'):
-        trainer._setup_teacher()
-        assert trainer._has_teacher is False
-    trainer._init_grpo_params()
-    logps, data = _batch()
-    old = data['old_per_token_logps']
-    log_ratio = (logps - old).detach()
-    mask = data['completion_mask']
-    # [B, T] advantages from ms-swift 4.4 (GRPOBatch), [B] before.
-    advantages = data['grpo_batch'].advantages if 'grpo_batch' in ast.unparse(_megatron_methods()['loss_func']) \
-        else data['advantages']
-    weight, returned = cls._compute_fipo_influence(trainer, log_ratio, log_ratio.exp(), advantages, mask)
-    native_weight, _ = integration.native_fipo_influence(cls)(trainer, log_ratio, log_ratio.exp(), advantages, mask)
-    torch.testing.assert_close(weight, native_weight.float(), rtol=1e-5, atol=1e-6)
-    assert {'future_kl', 'influence_weight', 'safety_mask'} <= set(returned)
 
 
 def test_stand_in_source_is_this_ms_swift():

@@ -18,7 +18,6 @@ the optimizer-step test).
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import os
 import subprocess
@@ -30,21 +29,19 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import REPO, ms_swift_version, need, not_applicable_here
+from conftest import REPO, need, not_applicable_here
 
 pytestmark = [pytest.mark.ms_swift]
 need('swift', 'ms-swift')
 need('megatron', 'megatron-core')  # the namespace only: megatron.core imports a lot
-try:  # mcore-bridge cannot be imported here (it imports Transformer Engine): only its distribution is read
-    importlib.metadata.distribution('mcore-bridge')
-except importlib.metadata.PackageNotFoundError:
-    not_applicable_here('mcore-bridge is not installed in this environment (the Megatron suite installs it)')
-if ms_swift_version() < (4, 4):
-    not_applicable_here("this ms-swift's Megatron GRPO trainer has no Ray GRPOLoss and no teacher check (< 4.4)")
+sys.path.insert(0, str(REPO / 'tests'))
+from megatron_cpu import real_trainer_runs_here  # noqa: E402  (torch only: nothing of the stack is imported)
+
+if not real_trainer_runs_here():  # mcore-bridge's distribution is read, never imported (it imports TE)
+    not_applicable_here('needs mcore-bridge and an ms-swift >= 4.4 (Ray GRPOLoss, OPD-RL check) beside '
+                        'megatron-core: the Megatron suite (scripts/suites/megatron-4.6.0.sh)')
 
 from swift_fipo.integrations.contract import METRIC_REDUCTIONS  # noqa: E402
-
-sys.path.insert(0, str(REPO / 'tests'))
 from megatron_cpu.worker_single import CASES  # noqa: E402  (the names only: importing it runs nothing)
 from tiny_trl_model import build_tiny_model  # noqa: E402
 

@@ -21,6 +21,8 @@ import contextlib
 import functools
 import importlib
 import importlib.machinery
+import importlib.metadata
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -29,6 +31,18 @@ from types import ModuleType
 import torch
 
 TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
+STACK = ('megatron-core', 'mcore-bridge')  # the distributions the Megatron suite adds to ms-swift
+
+
+def real_trainer_runs_here() -> bool:
+    """True where tests/test_integrations_megatron_real.py runs ms-swift's real Megatron GRPO trainer: megatron-core
+    and mcore-bridge beside an ms-swift >= 4.4 (its Ray GRPOLoss and OPD-RL check). Read from the installed
+    distributions, never imported (mcore-bridge imports Transformer Engine)."""
+    try:
+        versions = [importlib.metadata.version(name) for name in ('ms-swift', *STACK)]
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return tuple(int(part) for part in re.findall(r'\d+', versions[0])[:2]) >= (4, 4)
 _NONE_TE_CLASSES = ('TEActivationOp', 'TEColumnParallelGroupedLinear', 'TEFusedMLP', 'TEGroupedLinear',
                     'TERowParallelGroupedLinear')
 
@@ -82,6 +96,8 @@ def import_trainer_module() -> ModuleType:
     """Import ``swift.megatron.trainers.grpo_trainer`` (the swift-fipo .pth hook patches it as it loads)."""
     if TRAINER_MODULE in sys.modules:
         return sys.modules[TRAINER_MODULE]
+    if importlib.util.find_spec('transformer_engine') is not None:  # a CUDA machine with the real thing
+        return importlib.import_module(TRAINER_MODULE)
     import peft  # noqa: F401  (records "no TE" before any stand-in exists)
     import peft.import_utils  # noqa: F401
     te_extension = importlib.import_module('megatron.core.extensions.transformer_engine')
