@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -76,3 +78,54 @@ def test_a_broken_swift_fipo_earlier_on_the_path_costs_one_line_not_a_traceback(
     assert 'Traceback' not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith('[swift-fipo] not activated: ModuleNotFoundError'), result.stderr
+
+
+# Every word is_disabled documents (its tuple), in the spellings a user types; and words that must not disable.
+DISABLE_WORDS = ['1', 'true', 'yes', 'on', 'TRUE', 'Yes', ' on ', 'On\n']
+NOT_DISABLING = ['', '0', 'false', 'no', 'off', 'disable', '2', 'y']
+
+
+@pytest.mark.parametrize('word', DISABLE_WORDS + NOT_DISABLING)
+def test_every_documented_disable_word_turns_the_real_activation_off(word):
+    result = _python('import sys; print(any(type(f).__name__ == "TrainerImportWatcher" for f in sys.meta_path))',
+                     SWIFT_FIPO_DISABLE=word)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(word not in DISABLE_WORDS), (repr(word), result.stderr)
+
+
+@pytest.fixture
+def recorded_patches(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The modules the ms-swift patcher is called with (the patcher itself replaced by a recorder),
+    in an interpreter whose meta path has no watcher yet."""
+    ms_swift = importlib.import_module('swift_fipo.integrations.ms_swift')
+    seen: list = []
+    monkeypatch.setattr(ms_swift, 'patch_module', seen.append)
+    monkeypatch.setattr(sys, 'meta_path', [finder for finder in sys.meta_path
+                                           if not isinstance(finder, activation.TrainerImportWatcher)])
+    monkeypatch.delenv(activation.DISABLE_ENV, raising=False)
+    return seen
+
+
+MEGATRON = 'swift.megatron.trainers.grpo_trainer'
+
+
+def test_the_megatron_trainer_module_is_watched_and_patched_when_imported(tmp_path, recorded_patches):
+    """`megatron rlhf` imports swift.megatron.trainers.grpo_trainer only in its workers, after start-up:
+    the watcher must catch that import and hand the fresh module to the ms-swift patcher."""
+    (tmp_path / 'grpo_trainer.py').write_text('class MegatronGRPOTrainer:\n    pass\n')
+    spec = activation.TrainerImportWatcher().find_spec(MEGATRON, [str(tmp_path)])
+    assert spec is not None and isinstance(spec.loader, activation._PatchingLoader)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert recorded_patches == [module] and module.MegatronGRPOTrainer.__name__ == 'MegatronGRPOTrainer'
+
+
+@pytest.mark.parametrize('word', [None, *DISABLE_WORDS])
+def test_activate_patches_an_already_imported_megatron_module_unless_disabled(recorded_patches, monkeypatch, word):
+    module = types.ModuleType(MEGATRON)
+    monkeypatch.setitem(sys.modules, MEGATRON, module)
+    if word is not None:
+        monkeypatch.setenv(activation.DISABLE_ENV, word)
+    activation.activate()
+    assert activation.watcher_installed() == (word is None)
+    assert (module in recorded_patches) == (word is None)
