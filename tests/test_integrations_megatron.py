@@ -11,9 +11,9 @@ ms-swift suite has no Megatron stack, so here:
   ``_compute_fipo_influence``, ``loss_func``), with ``megatron.core.mpu`` and the cross-rank gathers stubbed for
   a single rank, patched by the plugin exactly as the real class would be: ms-swift's real Megatron loss code on
   CPU for the ms-swift lines the Megatron suite does not install (4.2.3 - 4.5.3, and 4.6.0 in its plain suite).
-  Where the real class runs, the stand-in tests it duplicates are left out (``STAND_IN_DUPLICATE``); those it
-  does not cover stay: a sequence-level ratio with both thresholds set, and a data-parallel rank whose
-  micro-batch has no completion token.
+  Where the real class runs, the stand-in tests it duplicates are left out (``STAND_IN_DUPLICATE``); what it
+  does not cover stays: a sequence-level ratio with both thresholds set, and the guard that the stand-in
+  compiled the installed source.
 """
 
 from __future__ import annotations
@@ -411,13 +411,11 @@ def test_stand_in_plugin_metrics_reach_megatron_reduced_across_ranks(stand_in):
         assert ops.get(short, ops.get(key)) == extremes.get(short, ReduceOp.AVG), (key, ops)
 
 
+@STAND_IN_DUPLICATE
 def test_stand_in_extremes_and_means_combine_across_disagreeing_ranks(stand_in):
     """Two data-parallel ranks with different batches: the logged minimum is the smaller of the two
     ranks' minima, the maximum the larger maximum, the p99 of negative-advantage ratios the larger one
-    (a rank without negative advantages has none and is ignored), and the other diagnostics the mean.
-
-    Kept where the real trainer runs too: its two-rank test covers the rest, but a rank whose micro-batch has
-    no completion token at all is only made here."""
+    (a rank without negative advantages has none and is ignored), and the other diagnostics the mean."""
     _, patched = stand_in
     args = dict(fipo_clip_range=0.0, fipo_safety_threshold=None)  # unclipped: extremes differ per rank
 

@@ -184,6 +184,9 @@ def _expected(key: str, values: list[float]) -> float:
 
 
 def test_two_ranks_reduce_every_extra_metric_as_metric_reductions_says(two_ranks):
+    """Two data-parallel ranks with different batches (three runs: unclipped with the filter and the safety
+    rule, symmetric clipping, a rank without completion tokens): every fipo/* value the trainer's own reduction
+    logs is the mean, min or max of the ranks' own values, as METRIC_REDUCTIONS says."""
     assert [rank['world'] for rank in two_ranks] == [2, 2] and [rank['data_parallel'] for rank in two_ranks] == [2, 2]
     configs = [name for name in two_ranks[0] if isinstance(two_ranks[0][name], dict)]
     checked, disagreeing = set(), set()

@@ -29,11 +29,14 @@ from megatron_cpu import harness  # noqa: E402
 
 # Rank 1 has no negative advantage: its neg_adv_ratio_p99 is NaN, which a maximum must ignore.
 ADVANTAGES = {0: (1.0, -0.5, 0.25, -1.0), 1: (1.0, 0.5, 0.25, 2.0)}
-# Two flag sets, so that every extra metric appears: unclipped weights (the ranks' extremes differ) with the
-# filter (delta) and the safety rule (it fires on rank 0 only); then symmetric clipping (the clip fractions).
+# Three runs, so that every extra metric appears and disagrees between the ranks: unclipped weights (the ranks'
+# extremes differ) with the filter (delta) and the safety rule (it fires on rank 0 only); symmetric clipping
+# (the clip fractions); and a rank 1 whose micro-batch holds no completion token (it must add nothing to an
+# extreme and 0 to a mean, as ms-swift's own keys do).
 CONFIGS = {'unclipped': {'fipo_clip_range': 0.0, 'fipo_safety_threshold': 1.5, 'delta': 1.3},
-           'clipped': {'fipo_clip_high_only': False}}
-
+           'clipped': {'fipo_clip_high_only': False},
+           'empty-rank-1': {'fipo_clip_range': 0.0}}
+EMPTY_RANK = {'empty-rank-1': 1}
 
 def main(model_dir: Path, out_file: Path) -> None:
     harness.import_trainer_module()
@@ -47,8 +50,10 @@ def main(model_dir: Path, out_file: Path) -> None:
     with harness.cpu_megatron():
         hf = harness.hf_model(model_dir)
         model = harness.gpt_model(hf)
-        tokens = harness.token_batch(hf.config.vocab_size, seed=10 + rank)
         for name, overrides in CONFIGS.items():
+            empty = EMPTY_RANK.get(name) == rank
+            tokens = harness.token_batch(hf.config.vocab_size, seed=10 + rank,
+                                         completion_lengths=(0,) * 4 if empty else harness.COMPLETION_LENGTHS)
             args = harness.megatron_args(output_dir=str(out_file.parent / f'{out_file.stem}-run-{rank}'), **overrides)
             trainer = harness.new_trainer(args)
             rollout = harness.rollout_logps(trainer, model, tokens)
