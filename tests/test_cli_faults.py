@@ -72,6 +72,9 @@ def test_doctor_without_the_activation_in_the_interpreter_exits_1():
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'state         inactive' in result.stdout and ': hooked' not in result.stdout
     assert 'not hooked: the activation is not running in this interpreter' in result.stdout
+    # The file is there (found from the distribution's record): the cause is -S, not the installation.
+    assert f'  .pth file     {Path(SITE_PACKAGES) / "swift_fipo.pth"}\n' in result.stdout, result.stdout
+    assert 'inactive in this interpreter (python -S: no site-packages directory was processed' in result.stdout
 
 
 @needs_ms_swift  # an installed ms-swift whose import fails; without one, doctor says it is not installed
