@@ -145,7 +145,8 @@ def test_doctor_explains_a_pth_file_outside_the_site_directories(tmp_path: Path,
     from swift_fipo import cli
     monkeypatch.setattr(cli, '_site_directories', lambda: [tmp_path / 'site-packages'])
     reason = cli._why_inactive(tmp_path / 'target' / 'swift_fipo.pth')
-    assert reason == f'{tmp_path / "target"} is not a site-packages directory of this interpreter: .pth files run only there'
+    assert reason == (f'{tmp_path / "target"} is not a site-packages directory of this interpreter: '
+                      '.pth files run only there')
     assert cli._why_inactive(tmp_path / 'site-packages' / 'swift_fipo.pth') == 'the .pth file did not run'
 
 
