@@ -299,3 +299,89 @@ def test_browser_colours_tokens_by_the_field_the_page_selects(tmp_path, fragment
         # The 95th-percentile distance from the centre: 0.2 for the weights, 0.4 for the Future-KL.
         span = 0.2 if view['mode'] == 'weight' else 0.4
         assert (float(view['low']), float(view['high'])) == pytest.approx((centre - span, centre + span)), view
+
+
+# --- the page's script without a browser: node with a minimal DOM ----------------------------------
+
+NODE = shutil.which('node')
+needs_node = pytest.mark.skipif(NODE is None, reason='node is not installed')
+# Just what the page's script uses; `dump()` reports every token span and the header fields.
+MINIMAL_DOM = r"""
+class Element {
+  constructor(tag) { this.tag = tag; this.children = []; this.style = {}; this.className = ''; this.title = '';
+                     this.listeners = {}; this.value = ''; }
+  append(...nodes) { for (const n of nodes) this.children.push(typeof n === 'string' ? new Text(n) : n); }
+  replaceChildren() { this.children = []; }
+  addEventListener(type, listener) { (this.listeners[type] ||= []).push(listener); }
+  dispatch(type) { for (const listener of this.listeners[type] || []) listener(); }
+  get textContent() { return this.children.map(c => c.textContent).join(''); }
+  set textContent(text) { this.children = [new Text(String(text))]; }
+}
+class Text { constructor(text) { this.textContent = text; } }
+class Option extends Element { constructor(text, value) { super('option'); this.textContent = text; this.value = value; } }
+const byId = {};
+const document = {
+  getElementById: id => byId[id] ||= new Element(id),
+  createElement: tag => new Element(tag),
+};
+const location = {hash: HASH};
+byId['fipo-data'] = new Element('script');
+byId['fipo-data'].textContent = DATA;
+byId['mode'] = new Element('select');
+byId['mode'].value = 'weight';
+function spans(element) {
+  return element.children.flatMap(c => !(c instanceof Element) ? [] : c.className.startsWith('tok') ? [c] : spans(c));
+}
+function dump() {
+  return spans(byId['completions']).map(t => ({
+    parts: t.children.map(c => c instanceof Element ? {mark: c.textContent, className: c.className} : c.textContent),
+    background: t.style.background, title: t.title,
+    details: (t.dispatch('mouseenter'), byId['details'].textContent)}));
+}
+"""
+
+
+def run_page_script(page: str, hash_: str = '', then: str = '') -> dict:
+    """Run the page's own script under MINIMAL_DOM; returns what it drew (and, after ``then``, again)."""
+    script = re.findall(r'<script>(.*?)</script>', page, re.S)[-1]
+    data = re.search(r'<script id="fipo-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    program = (MINIMAL_DOM.replace('HASH', json.dumps(hash_)).replace('DATA', json.dumps(data)) + script
+               + f'\nconst before = dump();\n{then}\nconsole.log(JSON.stringify({{before, after: dump(), '
+               'source: byId.source.textContent}));\n')
+    result = subprocess.run([NODE, '-e', program], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@needs_node
+def test_script_shows_format_characters_as_marks_and_keeps_the_rest():
+    page = render(bidi_records(), 'FIPO tokens: x', f'/runs/a{RLO}b/fipo_tokens.jsonl')
+    drawn = run_page_script(page)
+    tokens = drawn['before']
+    assert [token['parts'] for token in tokens[:4]] == [
+        ['A'], ['B'], [{'mark': 'RLO', 'className': 'cf'}, 'C'], ['D']]
+    assert tokens[8]['parts'] == ['I', {'mark': 'ZWJ', 'className': 'cf'}, {'mark': 'U+E0001', 'className': 'cf'}]
+    assert drawn['source'] == '/runs/a[U+202E RLO]b/fipo_tokens.jsonl'
+    details = tokens[2]['details']
+    assert details == tokens[2]['title']
+    assert details.splitlines()[0] == 'token \u2068"\\u202eC"\u2069  id 2  position 3/10'
+    assert details.splitlines()[-1] == 'format characters: U+202E RLO'
+    assert tokens[8]['details'].splitlines()[0].startswith('token \u2068"I\\u200d\\u{e0001}"\u2069')
+    assert 'format characters: U+200D ZWJ, U+E0001 U+E0001' in tokens[8]['details']
+    assert 'format characters' not in tokens[0]['details']
+
+
+@needs_node
+@pytest.mark.parametrize('hash_, first', [('', 'weight'), ('#mode=future_kl', 'future_kl')])
+def test_script_colours_by_the_selected_field(hash_, first):
+    weights, future_kls = [1.2, 1.1, 0.9, 0.8], [-0.4, -0.2, 0.2, 0.4]
+    rows = [{'step': 2, 'index': 0, 'advantage': 0.5, 'num_tokens': 4, 'truncated': False,
+             'tokens': [{'id': position, 'text': f't{position}', 'weight': weight, 'future_kl': future_kl}
+                        for position, (weight, future_kl) in enumerate(zip(weights, future_kls))]}]
+    other = 'future_kl' if first == 'weight' else 'weight'
+    drawn = run_page_script(render(rows, 't', 's'), hash_,
+                            then=f"byId.mode.value = '{other}'; byId.mode.dispatch('change');")
+    for view, mode in ((drawn['before'], first), (drawn['after'], other)):
+        field, centre = (weights, 1.0) if mode == 'weight' else (future_kls, 0.0)
+        orange = [token['background'].startswith('rgba(230,85,13') for token in view]
+        assert orange == [value > centre for value in field], (mode, view)
