@@ -318,7 +318,9 @@ class Element {
   set textContent(text) { this.children = [new Text(String(text))]; }
 }
 class Text { constructor(text) { this.textContent = text; } }
-class Option extends Element { constructor(text, value) { super('option'); this.textContent = text; this.value = value; } }
+class Option extends Element {
+  constructor(text, value) { super('option'); this.textContent = text; this.value = value; }
+}
 const byId = {};
 const document = {
   getElementById: id => byId[id] ||= new Element(id),
