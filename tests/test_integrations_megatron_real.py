@@ -134,6 +134,8 @@ def test_forward_step_loss_and_gradient_equal_native(single, case):
     equal native's (run with the teacher flag cleared, the one thing that stops it) to 1e-6."""
     mine, theirs = single['patched']['cases'][case], single['native']['cases'][case]
     assert theirs['teacher_flag'] is True and mine['teacher_flag'] is False
+    # Two code paths: only the plugin's loss_func wrapper logs its extra diagnostics.
+    assert 'fipo/raw_weight_mean' in mine['metrics'] and 'fipo/raw_weight_mean' not in theirs['metrics']
     assert abs(float(mine['loss']) - float(theirs['loss'])) <= 1e-6, (float(mine['loss']), float(theirs['loss']))
     assert set(mine['grads']) == set(theirs['grads']) and len(mine['grads']) >= 17  # every GPTModel parameter
     for name, grad in mine['grads'].items():
