@@ -136,7 +136,10 @@ def test_module_without_trainer_classes_is_reported():
 
 def test_uninstall_restores_every_patched_attribute():
     """install() then uninstall() leaves ms-swift's classes exactly as they were before the plugin."""
+    import importlib
     import sys
+    from swift_fipo.integrations.ms_swift_layout import module_path
+    importlib.import_module(module_path(ms_swift_cli.PIPELINE_MODULE))  # whether or not another test did
     watched = [sys.modules[name] for name in ms_swift.WATCHED_MODULES if name in sys.modules]
     classes = [cls for module in watched for cls in (ms_swift.trainer_classes(module) if module.__name__ !=
                                                      ms_swift_cli.PIPELINE_MODULE else [module.SwiftPipeline])]
@@ -146,7 +149,7 @@ def test_uninstall_restores_every_patched_attribute():
     ms_swift.uninstall()
     try:
         for (cls, name), value in patched.items():
-            original = vars(value).get('__swift_fipo_original__')
+            original = vars(getattr(value, '__func__', value)).get('__swift_fipo_original__')  # a staticmethod's
             assert not is_patch(vars(cls).get(name)), (cls, name)
             # ms-swift's own function is back where it was, or the attribute is inherited again.
             assert vars(cls).get(name, None) is (None if original is None or not callable(original) else original)

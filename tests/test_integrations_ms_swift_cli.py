@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import warnings
 from types import SimpleNamespace
 
@@ -98,9 +99,197 @@ def test_values_ms_swift_cannot_say_are_kept_by_the_plugin():
     assert (config.clip_range, config.safety_threshold, config.delta) == (None, None, None)
 
 
-def test_ambiguous_prefixes_are_left_to_ms_swift():
-    found = cli.split_argv(['--fipo_clip', '0.3'], NATIVE)  # fipo_clip_range or fipo_clip_high_only
-    assert found.argv == ['--fipo_clip', '0.3'] and found.explicit == {}
+@pytest.mark.parametrize('token, candidates', [
+    ('--fipo_clip', '--fipo_clip_high_only, --fipo_clip_range'),
+    ('--fipo_s', '--fipo_safety_threshold, --fipo_sequence_drop'),  # ms-swift logged 0.5, FIPO used 4.0
+    ('--fipo', None),  # every --fipo_x has its --fipo-x twin: always ambiguous to argparse
+    ('--fipo_s=0.5', '--fipo_safety_threshold, --fipo_sequence_drop'),
+])
+@pytest.mark.parametrize('fields', [NATIVE, OLD])
+def test_an_ambiguous_prefix_is_refused_naming_every_candidate(token, candidates, fields):
+    with pytest.raises(ValueError, match=f'{token.partition("=")[0]} is ambiguous: it could be ') as refused:
+        cli.split_argv([token, '0.5'] if '=' not in token else [token], fields)
+    if candidates is not None:
+        assert f'could be {candidates}.' in str(refused.value)
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--loss_type', 'dapo', '--fipo_preset', 'paper-7b'], ['--loss_type', 'dapo']),
+    (['--fipo_preset=paper-7b', '--loss_type=dapo', '--delta', '3'], ['--loss_type=dapo', '--delta', '3.0']),
+    (['--loss_type', 'grpo', '--fipo_preset', 'paper-32b', '--fipo_decay_rate', '8'],
+     ['--loss_type', 'grpo', '--fipo_decay_rate', '8.0']),
+    (['--fipo_preset', 'paper-7b'], []),  # no --loss_type: ms-swift's default, not fipo
+])
+def test_a_preset_reaches_ms_swift_only_in_a_fipo_run(argv, expected):
+    # An A/B baseline (--loss_type dapo) must not silently get the preset's dual clip (delta 10).
+    assert cli.split_argv(argv, NATIVE).argv == expected
+
+
+def test_a_mixed_spelling_is_not_a_flag_as_argparse_sees_it():
+    # argparse registers --fipo_safety_threshold and --fipo-safety-threshold only: a mixed spelling is an
+    # unknown option, left to ms-swift (which refuses it as remaining_argv) rather than read as 5.
+    found = cli.split_argv(['--fipo_safety-threshold', '5'], NATIVE)
+    assert found.argv == ['--fipo_safety-threshold', '5'] and found.explicit == {}
+
+
+@pytest.mark.parametrize('value', ['-1e5', '-inf'])
+def test_a_value_argparse_reads_as_an_option_is_refused_with_the_way_out(value):
+    with pytest.raises(ValueError, match=f'--fipo_safety_threshold needs a value: argparse reads {value!r} as an '
+                                         f'option, not a number; write --fipo_safety_threshold={value}'):
+        cli.split_argv(['--fipo_safety_threshold', value], NATIVE)
+    assert cli.split_argv([f'--fipo_weight_cap={value}'], NATIVE).explicit == {'unclipped_weight_cap': float(value)}
+
+
+@pytest.mark.parametrize('rlhf_type', ['dpo', 'kto', 'gkd'])
+def test_fipo_needs_grpo(rlhf_type):
+    with pytest.raises(ValueError, match=f'--loss_type fipo is a GRPO loss: it needs --rlhf_type grpo; got '
+                                         f'--rlhf_type {rlhf_type}'):
+        cli.check_rlhf_type(_args(rlhf_type=rlhf_type))
+    cli.check_rlhf_type(_args(rlhf_type='grpo'))
+
+
+def _swift_parser_with_plugin_options():
+    """ms-swift's own parser for its RLHF arguments (built as ms-swift builds it), with the plugin's options
+    added as HfArgumentParser adds fields: the union argparse would read argv against."""
+    import importlib
+    import swift.utils
+    from swift_fipo.integrations.ms_swift_layout import module_path
+    from transformers import HfArgumentParser
+    args_class = importlib.import_module(module_path('swift.pipelines.base')).SwiftPipeline  # ensures the import
+    try:
+        from swift.arguments import RLHFArguments
+    except ImportError:
+        from swift.llm import RLHFArguments
+    del args_class
+    patch = getattr(sys.modules[swift.utils.parse_args.__module__], '_patch_get_type_hints')
+    with patch():
+        parser = HfArgumentParser([RLHFArguments])
+    own = set(parser._option_string_actions)
+    for text, argument in cli.plugin_options().strings.items():
+        if text not in own:
+            parser.add_argument(text, dest=f'plugin_{argument}', nargs='?')
+    return RLHFArguments, parser
+
+
+@pytest.mark.ms_swift
+def test_option_strings_are_those_of_ms_swifts_parser():
+    need('swift', 'ms-swift')
+    args_class, parser = _swift_parser_with_plugin_options()
+    ours = cli.ParserOptions.for_class(args_class) | cli.plugin_options()
+    assert set(ours.strings) == set(parser._option_string_actions)
+
+
+@pytest.mark.ms_swift
+def test_every_prefix_of_every_flag_reads_as_ms_swifts_argparse_reads_it():
+    """Every prefix of every option string of the plugin (and some of ms-swift's), bare and with ``=``,
+    against the installed ms-swift's real parser (``_parse_optional``: argparse's own reading of a token)."""
+    need('swift', 'ms-swift')
+    args_class, parser = _swift_parser_with_plugin_options()
+    ours = cli.ParserOptions.for_class(args_class) | cli.plugin_options()
+    names = [*cli.plugin_options().strings, '--loss_type', '--use_liger_kernel', '--rlhf_type', '--delta', '--help']
+    tokens = {text[:end] for text in names for end in range(3, len(text) + 1)}
+    tokens |= {f'{token}=1' for token in list(tokens)}
+    tokens |= {'-1', '-1.5', '-.5', '-1e5', '-inf', '--fipo_safety-threshold', '--fipo_s x', 'plain', '-'}
+    parser.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # argparse exits; raise instead
+    checked = 0
+    for token in sorted(tokens):
+        try:
+            expected = parser._parse_optional(token)
+        except ValueError as error:
+            assert 'ambiguous option' in str(error)
+            with pytest.raises(ValueError, match='is ambiguous') as refused:
+                ours.read(token)
+            listed = str(error).split('could match ')[1].split(', ')
+            assert f'could be {", ".join(sorted(listed))}.' in str(refused.value), token
+            checked += 1
+            continue
+        flag = ours.read(token)
+        if expected is None:
+            assert flag is None, token
+        elif expected[0] is None:  # an option argparse does not know
+            assert flag == cli.Flag(None), token
+        else:
+            _, option_string, explicit = expected
+            assert flag == cli.Flag(ours.strings[option_string], explicit), token
+        checked += 1
+    assert checked == len(tokens) > 500
+
+
+PARSE_ONLY = """
+import importlib, json, sys
+from swift_fipo.integrations.ms_swift_layout import module_path
+base = importlib.import_module(module_path('swift.pipelines.base'))
+try:
+    from swift.arguments import RLHFArguments
+except ImportError:
+    from swift.llm import RLHFArguments
+
+class ParseOnly(base.SwiftPipeline):  # SwiftPipeline.__init__: _parse_args, then the checks; no model
+    args_class = RLHFArguments
+
+    def run(self):
+        pass
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        args = ParseOnly(argv).args
+        results.append({name: getattr(args, name, None) for name in ('loss_type', 'delta', 'rlhf_type')})
+    except Exception as error:
+        results.append({'error': f'{type(error).__name__}: {error}'})
+print('PARSED ' + json.dumps(results, default=str))
+"""
+
+
+def parse_as_swift_rlhf(tiny_run_dir, work, argvs, env=None):
+    """Each argv parsed by ms-swift's own pipeline start (``SwiftPipeline.__init__``), in one process."""
+    import json
+    import os
+    import subprocess
+    base = ['--model', str(tiny_run_dir / 'model'), '--model_type', 'qwen2', '--template', 'qwen', '--use_cpu',
+            'true', '--dataset', str(tiny_run_dir / 'train.jsonl'), '--num_generations', '4',
+            '--per_device_train_batch_size', '4', '--output_dir', str(work / 'output'), '--report_to', 'none']
+    result = subprocess.run([sys.executable, '-c', PARSE_ONLY, json.dumps([base + argv for argv in argvs])],
+                            capture_output=True, text=True, cwd=work, timeout=600,
+                            env={**os.environ, **(env or {})})
+    lines = [line for line in result.stdout.splitlines() if line.startswith('PARSED ')]
+    assert lines, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads(lines[-1][len('PARSED '):])
+
+
+@pytest.mark.ms_swift
+def test_ms_swifts_own_parse_reads_what_fipo_reads(tiny_run_dir, tmp_path):
+    need('swift', 'ms-swift')
+    dapo, ambiguous, dpo, dpo_default = parse_as_swift_rlhf(tiny_run_dir, tmp_path, [
+        ['--rlhf_type', 'grpo', '--loss_type', 'dapo', '--fipo_preset', 'paper-7b'],
+        ['--rlhf_type', 'grpo', '--loss_type', 'fipo', '--fipo_s', '0.5'],
+        ['--rlhf_type', 'dpo', '--loss_type', 'fipo'],
+        ['--loss_type', 'fipo'],
+    ])
+    assert dapo == {'loss_type': 'dapo', 'delta': None, 'rlhf_type': 'grpo'}  # before: delta 10.0
+    assert ambiguous['error'].startswith('ValueError: swift-fipo: --fipo_s is ambiguous: it could be ')
+    assert 'needs --rlhf_type grpo; got --rlhf_type dpo' in dpo['error']
+    assert 'needs --rlhf_type grpo; got --rlhf_type dpo' in dpo_default['error']
+
+
+@pytest.mark.ms_swift
+def test_the_explicit_route_refuses_bad_values_after_parsing(tiny_run_dir, tmp_path):
+    """--external_plugins with the activation off: ms-swift imports the plugin inside its argument class,
+    after _parse_args; the values are refused before the pipeline goes on (before: a ZeroDivisionError in
+    the trainer's __init__, or a refusal inside the first loss step)."""
+    need('swift', 'ms-swift')
+    from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+    plugin = str(Path(cli.__file__).resolve().parents[1] / 'plugin.py')
+    grpo = ['--rlhf_type', 'grpo', '--loss_type', 'fipo', '--external_plugins', plugin]
+    argvs = [grpo + ['--rlhf_type', 'dpo'], grpo + ['--delta', '1.1']]
+    if native_fipo_installed():  # the --fipo_* flags are ms-swift's own only there
+        argvs += [grpo + ['--fipo_decay_rate', '0'], grpo + ['--fipo_clip_range', '-1']]
+    results = parse_as_swift_rlhf(tiny_run_dir, tmp_path, argvs, env={'SWIFT_FIPO_DISABLE': '1'})
+    assert 'needs --rlhf_type grpo; got --rlhf_type dpo' in results[0]['error']
+    assert '--delta must be > 1 + epsilon_high' in results[1]['error']
+    if native_fipo_installed():
+        assert '--fipo_decay_rate must be a number in [1/126, 2**24]' in results[2]['error']
+        assert '--fipo_clip_range must be' in results[3]['error']
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -184,7 +373,7 @@ def test_every_config_field_has_a_flag():
 
 @pytest.mark.parametrize('argv, refused', [(['--loss_type', 'fipo', '--use_liger_kernel', 'true'], True),
                                            (['--use_liger_kernel=True', '--loss_type=fipo'], True),
-                                           (['--use_liger', 'yes', '--loss', 'fipo'], True),
+                                           (['--use_liger_', 'yes', '--loss_', 'fipo'], True),  # unique prefixes
                                            (['--loss_type', 'fipo', '--use_liger_kernel'], True),
                                            (['--loss_type', 'dapo', '--use_liger_kernel', 'true'], False),
                                            (['--loss_type', 'fipo', '--use_liger_kernel', 'false'], False),

@@ -27,7 +27,7 @@ from swift_fipo.integrations import ms_swift_layout, ms_swift_legacy
 from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, RunSettings, attach_settings,
                                               combine_metric, combine_over_ranks, is_patch, original_of, settings_of)
 from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, config_from_arguments,
-                                                  unsupported_message, with_fipo_flags)
+                                                  unsupported_message, with_fipo_flags, with_run_validation)
 from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
@@ -228,7 +228,11 @@ def patches_for(module: ModuleType) -> PatchSet:
         pipeline = getattr(module, 'SwiftPipeline', None)
         if pipeline is None or not hasattr(pipeline, '_parse_args'):
             return PatchSet([])
-        return PatchSet([Patch(pipeline, '_parse_args', with_fipo_flags, '--fipo_* flags, presets, validation')])
+        patches = [Patch(pipeline, '_parse_args', with_fipo_flags, '--fipo_* flags, presets, validation')]
+        if hasattr(pipeline, '_compat_dsw_gradio'):
+            patches.append(Patch(pipeline, '_compat_dsw_gradio', with_run_validation,
+                                 'validate fipo settings after parsing (the explicit route)'))
+        return PatchSet(patches)
     return PatchSet([patch for cls in trainer_classes(module) for patch in trainer_patches(cls)])
 
 

@@ -4,16 +4,20 @@ ms-swift parses argv into its argument dataclass with argparse (through ``HfArgu
 rejects leftovers (``remaining_argv``). The plugin wraps ``SwiftPipeline._parse_args`` (used by both
 ``swift rlhf`` and ``megatron rlhf``, in every worker process) and, before ms-swift parses:
 
-* takes every FIPO flag out of argv, read the way argparse reads it: unique prefixes (``--fipo_safety``),
-  ``--flag=value``, dashes for underscores, repeated flags (the last wins), bare booleans, and
-  ``true/yes/1``-style boolean words;
+* takes every FIPO flag out of argv, read exactly as argparse reads it over ms-swift's options and the
+  plugin's together (``ParserOptions``): unique prefixes (``--fipo_safety``; an ambiguous one is
+  refused naming its candidates), ``--flag=value``, ``--flag-with-dashes``, repeated flags (the last
+  wins), bare booleans, and ``true/yes/1``-style boolean words;
 * resolves the run's ``FIPOConfig`` once: the ``--fipo_preset``, then every flag given explicitly on
   top, and refuses bad values naming the flag and its allowed range;
 * gives ms-swift back the values in force for the flags its argument class has (``--delta``, and the
-  native ``--fipo_*`` on ms-swift >= 4.2.2), so its own code and logs see them;
+  native ``--fipo_*`` on ms-swift >= 4.2.2), so its own code and logs see them; with another
+  ``--loss_type`` only what was typed (a preset's values never reach a DAPO baseline);
 
-and after it parses, validates a ``--loss_type fipo`` run against ms-swift's other arguments and
-attaches the resolved ``RunSettings`` to the arguments the trainer is built from.
+and after it parses, validates a ``--loss_type fipo`` run against ms-swift's other arguments (a GRPO
+``--rlhf_type`` among them) and attaches the resolved ``RunSettings`` to the arguments the trainer is
+built from. ``SwiftPipeline._compat_dsw_gradio``, which runs after parsing and before any model loads,
+validates the explicit route's runs, which ``_parse_args`` never saw.
 
 This module imports no torch: it runs while ms-swift is still parsing its arguments.
 """
@@ -24,13 +28,17 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
 from swift_fipo.integrations.contract import (RunSettings, attach_settings, installed_version, liger_refusal,
-                                              on_policy_reason, resolve_config, settle_gloo_workers_at_exit, warn)
+                                              on_policy_reason, resolve_config, settings_of,
+                                              settle_gloo_workers_at_exit, warn)
 
 HOST = 'swift-fipo'
 PIPELINE_MODULE = 'swift.pipelines.base'
@@ -63,34 +71,102 @@ class CommandLine:
         return RunSettings(config=config, capture_completions=self.log_tokens)
 
 
-def _option_name(token: str, options: set[str]) -> tuple[Optional[str], Optional[str]]:
-    """``(option, inline value)`` of an argv token, as argparse resolves it against ``options``.
-
-    Dashes read as underscores; an unambiguous prefix names its option (argparse's ``allow_abbrev``).
-    Not an option, or ambiguous: ``(None, None)`` (ms-swift's parser then reports it its own way).
-    """
-    if not token.startswith('--') or token == '--':
-        return None, None
-    name, equals, value = token[2:].partition('=')
-    name = name.replace('-', '_')
-    if name not in options:
-        matches = [option for option in options if option.startswith(name)]
-        if len(matches) != 1:
-            return None, None
-        name = matches[0]
-    return name, (value if equals else None)
+# argparse reads a '-'-led token as a value (not an option) only when it is a negative number like these.
+_NEGATIVE_NUMBER = re.compile(r'^-\d+$|^-\d*\.\d+$')
+_BOOLEAN_HINTS = (bool, Optional[bool])
+_BOOLEAN_HINT_TEXTS = ('bool', 'Optional[bool]', 'typing.Optional[bool]', 'bool | None', 'Union[bool, None]')
 
 
-def _looks_like_a_value(token: str) -> bool:
-    # argparse takes a following token as the value unless it looks like an option (negative numbers
-    # are values: no ms-swift option looks like one).
-    if not token.startswith('-'):
-        return True
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """An option token as argparse reads it: the argument it sets (None: no such option), and the value
+    after ``=`` (None: none written)."""
+
+    argument: Optional[str]
+    inline: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ParserOptions:
+    """The option strings of an argparse parser (``'--fipo-decay-rate'`` -> ``'fipo_decay_rate'``), and
+    argparse's own reading of an argv token against them: exact strings, ``--flag=value``, and unique
+    prefixes, where a prefix matching two option strings is ambiguous even if they set the same argument
+    (Python 3.11's argparse, ``allow_abbrev``). The plugin reads argv through the union of ms-swift's
+    options and its own, so that it and ms-swift's parser always agree on what a token names.
+
+    Negations (``--no_<field>``) map to ``'no_<field>'``, so that they can be told apart."""
+
+    strings: Mapping[str, str]
+
+    @classmethod
+    def for_fields(cls, names: Iterable[str], true_booleans: Iterable[str] = (),
+                   aliases: Mapping[str, Sequence[str]] = types.MappingProxyType({})) -> 'ParserOptions':
+        """What HfArgumentParser registers for dataclass fields: ``--name``, ``--name-with-dashes`` where
+        the name has an underscore, the field's metadata aliases; for a boolean field defaulting to True
+        also ``--no_name`` and ``--no-name-with-dashes``."""
+        strings: dict[str, str] = {}
+        for name in names:
+            for text in (f'--{name}', f"--{name.replace('_', '-')}", *aliases.get(name, ())):
+                strings[text] = name
+        for name in true_booleans:
+            for text in (f'--no_{name}', f"--no-{name.replace('_', '-')}"):
+                strings[text] = f'no_{name}'
+        return cls(strings)
+
+    @classmethod
+    def for_class(cls, args_class: type) -> 'ParserOptions':
+        """The options HfArgumentParser gives an argument dataclass, ``-h/--help`` included."""
+        if not dataclasses.is_dataclass(args_class):
+            return cls({})
+        try:
+            hints = typing.get_type_hints(args_class)
+        except Exception:  # an annotation that does not resolve here: read the raw one
+            hints = {}
+        fields = [field for field in dataclasses.fields(args_class) if field.init]  # as HfArgumentParser skips
+        true_booleans = [field.name for field in fields if field.default is True
+                         and (hints.get(field.name, field.type) in _BOOLEAN_HINTS
+                              or str(field.type) in _BOOLEAN_HINT_TEXTS)]
+        aliases = {}
+        for field in fields:
+            given = field.metadata.get('aliases', ())
+            aliases[field.name] = [given] if isinstance(given, str) else list(given)
+        found = cls.for_fields([field.name for field in fields], true_booleans, aliases)
+        return cls({'-h': 'help', '--help': 'help', **found.strings})
+
+    def __or__(self, other: 'ParserOptions') -> 'ParserOptions':
+        return ParserOptions({**self.strings, **other.strings})
+
+    def read(self, token: str) -> Optional[Flag]:
+        """None where argparse reads ``token`` as a value; else the option it names. An ambiguous prefix
+        raises ``ValueError`` naming every candidate (argparse itself would stop there)."""
+        if not token.startswith('-'):
+            return None
+        if token in self.strings:
+            return Flag(self.strings[token])
+        if len(token) == 1:
+            return None
+        if '=' in token:
+            written, inline = token.split('=', 1)
+            if written in self.strings:
+                return Flag(self.strings[written], inline)
+        if token.startswith('--'):
+            prefix, equals, inline = token.partition('=')
+            matches = sorted(text for text in self.strings if text.startswith(prefix))
+            if len(matches) > 1:
+                raise ValueError(f'{HOST}: {prefix} is ambiguous: it could be {", ".join(matches)}. Write more of '
+                                 'the flag.')
+            if matches:
+                return Flag(self.strings[matches[0]], inline if equals else None)
+        if _NEGATIVE_NUMBER.match(token) or ' ' in token:
+            return None
+        return Flag(None)
+
+
+def plugin_options() -> ParserOptions:
+    """The options the plugin adds to ms-swift's command line."""
+    flags = [PRESET_FLAG, LOG_TOKENS_FLAG, *FLAG_NAMES.values()]
+    true_booleans = [FLAG_NAMES[field] for field in _BOOLEAN_FIELDS if getattr(FIPOConfig(), field)]
+    return ParserOptions.for_fields(flags, true_booleans)
 
 
 def _parse_boolean(flag: str, text: str) -> bool:
@@ -109,37 +185,74 @@ def _parse_number(flag: str, text: str) -> Optional[float]:
         raise ValueError(f'{HOST}: --{flag} must be a number or None; got {text!r}.') from None
 
 
-def split_argv(argv: Sequence[str], swift_fields: set[str]) -> CommandLine:
+def _values_of(argv: Sequence[str], argument: str, options: ParserOptions) -> Optional[list[str]]:
+    """The values argv gives ``argument`` where it last appears ([] for a bare flag), or None if it does
+    not appear; tokens read as argparse reads them."""
+    found = None
+    for index, token in enumerate(argv):
+        if token == '--':  # argparse: what follows is positional
+            break
+        flag = options.read(token)
+        if flag is None or flag.argument != argument:
+            continue
+        if flag.inline is not None:
+            found = [flag.inline]
+            continue
+        found = []
+        for following in argv[index + 1:]:
+            if options.read(following) is not None:
+                break
+            found.append(following)
+    return found
+
+
+def asks_for_fipo(argv: Sequence[str], options: ParserOptions) -> bool:
+    """Whether argv's ``--loss_type`` (ms-swift: one value, or several for DPO) includes ``fipo``."""
+    return 'fipo' in (_values_of(argv, 'loss_type', options) or [])
+
+
+def split_argv(argv: Sequence[str], swift_fields: set[str], swift_options: Optional[ParserOptions] = None
+               ) -> CommandLine:
     """Take every FIPO flag out of ``argv`` and hand ms-swift the values in force for its own fields.
 
-    ``swift_fields`` are the argument names of ms-swift's argument class (used to resolve prefixes as
-    its parser would, and to know which FIPO flags it has).
+    ``swift_fields`` are the argument names of ms-swift's argument class (to know which FIPO flags it
+    has); ``swift_options`` its parser's option strings (default: those of ``swift_fields``). Tokens are
+    read over the union of ms-swift's options and the plugin's, as argparse would read them. A preset
+    reaches ms-swift's own fields only in a ``--loss_type fipo`` run; otherwise only what was typed.
     """
+    options = (swift_options or ParserOptions.for_fields(swift_fields)) | plugin_options()
     fipo_flags = {PRESET_FLAG, LOG_TOKENS_FLAG, *_FIELD_OF_FLAG}
-    # HfArgumentParser also offers --no_<field> for booleans that default to True.
     negated = {f'no_{FLAG_NAMES[field]}': field for field in _BOOLEAN_FIELDS if getattr(FIPOConfig(), field)}
-    options = swift_fields | fipo_flags | set(negated)
     kept: list[str] = []
     preset, log_tokens, explicit = 'swift', 0, {}
     index = 0
     while index < len(argv):
-        name, inline = _option_name(argv[index], options)
+        if argv[index] == '--':  # argparse: what follows is positional, so no flag of ours
+            kept.extend(argv[index:])
+            break
+        flag = options.read(argv[index])
+        name = flag.argument if flag is not None else None
         if name not in fipo_flags and name not in negated:
             kept.append(argv[index])
             index += 1
             continue
         if name in negated:
+            if flag.inline is not None:
+                raise ValueError(f'{HOST}: --{name} takes no value; got {argv[index]!r}.')
             explicit[negated[name]] = False
             index += 1
             continue
         field = _FIELD_OF_FLAG.get(name)
         following = argv[index + 1] if index + 1 < len(argv) else None
-        if inline is not None:
-            text, index = inline, index + 1
-        elif following is not None and _looks_like_a_value(following):
+        if flag.inline is not None:
+            text, index = flag.inline, index + 1
+        elif following is not None and options.read(following) is None:
             text, index = following, index + 2
         elif field in _BOOLEAN_FIELDS:  # a bare boolean flag means true, as in HfArgumentParser
             text, index = 'true', index + 1
+        elif following is not None and following.startswith('-') and _is_number(following):
+            raise ValueError(f'{HOST}: --{name} needs a value: argparse reads {following!r} as an option, not '
+                             f'a number; write --{name}={following}.')
         else:
             raise ValueError(f'{HOST}: --{name} needs a value.')
         if name == LOG_TOKENS_FLAG:
@@ -156,15 +269,23 @@ def split_argv(argv: Sequence[str], swift_fields: set[str]) -> CommandLine:
         else:
             explicit[field] = _parse_number(name, text)
 
-    in_force = PRESETS[preset] if preset != 'swift' else None
-    for field, flag in FLAG_NAMES.items():
-        if flag not in swift_fields or (field not in explicit and in_force is None):
+    in_force = PRESETS[preset] if preset != 'swift' and asks_for_fipo(argv, options) else None
+    for field, flag_name in FLAG_NAMES.items():
+        if flag_name not in swift_fields or (field not in explicit and in_force is None):
             continue
         value = explicit[field] if field in explicit else getattr(in_force, field)
         text = _format_for_swift(field, value)
         if text is not None:
-            kept.extend([f'--{flag}', text])
+            kept.extend([f'--{flag_name}', text])
     return CommandLine(argv=kept, preset=preset, explicit=explicit, log_tokens=log_tokens)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _format_for_swift(field: str, value: Any) -> Optional[str]:
@@ -184,22 +305,14 @@ def config_from_arguments(args: Any) -> FIPOConfig:
     return resolve_config('swift', explicit, lambda field: f'--{FLAG_NAMES[field]}', HOST)
 
 
-def _argv_value(argv: Sequence[str], option: str, options: set[str]) -> Optional[str]:
-    """The last value argv gives ``option`` (prefixes and ``=`` read as argparse does), or None."""
-    value = None
-    for index, token in enumerate(argv):
-        name, inline = _option_name(token, options)
-        if name == option:
-            value = inline if inline is not None else (argv[index + 1] if index + 1 < len(argv) else 'true')
-    return value
-
-
-def precheck_argv(argv: Sequence[str], swift_fields: set[str] = frozenset()) -> None:
+def precheck_argv(argv: Sequence[str], swift_fields: set[str] = frozenset(),
+                  swift_options: Optional[ParserOptions] = None) -> None:
     """Refuse what argv alone shows to be impossible, before ms-swift's own argument checks run."""
-    options = set(swift_fields) | {'loss_type', 'use_liger_kernel'}
-    loss_type = (_argv_value(argv, 'loss_type', options) or '').strip().lower()
-    liger = (_argv_value(argv, 'use_liger_kernel', options) or 'false').strip().lower()
-    if loss_type == 'fipo' and liger in _TRUE_WORDS:
+    options = (swift_options or ParserOptions.for_fields(set(swift_fields) | {'loss_type', 'use_liger_kernel'})
+               ) | plugin_options()
+    liger = _values_of(argv, 'use_liger_kernel', options)
+    liger_on = liger is not None and (liger[0] if liger else 'true').strip().lower() in _TRUE_WORDS
+    if liger_on and asks_for_fipo(argv, options):
         raise ValueError(liger_refusal(HOST, '--use_liger_kernel true'))
 
 
@@ -259,6 +372,20 @@ def _argument_names(args_class: type) -> set[str]:
     return {field.name for field in dataclasses.fields(args_class)} if dataclasses.is_dataclass(args_class) else set()
 
 
+def _parsed_asks_for_fipo(args: Any) -> bool:
+    loss_type = getattr(args, 'loss_type', None)  # a list where ms-swift takes several (DPO)
+    return 'fipo' in (loss_type if isinstance(loss_type, (list, tuple)) else [loss_type])
+
+
+def check_rlhf_type(args: Any) -> None:
+    """fipo is a GRPO loss; any other ``--rlhf_type`` (ms-swift's default is dpo) would load the model
+    and then fail on an unknown loss type."""
+    rlhf_type = getattr(args, 'rlhf_type', 'grpo')
+    if rlhf_type != 'grpo':
+        raise ValueError(f'{HOST}: --loss_type fipo is a GRPO loss: it needs --rlhf_type grpo; got --rlhf_type '
+                         f'{rlhf_type} (ms-swift\'s default is dpo).')
+
+
 def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``SwiftPipeline._parse_args`` as the module docstring describes."""
 
@@ -271,8 +398,9 @@ def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
         # ms-swift reads argv from this variable, when set, in place of the list it is given.
         argv = json.loads(ray_argv) if ray_argv else list(sys.argv[1:] if args is None else args)
         swift_fields = _argument_names(args_class)
-        precheck_argv(argv, swift_fields)
-        command_line = split_argv(argv, swift_fields)
+        swift_options = ParserOptions.for_class(args_class)
+        precheck_argv(argv, swift_fields, swift_options)
+        command_line = split_argv(argv, swift_fields, swift_options)
         if ray_argv:
             os.environ[_RAY_ARGV_ENV] = json.dumps(command_line.argv)
         try:
@@ -280,7 +408,8 @@ def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             if ray_argv:
                 os.environ[_RAY_ARGV_ENV] = ray_argv
-        if getattr(parsed, 'loss_type', None) == 'fipo':
+        if _parsed_asks_for_fipo(parsed):
+            check_rlhf_type(parsed)
             check_trainer_has_hook(megatron='megatron' in type(parsed).__module__)
             settings = command_line.settings()
             validate_run(parsed, settings.config)
@@ -293,3 +422,21 @@ def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
         return parsed
 
     return parse_args_with_fipo
+
+
+def with_run_validation(compat_dsw_gradio: Callable[[Any], None]) -> staticmethod:
+    """Wrap ``SwiftPipeline._compat_dsw_gradio`` (static), which every ms-swift line calls right after
+    parsing and before any model loads. On the explicit route (``--external_plugins``, ``install()``)
+    ms-swift imports the plugin inside its argument class, after ``_parse_args`` ran unpatched; this is
+    where that route's settings are refused. A run the ``_parse_args`` hook validated is not checked twice.
+    """
+
+    @functools.wraps(compat_dsw_gradio)
+    def validate_then_compat(args: Any) -> None:
+        if _parsed_asks_for_fipo(args) and settings_of(args) is None:
+            check_rlhf_type(args)
+            check_trainer_has_hook(megatron='megatron' in type(args).__module__)
+            validate_run(args, config_from_arguments(args))
+        return compat_dsw_gradio(args)
+
+    return staticmethod(validate_then_compat)
