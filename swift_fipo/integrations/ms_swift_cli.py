@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
-from swift_fipo.integrations.contract import (RunSettings, attach_settings, installed_version, liger_refusal,
+from swift_fipo.integrations.contract import (RunSettings, attach_settings, check_ratio_thresholds,
+                                              installed_version, liger_refusal,
                                               on_policy_reason, resolve_config, settings_of,
                                               settle_gloo_workers_at_exit, warn)
 
@@ -324,16 +325,9 @@ def validate_run(args: Any, config: FIPOConfig) -> None:
     if teacher:
         raise ValueError(f'{HOST}: --loss_type fipo cannot use a teacher (--{teacher[0]} is set): FIPO needs '
                          'a per-sequence advantage, and OPD-RL replaces it with a per-token teacher signal.')
-    epsilon = getattr(args, 'epsilon', None)
     epsilon_high = getattr(args, 'epsilon_high', None)
-    epsilon_high = epsilon_high if epsilon_high is not None else epsilon
-    if epsilon_high is not None:
-        for field in ('delta', 'filter_threshold'):
-            value = getattr(config, field)
-            if value is not None and value <= 1 + epsilon_high:
-                raise ValueError(f'{HOST}: --{FLAG_NAMES[field]} must be > 1 + epsilon_high = '
-                                 f'{1 + epsilon_high:g} (the PPO clip already bounds ratios up to there); '
-                                 f'got {value:g}.')
+    epsilon_high = epsilon_high if epsilon_high is not None else getattr(args, 'epsilon', None)
+    check_ratio_thresholds(config, epsilon_high, lambda field: f'--{FLAG_NAMES[field]}', HOST, 'epsilon_high')
     reason = on_policy_reason(getattr(args, 'num_iterations', 1), getattr(args, 'steps_per_generation', None),
                               getattr(args, 'gradient_accumulation_steps', None))
     if reason is not None:
