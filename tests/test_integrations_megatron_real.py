@@ -43,6 +43,7 @@ if not real_trainer_runs_here():  # mcore-bridge's distribution is read, never i
 
 from swift_fipo.integrations.contract import METRIC_REDUCTIONS  # noqa: E402
 from megatron_cpu.worker_single import CASES  # noqa: E402  (the names only: importing it runs nothing)
+from reference import brute_fipo_weight, is_close  # noqa: E402
 from tiny_trl_model import build_tiny_model  # noqa: E402
 
 WORKERS = REPO / 'tests' / 'megatron_cpu'
@@ -116,6 +117,13 @@ def test_pth_hook_patches_the_real_trainer_class_on_import(single):
     # Installed: patched as ms-swift imported the module (the worker never calls swift_fipo.install()).
     assert patched['patched'] and patched['teacher_patched'] and patched['loss_func_patched']
     assert not (native['patched'] or native['teacher_patched'] or native['loss_func_patched'])
+    # And `swift-fipo doctor` says so, in each of the two processes.
+    line = 'swift.megatron.trainers.grpo_trainer (megatron rlhf): '
+    said = {mode: next(text for text in single[mode]['doctor']['text'].splitlines() if line in text)
+            for mode in ('patched', 'native')}
+    assert said['patched'].endswith(line + 'hooked when `megatron rlhf` imports it'), said
+    assert (line + 'not hooked') in said['native'], said
+    assert single['patched']['doctor']['rc'] == 0 and single['native']['doctor']['rc'] == 1
 
 
 def test_native_refuses_fipo_and_the_plugin_trains_but_still_refuses_an_explicit_teacher(single):
@@ -154,6 +162,22 @@ def test_forward_step_loss_and_gradient_equal_native(single, case):
         assert theirs['metrics']['fipo/safety_keep_ratio'] < 1.0 and metrics['fipo/safety_fired_ratio'] > 0
     if case == 'sequence-is':
         assert float(mine['loss']) != pytest.approx(float(defaults['loss']), abs=1e-4)
+
+
+@pytest.mark.parametrize('preset', ['paper-7b', 'paper-32b'])
+def test_paper_presets_on_the_real_loss_match_the_float64_reference(single, preset):
+    """The authors' recipes (filter c = 10, log-ratio clamp, sequence drop, dual clip --delta 10) in ms-swift's
+    real loss: the weights its _compute_fipo_influence returned, on the inputs it received, are the float64
+    reference's (tests/reference.py) to 1e-5."""
+    seen = single['patched']['presets'][preset]
+    mask = seen['mask']
+    expected, _, _ = brute_fipo_weight(seen['log_ratio'], mask, seen['advantages'], ratio=seen['coef_1'],
+                                       **seen['config'])
+    assert is_close(seen['weight'][mask], expected[mask]), float((seen['weight'].double() - expected)[mask].abs().max())
+    metrics = seen['metrics']
+    # The recipe's parts all acted on this batch: the filter, the safety rule and the drop.
+    assert metrics['fipo/filtered_ratio'] > 0 and metrics['fipo/safety_fired_ratio'] > 0
+    assert metrics['fipo/dropped_response_ratio'] > 0 and math.isfinite(seen['loss'])
 
 
 def test_megatron_logits_and_loss_equal_hf_for_the_same_weights(single):

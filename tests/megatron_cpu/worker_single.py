@@ -52,6 +52,7 @@ def main(model_dir: Path, out_file: Path) -> None:
     result: dict[str, Any] = {'import_s': time.monotonic() - began, 'disabled': activation.is_disabled(),
                               'patched': ms_swift.is_patched(cls), 'teacher_patched': is_patch(cls._setup_teacher),
                               'loss_func_patched': is_patch(cls.loss_func)}
+    result['doctor'] = _doctor()
     harness.init_distributed()
     out_dir = out_file.parent / f'{out_file.stem}-run'
 
@@ -78,9 +79,9 @@ def main(model_dir: Path, out_file: Path) -> None:
         def batch() -> Any:
             return harness.grpo_batch(tokens, advantages, rollout + noise)
 
-        def run(trainer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        def run(trainer: Any, old: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
             model.zero_grad(set_to_none=True)
-            loss, metrics = harness.loss_and_metrics(trainer, model, tokens, batch())
+            loss, metrics = harness.loss_and_metrics(trainer, model, tokens, batch() if old is None else old)
             loss.backward()
             return loss, metrics
 
@@ -110,8 +111,60 @@ def main(model_dir: Path, out_file: Path) -> None:
             result['hf_logps_loss'] = float(hf_loss)
             result['megatron_loss'] = float(cases['defaults']['loss'])
             result['steps'] = _optimizer_steps(model_dir, args)
+            result['presets'] = _presets(run, tokens, rollout, advantages, args)
     result['wall_s'] = time.monotonic() - began
     torch.save(result, out_file)
+
+
+def _presets(run: Callable[..., Any], tokens: dict[str, torch.Tensor], rollout: torch.Tensor,
+             advantages: torch.Tensor, args: Callable[..., Any]) -> dict[str, dict[str, Any]]:
+    """The paper presets on the real loss: what the trainer's ``_compute_fipo_influence`` received and returned
+    (an instance attribute that calls the class's own method records it), for the test to hold against the
+    float64 reference. The settings reach the trainer as the argument hook hands them over: the resolved
+    ``RunSettings`` attached to the args, and the flags ms-swift knows (``--delta``, ``--fipo_*``) set on them."""
+    import dataclasses
+    from swift_fipo.config import PRESETS
+    from swift_fipo.integrations.contract import RunSettings, attach_settings
+    # Far off-policy old log-probs, so that the authors' filter (c = 10), safety rule and drop have work to do.
+    noise = torch.randn(rollout.shape, generator=torch.Generator().manual_seed(3)) * 1.5
+    results = {}
+    for name in ('paper-7b', 'paper-32b'):
+        config = PRESETS[name]
+        trainer = harness.new_trainer(args(delta=config.delta, fipo_decay_rate=config.decay_rate,
+                                           fipo_clip_range=config.clip_range, fipo_clip_high_only=config.clip_high_only,
+                                           fipo_safety_threshold=config.safety_threshold))
+        attach_settings(trainer.args, RunSettings(config=config))
+        seen: dict[str, Any] = {}
+        method = type(trainer)._compute_fipo_influence
+
+        def record(log_ratio, coef_1, advantages, completion_mask, _trainer=trainer, _method=method, _seen=seen):
+            weight, returned = _method(_trainer, log_ratio, coef_1, advantages, completion_mask)
+            _seen.update(log_ratio=log_ratio.detach().clone(), coef_1=coef_1.detach().clone(),
+                         advantages=advantages.detach().clone(), mask=completion_mask.clone(),
+                         weight=weight.detach().clone())
+            return weight, returned
+
+        trainer._compute_fipo_influence = record
+        batch = harness.grpo_batch(tokens, advantages, rollout + noise)
+        # Two tokens of a negative-advantage row with ratio e^3 > c = 10: the authors' sequence drop binds.
+        row = int(torch.nonzero(advantages < 0)[-1])
+        columns = torch.nonzero(batch.completion_mask[row])[:2, 0]
+        batch.old_per_token_logps[row, columns] = rollout[row, columns] - 3.0
+        loss, metrics = run(trainer, batch)
+        results[name] = {**seen, 'loss': float(loss.detach()), 'metrics': harness.floats(metrics, 'fipo/'),
+                         'config': dataclasses.asdict(config)}
+    return results
+
+
+def _doctor() -> dict[str, Any]:
+    """What ``swift-fipo doctor`` prints in this process (its public function, stdout captured)."""
+    import contextlib
+    import io
+    from swift_fipo import cli
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.doctor()
+    return {'rc': code, 'text': printed.getvalue()}
 
 
 def _optimizer_steps(model_dir: Path, args: Callable[..., Any]) -> list[dict[str, float]]:
