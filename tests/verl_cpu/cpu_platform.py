@@ -2,15 +2,17 @@
 
 verl imports this module at start when ``VERL_USE_EXTERNAL_MODULES=verl_cpu.cpu_platform`` and picks it with
 ``VERL_PLATFORM=cpu``. It stands in for the accelerator, which this machine does not have: the
-device is ``cpu``, collectives use gloo, memory and profiler calls do nothing. Nothing else of verl is
-changed; its FSDP engine (registered for cuda, selected with ``VERL_ENGINE_DEVICE=cuda``) then runs on it.
+device is ``cpu``, collectives use gloo, memory and profiler calls do nothing, and verl's request for the
+process-group backend ``cpu:gloo,cpu:gloo`` (its CPU half plus this device's) becomes plain ``gloo``.
+Nothing else of verl is changed; its FSDP engine (registered for cuda, selected with ``VERL_ENGINE_DEVICE=cuda``) then runs on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from types import ModuleType, SimpleNamespace
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from verl.plugin.platform.platform_base import PlatformBase
@@ -41,6 +43,20 @@ def _cpu_device_module() -> ModuleType:
     module.set_rng_state = torch.set_rng_state
     module.memory = SimpleNamespace(_set_allocator_settings=_nothing)
     return module
+
+
+def _one_backend_per_device(init_process_group: Callable[..., Any]) -> Callable[..., Any]:
+    # verl asks for f'cpu:gloo,{device}:{backend}', which with this platform reads 'cpu:gloo,cpu:gloo';
+    # torch refuses a device named twice. Ask for plain gloo instead.
+    @functools.wraps(init_process_group)
+    def init(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+        if backend == 'cpu:gloo,cpu:gloo':
+            backend = 'gloo'
+        return init_process_group(*args, backend=backend, **kwargs)
+    return init
+
+
+torch.distributed.init_process_group = _one_backend_per_device(torch.distributed.init_process_group)
 
 
 @PlatformRegistry.register(platform='cpu')
@@ -109,7 +125,8 @@ class PlatformCPU(PlatformBase):
         return None
 
     def ray_resource_name(self) -> str:
-        return 'CPU'
+        # Ray refuses 'CPU' as a custom resource; a run declares logical GPUs (ray_init.num_gpus) instead.
+        return 'GPU'
 
     def ray_noset_envvars(self) -> list[str]:
         return []
