@@ -16,6 +16,7 @@ tokens. The weights w come from ``tests/reference.py`` (float64, written from th
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import need, not_applicable_here
+from conftest import need, not_applicable_here, only_where
 from reference import brute_fipo_weight, is_close, random_inputs
 from swift_fipo.integrations import ms_swift, ms_swift_layout, ms_swift_legacy
 from swift_fipo.integrations.contract import PatchSet
@@ -262,3 +263,118 @@ def test_installed_trainer_is_served_by_capability():
     line = ms_swift_layout.doctor_line('GRPOTrainer', True)
     assert ('refused with this TRL' if ms_swift_layout.rollout_reuse_broken() else 'reweighted advantages') in line
     assert ms_swift_layout.doctor_line('GRPOTrainer', False) is None
+
+
+# --- What users see on this path, pinned (issue 20) ----------------------------------------------------------------
+
+
+def _logged_mean(trainer: FixedLogpsTrainer, key: str, mode: str = 'train') -> torch.Tensor:
+    return torch.tensor(trainer._metrics[mode][f'fipo/{key}'][0], dtype=torch.float64)
+
+
+def test_overlong_filter_removes_truncated_completions_from_fipo():
+    """--overlong_filter: ms-swift drops a truncated completion from its loss, and FIPO's weights and metrics
+    must be computed over the same tokens (a truncated row's Future-KL in the logged means is a silent error)."""
+    batch = make_batch(seed=21, truncated=True)
+    batch['old_per_token_logps'][0] = batch['logps'][0] - 1.5  # the truncated row has a large log-ratio
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], overlong_filter=True)
+    fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    log_ratio = batch['logps'] - batch['old_per_token_logps']
+    kept = batch['completion_mask'] & ~batch['truncated_mask'][:, None]
+    expected = {}
+    for name, mask in (('filtered', kept), ('unfiltered', batch['completion_mask'])):
+        weight, future_kl, _ = brute_fipo_weight(log_ratio, mask, batch['advantages'])
+        expected[name] = (weight[mask].mean(), future_kl[mask].mean())
+    assert not is_close(expected['filtered'][1], expected['unfiltered'][1], tol=1e-3)  # the case tells them apart
+    assert is_close(_logged_mean(fipo, 'influence_weight_mean'), expected['filtered'][0], tol=1e-5)
+    assert is_close(_logged_mean(fipo, 'future_kl_mean'), expected['filtered'][1], tol=1e-5)
+
+
+def test_sequence_token_importance_sampling_gives_the_sequence_ratio_to_filter_and_safety_rule():
+    """GSPO-token (--importance_sampling_level sequence_token) clips the sequence ratio, as `sequence`
+    does: FIPO's filter and safety rule must test that ratio, not the per-token ones."""
+    batch = make_batch(seed=5)
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], importance_sampling_level='sequence_token',
+                        fipo_safety_threshold=1.05)
+    fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    mask = batch['completion_mask']
+    log_ratio = batch['logps'] - batch['old_per_token_logps']
+    ratio = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
+    sequence, _, safety = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05, ratio=ratio)
+    token, _, _ = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05)
+    assert not safety[mask].all()  # the sequence ratio fired the safety rule somewhere
+    assert not is_close(sequence[mask].mean(), token[mask].mean(), tol=1e-3)  # the per-token ratio would differ
+    assert is_close(_logged_mean(fipo, 'influence_weight_mean'), sequence[mask].mean(), tol=1e-5)
+
+
+def test_a_loss_that_reads_the_advantages_early_through_get_is_refused():
+    """ms-swift's own loss, preceded by an `inputs.get('advantages')` before the log-probs exist (what a
+    changed ms-swift could do): that read sees the plain [B] advantages, so the step is refused even though
+    the surrogate later reads the reweighted ones."""
+    original = inspect.unwrap(GRPOTrainer._compute_loss_and_metrics)
+
+    class EarlyGet(FixedLogpsTrainer):
+
+        def _compute_loss_and_metrics(self, model: Any, inputs: dict) -> Any:
+            self.early = inputs.get('advantages')
+            return original(self, model, inputs)
+
+    PatchSet([patch for patch in ms_swift_legacy.trainer_patches(EarlyGet)
+              if patch.attribute == ms_swift_layout.LOSS_METHOD]).apply()
+    batch = make_batch(seed=9)
+    trainer = make_trainer('fipo', batch['logps'], batch['entropies'])
+    trainer.__class__ = EarlyGet
+    with pytest.raises(ms_swift_legacy.LegacyHookError, match=r'advantages read before it: True'):
+        trainer._compute_loss_and_metrics(None, loss_inputs(batch))
+    assert torch.equal(trainer.early, batch['advantages'])  # the early read saw the plain advantages
+    # The same loss without the early read is served: only the .get made the difference.
+    trainer.__class__ = FixedLogpsTrainer
+    trainer._compute_loss_and_metrics(None, loss_inputs(batch))
+    assert trainer._metrics['train']['fipo/influence_weight_mean']
+
+
+def test_eval_metrics_are_logged_under_eval():
+    batch = make_batch(seed=13)
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'])
+    fipo.model.training = False
+    fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    assert not [key for key in fipo._metrics['train'] if key.startswith('fipo/')]
+    mask = batch['completion_mask']
+    weight, _, _ = brute_fipo_weight(batch['logps'] - batch['old_per_token_logps'], mask, batch['advantages'])
+    assert is_close(_logged_mean(fipo, 'influence_weight_mean', 'eval'), weight[mask].mean(), tol=1e-5)
+
+
+@only_where(trainer_module.__name__ == 'swift.trainers.rlhf_trainer.grpo_trainer',
+            "the parts of __init__ left out here are ms-swift 3.x's (4.0 / 4.1 build theirs differently)")
+def test_the_real_init_keeps_args_loss_type_fipo(tmp_path, monkeypatch):
+    """ms-swift's own GRPOTrainer.__init__, as the plugin patched it, on ms-swift's GRPOConfig: the loss takes
+    the dapo branch, while the arguments ms-swift and transformers log (args.json, the parameters line)
+    still say fipo. Only what needs a model, a dataset or a rollout engine is left out."""
+    import json
+
+    from swift.trainers.rlhf_arguments import GRPOConfig
+    ms_swift.install()
+    parent = GRPOTrainer.__mro__[1]
+    monkeypatch.setattr(parent, '__init__', lambda self, *args, **kwargs: setattr(
+        self, 'template', SimpleNamespace(truncation_strategy='delete', sequence_parallel_size=1)))
+    monkeypatch.setattr(trainer_module, 'set_seed', lambda *args, **kwargs: None)  # needs accelerate's state
+    for name in ('_prepare_chord_dataset', 'prepare_rollout', '_prepare_liger_loss'):
+        monkeypatch.setattr(GRPOTrainer, name, lambda self: setattr(self, 'use_liger_loss', False))
+    monkeypatch.setattr(GRPOTrainer, '_prepare_rewards', lambda self, *args: (setattr(self, 'reward_funcs', [len]),
+                                                                              setattr(self, 'use_gym_env', False)))
+
+    def config(loss_type: str) -> Any:
+        args = GRPOConfig(output_dir=str(tmp_path), loss_type=loss_type, report_to=[], bf16=False, use_cpu=True,
+                          eval_strategy='no')
+        args.use_vllm = True  # skips building the local rollout engine (it needs the model)
+        return args
+
+    args = config('fipo')
+    model = SimpleNamespace(model_meta=SimpleNamespace(is_multimodal=False), warnings_issued={},
+                            forward=lambda input_ids=None: None)
+    trainer = GRPOTrainer(model, args=args)
+    assert trainer.loss_type == ms_swift_legacy.SERVING_LOSS_TYPE  # the loss runs the dapo branch
+    assert trainer.args is args and args.loss_type == 'fipo'
+    assert json.loads(args.to_json_string())['loss_type'] == 'fipo'
+    dapo = GRPOTrainer(model, args=config('dapo'))
+    assert dapo.loss_type == 'dapo' and not getattr(dapo, '_swift_fipo_legacy_active', False)
