@@ -153,6 +153,39 @@ def test_doctor_reports_the_verl_hooks():
     assert 'verl.workers.config.actor: PolicyLossConfig takes the fipo options' in result.stdout
 
 
+def _doctor_in_process(capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    from swift_fipo import cli
+    capsys.readouterr()
+    code = cli.doctor()
+    return code, capsys.readouterr().out
+
+
+def test_doctors_verl_verdict_needs_the_option_hook_and_the_loss(capsys: pytest.CaptureFixture):
+    """The verl verdict is "computed by swift-fipo" only when both hooks hold: with the loss registered but
+    PolicyLossConfig unpatched, `policy_loss.fipo.*` overrides are refused by verl's schema, so doctor must
+    say NOT and exit 1; likewise with the options hooked and the loss unregistered."""
+    config_module = sys.modules[fipo_verl.CONFIG_MODULE]
+    code, out = _doctor_in_process(capsys)
+    assert code == 0 and 'verdict: verl `policy_loss.loss_mode=fipo` is computed by swift-fipo' in out, out
+    fipo_verl.config_patches(config_module).revert()
+    try:
+        assert core_algos.get_policy_loss_fn('fipo') is fipo_verl.compute_policy_loss_fipo
+        code, out = _doctor_in_process(capsys)
+    finally:
+        fipo_verl.install()
+    assert 'verl.workers.config.actor: fipo options not hooked' in out, out
+    assert 'verdict: verl `policy_loss.loss_mode=fipo` is NOT computed by swift-fipo here' in out, out
+    assert code == 1
+    del core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE]
+    try:
+        code, out = _doctor_in_process(capsys)
+    finally:
+        fipo_verl.install()
+    assert 'verl.workers.config.actor: PolicyLossConfig takes the fipo options' in out, out
+    assert 'verdict: verl `policy_loss.loss_mode=fipo` is NOT computed by swift-fipo here' in out and code == 1, out
+    assert core_algos.get_policy_loss_fn('fipo') is fipo_verl.compute_policy_loss_fipo
+
+
 def test_capability_check_refuses_a_registry_without_the_two_value_loss():
     def four_values(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode='token-mean', config=None,
                     rollout_is_weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
