@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,6 +20,7 @@ from conftest import need, only_where
 
 need('trl')
 
+import trl  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import is_initialized as accelerate_state_initialized  # noqa: E402
 from datasets import Dataset  # noqa: E402
@@ -24,6 +29,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import swift_fipo.integrations.trl as fipo_trl  # noqa: E402
 from swift_fipo.config import FIPOConfig  # noqa: E402
+from swift_fipo.integrations.contract import installed_version  # noqa: E402
 from swift_fipo.integrations.trl import FIPOGRPOTrainer, UnsupportedTRLError, check_trl_support  # noqa: E402
 from swift_fipo.ops.influence import compute_fipo_influence  # noqa: E402
 import swift_fipo.ops.loss as fipo_loss_module  # noqa: E402
@@ -529,9 +535,180 @@ def test_runtime_guard_when_trl_reads_advantages_first(offpolicy: tuple[FIPOGRPO
         trainer._compute_loss(trainer.model, dict(inputs))
 
 
-def test_refuses_clearly_when_ms_swift_deleted_trl_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Reproduces what `import swift.rlhf_trainers.grpo_trainer` does to TRL (`del GRPOTrainer.__init__`).
-    if '__init__' in vars(GRPOTrainer):
-        monkeypatch.delattr(GRPOTrainer, '__init__')
-    with pytest.raises(RuntimeError, match='ms-swift deletes it'):
+def test_a_deleted_trl_init_is_blamed_on_ms_swift_only_where_ms_swift_deleted_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `import swift.rlhf_trainers.grpo_trainer` does to TRL (`del GRPOTrainer.__init__`), here without
+    # ms-swift: the refusal names the class and does not blame a package that is not loaded.
+    monkeypatch.delattr(GRPOTrainer, '__init__')
+    with pytest.raises(RuntimeError, match=f'{GRPOTrainer.__module__}.GRPOTrainer has no __init__') as error:
         FIPOGRPOTrainer(model=MISSING_MODEL, args=grpo_args(tmp_path), reward_funcs=reward_length)
+    assert 'ms-swift' not in str(error.value)
+    monkeypatch.undo()
+    if installed_version('ms-swift') is None:
+        return
+    # With ms-swift's real GRPO trainer module imported (in a process of its own: the deletion is for good).
+    script = ('import importlib, sys\n'
+              'from swift_fipo.integrations.trl import FIPOGRPOTrainer\n'
+              'for name in ("swift.rlhf_trainers.grpo_trainer", "swift.trainers.rlhf_trainer.grpo_trainer"):\n'
+              '    try:\n        importlib.import_module(name); break\n'
+              '    except ModuleNotFoundError:\n        pass\n'
+              'try:\n    FIPOGRPOTrainer(model="/nonexistent/model", reward_funcs=len)\n'
+              'except RuntimeError as error:\n    print(error)\n')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, SWIFT_FIPO_DISABLE='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'has lost its __init__: ms-swift deletes it when swift.' in result.stdout, result.stdout[-3000:]
+
+
+# Classes standing in for trl.GRPOTrainer: what Unsloth does (its import rebinds trl.GRPOTrainer, so a later
+# `import swift_fipo...` builds FIPOGRPOTrainer on top of the stand-in), and what a user can do.
+def fipo_trl_over(stand_in: type, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A fresh copy of swift_fipo.integrations.trl, imported while ``trl.GRPOTrainer`` is ``stand_in``."""
+    monkeypatch.setattr(trl, 'GRPOTrainer', stand_in)
+    spec = importlib.util.spec_from_file_location(f'fipo_trl_over_{stand_in.__name__}', fipo_trl.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.FIPOGRPOTrainer.__bases__ == (stand_in, )
+    return module
+
+
+def own_policy_loss(trainer: Any, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """A loss of the trainer's own, as Unsloth's compute_loss computes one: it never goes through _compute_loss."""
+    ids = torch.cat([inputs['prompt_ids'], inputs['completion_ids']], dim=1)
+    logits = model(input_ids=ids).logits[:, -inputs['completion_ids'].shape[1] - 1:-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, inputs['completion_ids'].unsqueeze(-1)).squeeze(-1)
+    return -(logps * inputs['advantages'][:, None] * inputs['completion_mask']).sum() / inputs['completion_mask'].sum()
+
+
+class StandInCountingLoss(GRPOTrainer):
+    """Stands in for trl.GRPOTrainer with no __init__ of its own; its compute_loss goes through TRL's."""
+
+    calls = 0
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        StandInCountingLoss.calls += 1  # on this class: type(self) is the FIPO trainer built on it
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class StandInOwnLoss(GRPOTrainer):
+    """Stands in for trl.GRPOTrainer with no __init__ of its own and a compute_loss of its own."""
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        return own_policy_loss(self, model, inputs)
+
+
+def test_a_stand_in_without_its_own_init_trains_fipo(model_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Inheriting TRL's __init__ is not ms-swift's deletion: the trainer builds and trains with FIPO.
+    module = fipo_trl_over(StandInCountingLoss, monkeypatch)
+    StandInCountingLoss.calls = 0
+    trainer = make_trainer(model_dir, grpo_args(tmp_path, max_steps=2), cls=module.FIPOGRPOTrainer,
+                           fipo=FIPOConfig(decay_rate=8.0))
+    trainer.train()
+    assert StandInCountingLoss.calls == 2 and trainer.state.global_step == 2
+    logs = [entry for entry in trainer.state.log_history if 'loss' in entry]
+    assert [entry['fipo/future_kl_mean'] == pytest.approx(0.0, abs=1e-6) for entry in logs] == [True, False]
+    assert logs[1]['fipo/influence_weight_mean'] > 1.0  # the reuse step was reweighted
+
+
+class OwnLossSubclass(FIPOGRPOTrainer):
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        # A comment naming self._compute_loss(model, inputs) does not count as a call.
+        return GRPOTrainer._compute_loss(self, model, inputs)  # TRL's loss around FIPO's hook
+
+
+class DelegatingSubclass(FIPOGRPOTrainer):
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+@pytest.mark.parametrize('where', ['subclass', 'stand_in'])
+def test_refuses_a_compute_loss_that_never_calls_compute_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              where: str) -> None:
+    # A compute_loss that reaches _compute_loss through super() passes (the missing model then fails to load).
+    with pytest.raises(OSError):
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path), cls=DelegatingSubclass)
+    if where == 'subclass':
+        cls, error_cls, owner = OwnLossSubclass, UnsupportedTRLError, OwnLossSubclass
+    else:
+        module = fipo_trl_over(StandInOwnLoss, monkeypatch)
+        cls, error_cls, owner = module.FIPOGRPOTrainer, module.UnsupportedTRLError, StandInOwnLoss
+    # Refused before the model loads, naming the compute_loss that bypasses FIPO; the stand-in has no
+    # __init__ of its own, and that is not blamed on ms-swift.
+    with pytest.raises(error_cls, match=f'{owner.__qualname__}.compute_loss\\) never calls self._compute_loss') \
+            as error:
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path), cls=cls)
+    assert 'ms-swift' not in str(error.value) and 'would train without FIPO' in str(error.value)
+
+
+def generated_compute_loss() -> Any:
+    """A compute_loss compiled from a string, as code generators make them: inspect finds no source."""
+    namespace: dict[str, Any] = {'GRPOTrainer': GRPOTrainer}
+    exec(compile('def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):\n'
+                 '    return GRPOTrainer._compute_loss(self, model, inputs)\n', '<generated>', 'exec'), namespace)
+    return namespace['compute_loss']
+
+
+class SkipsFIPOLoss(FIPOGRPOTrainer):
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        return GRPOTrainer._compute_loss(self, model, inputs)  # not super(): FIPO's hook is skipped
+
+
+@pytest.mark.parametrize('how', ['generated_compute_loss', 'override_skips_super'])
+def test_first_step_refuses_a_step_that_bypassed_fipo(model_dir: Path, tmp_path: Path, how: str) -> None:
+    if how == 'generated_compute_loss':
+        cls = type('GeneratedLossTrainer', (FIPOGRPOTrainer, ), {'compute_loss': generated_compute_loss()})
+        assert fipo_trl.compute_loss_reaches_hook(cls) == (None, cls)  # the source scan cannot decide
+    else:
+        cls = SkipsFIPOLoss
+        assert fipo_trl.compute_loss_reaches_hook(cls)[0] is True  # compute_loss is TRL's
+    trainer = make_trainer(model_dir, grpo_args(tmp_path, max_steps=2), cls=cls)
+    before = [parameter.detach().clone() for parameter in trainer.model.parameters()]
+    with pytest.raises(UnsupportedTRLError, match=f'{cls.__qualname__} trained a step without FIPO'):
+        trainer.train()
+    # Refused inside the first step, before the optimizer moved anything.
+    assert trainer.state.global_step == 0
+    assert all(torch.equal(old, new) for old, new in zip(before, trainer.model.parameters()))
+
+
+def unsloth_shaped(name: str, module: str, mark_train: bool) -> type:
+    """A trainer shaped as unsloth/models/rl.py generates UnslothGRPOTrainer: a _Unsloth class with its own
+    compute_loss (never calling _compute_loss), under a subclass with its own __init__, whose train() Unsloth
+    wraps with a resume guard marked ``_unsloth_resume_guard``."""
+    def compute_loss(self: Any, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        return own_policy_loss(self, model, inputs)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        super(outer, self).__init__(*args, **kwargs)
+
+    inner = type(f'_{name}', (GRPOTrainer, ), {'compute_loss': compute_loss, '__module__': module})
+    outer = type(name, (inner, ), {'__init__': __init__, '__module__': module})
+    if mark_train:
+        original_train = outer.train
+
+        def train(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return original_train(self, *args, **kwargs)
+
+        train._unsloth_resume_guard = True  # type: ignore[attr-defined]
+        outer.train = train  # type: ignore[method-assign]
+    return outer
+
+
+@pytest.mark.parametrize('shape', ['marked_methods', 'compiled_cache_module'])
+def test_refuses_unsloth_patched_trainer_naming_unsloth(model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, shape: str) -> None:
+    if shape == 'marked_methods':  # found by the mark alone: a neutral name, in this test module
+        stand_in = unsloth_shaped('PatchedGRPOTrainer', __name__, mark_train=True)
+    else:  # found by where Unsloth compiles it (unsloth_zoo's create_new_function)
+        stand_in = unsloth_shaped('UnslothGRPOTrainer', 'unsloth_compiled_cache.UnslothGRPOTrainer', mark_train=False)
+    module = fipo_trl_over(stand_in, monkeypatch)
+    with pytest.raises(module.UnsupportedTRLError, match='does not serve Unsloth yet') as error:
+        make_trainer(model_dir, grpo_args(tmp_path), cls=module.FIPOGRPOTrainer)
+    assert f'{stand_in.__module__}.{stand_in.__qualname__}' in str(error.value)
+    assert 'never calls _compute_loss' in str(error.value)

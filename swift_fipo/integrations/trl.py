@@ -13,13 +13,19 @@ which TRL then reads. Normalisation, KL term, masks and TRL's own metrics all st
 
 The hook points are checked by capability (the methods exist, and ``_compute_loss`` reads the
 advantages after the log-probs and accepts ``[B, T]`` ones), never by version string; every loss
-call also verifies at run time that the advantages TRL used were the reweighted ones.
+call also verifies at run time that the advantages TRL used were the reweighted ones. The trainer's
+``compute_loss`` (a subclass's, or that of a class standing in for ``trl.GRPOTrainer``, such as
+Unsloth's) must reach ``_compute_loss``: read from its source at construction, and counted on every
+training step.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import sys
+import textwrap
 from typing import Any, Optional
 
 import torch
@@ -58,26 +64,157 @@ class UnsupportedTRLError(RuntimeError):
 
 
 def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
-    """Raise ``UnsupportedTRLError`` unless ``trainer_cls`` has the hooks FIPOGRPOTrainer relies on."""
-    missing = [name for name in (_LOGPS_METHOD, _LOSS_METHOD) if not callable(getattr(trainer_cls, name, None))]
+    """Raise ``UnsupportedTRLError`` unless ``trainer_cls`` has the hooks FIPOGRPOTrainer relies on.
+
+    ``trainer_cls`` may be ``FIPOGRPOTrainer`` or a subclass: the loss hooks are then read from the TRL class
+    it is built on, and its ``compute_loss`` (wherever it comes from) must call ``_compute_loss``.
+    """
+    unsloth = unsloth_trainer(trainer_cls)
+    if unsloth is not None:
+        raise UnsupportedTRLError(_unsloth_refusal(trainer_cls, unsloth))
+    host = _host_class(trainer_cls)
+    missing = [name for name in (_LOGPS_METHOD, _LOSS_METHOD) if not callable(getattr(host, name, None))]
     if missing:
-        raise UnsupportedTRLError(_unsupported(f'{trainer_cls.__name__} has no {", ".join(missing)}'))
+        raise UnsupportedTRLError(_unsupported(f'{host.__name__} has no {", ".join(missing)}'))
     try:
-        source = inspect.getsource(getattr(trainer_cls, _LOSS_METHOD))
+        source: Optional[str] = inspect.getsource(getattr(host, _LOSS_METHOD))
     except (OSError, TypeError):
         # No source (e.g. a frozen install): the run-time check in every loss call still guards us.
         warn('cannot read the source of GRPOTrainer._compute_loss to verify the FIPO hook; relying on the '
              'per-step check.')
-        return
-    logps_at = source.find(f'self.{_LOGPS_METHOD}(')
-    advantages_at = source.find('inputs["advantages"]')
-    if logps_at < 0 or advantages_at < logps_at:
-        raise UnsupportedTRLError(
-            _unsupported('its _compute_loss does not read inputs["advantages"] after computing the log-probs'))
-    # Before 0.26 TRL always did advantages.unsqueeze(1): [B, T] advantages would broadcast to
-    # [B, B, T] without any error, so this must be refused rather than discovered.
-    if 'advantages.dim()' not in source:
-        raise UnsupportedTRLError(_unsupported('its _compute_loss does not accept per-token [B, T] advantages'))
+        source = None
+    if source is not None:
+        logps_at = source.find(f'self.{_LOGPS_METHOD}(')
+        advantages_at = source.find('inputs["advantages"]')
+        if logps_at < 0 or advantages_at < logps_at:
+            raise UnsupportedTRLError(
+                _unsupported('its _compute_loss does not read inputs["advantages"] after computing the log-probs'))
+        # Before 0.26 TRL always did advantages.unsqueeze(1): [B, T] advantages would broadcast to
+        # [B, B, T] without any error, so this must be refused rather than discovered.
+        if 'advantages.dim()' not in source:
+            raise UnsupportedTRLError(_unsupported('its _compute_loss does not accept per-token [B, T] advantages'))
+    reaches, owner = compute_loss_reaches_hook(trainer_cls)
+    if reaches is False:
+        raise UnsupportedTRLError(_bypass_refusal(trainer_cls, owner))
+
+
+def _host_class(trainer_cls: type) -> type:
+    """The class FIPO hooks into: the first in the MRO that is not FIPOGRPOTrainer or a subclass of it."""
+    fipo_cls = globals().get('FIPOGRPOTrainer')  # None while this module is being defined
+    for klass in trainer_cls.__mro__:
+        if fipo_cls is None or not issubclass(klass, fipo_cls):
+            return klass
+    return trainer_cls
+
+
+def _self_calls(function: Any) -> Optional[frozenset[str]]:
+    """The methods ``function`` calls on its first argument (``name``) or through ``super()`` (``super().name``),
+    read from its source; None when there is no source to read (dynamic code, a frozen install, a callable
+    object)."""
+    function = getattr(function, '__func__', function)  # staticmethod / classmethod objects in a class dict
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    node = next((node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                      ast.Lambda))), None)
+    if node is None or not node.args.args:
+        return None
+    me = node.args.args[0].arg
+    names = set()
+    # ast, not text: a call named in a comment or a docstring must not count.
+    for call in ast.walk(node):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+            continue
+        target = call.func.value
+        if isinstance(target, ast.Name) and target.id == me:
+            names.add(call.func.attr)
+        elif isinstance(target, ast.Call) and isinstance(target.func, ast.Name) and target.func.id == 'super':
+            names.add(f'super().{call.func.attr}')
+    return frozenset(names)
+
+
+def compute_loss_reaches_hook(trainer_cls: type) -> tuple[Optional[bool], Optional[type]]:
+    """Whether ``trainer_cls.compute_loss`` calls ``self._compute_loss`` (where FIPO acts), following
+    ``super().compute_loss`` up the MRO; None when a source on the way cannot be read (the per-step count
+    then decides). Also returns the class whose ``compute_loss`` decided."""
+    for klass in trainer_cls.__mro__:
+        if 'compute_loss' not in vars(klass):
+            continue
+        # The function object itself, whatever name it was defined under.
+        calls = _self_calls(vars(klass)['compute_loss'])
+        if calls is None:
+            return None, klass
+        if _LOSS_METHOD in calls:
+            return True, klass
+        if 'super().compute_loss' not in calls:
+            return False, klass
+    return False, None
+
+
+def unsloth_trainer(trainer_cls: type) -> Optional[type]:
+    """The Unsloth-generated class ``trainer_cls`` is built on, if any.
+
+    Importing unsloth replaces ``trl.GRPOTrainer`` with ``UnslothGRPOTrainer``, generated from TRL's source
+    (unsloth/models/rl.py) with a compute_loss of its own that never calls ``_compute_loss``. Found by what
+    its class carries: methods Unsloth wrapped are marked ``_unsloth_*`` (``train._unsloth_resume_guard``,
+    ``__init__._unsloth_grpo_hidden_states_init_wrapped``), and it lives in a module of Unsloth's compiled
+    cache under an ``Unsloth`` name.
+    """
+    for klass in trainer_cls.__mro__:
+        for value in vars(klass).values():
+            marks = getattr(value, '__dict__', None)
+            if isinstance(marks, dict) and any(key.startswith('_unsloth_') and mark is True
+                                               for key, mark in marks.items()):
+                return klass
+        if klass.__module__.split('.')[0].startswith('unsloth') or klass.__name__.startswith(('Unsloth',
+                                                                                               '_Unsloth')):
+            return klass
+    return None
+
+
+def _unsloth_refusal(trainer_cls: type, unsloth: type) -> str:
+    return (f'swift-fipo: FIPOGRPOTrainer does not serve Unsloth yet: {trainer_cls.__qualname__} is built on a '
+            f'class Unsloth generated or patched ({unsloth.__module__}.{unsloth.__qualname__}). Importing unsloth '
+            "replaces trl.GRPOTrainer with its UnslothGRPOTrainer, whose compute_loss computes Unsloth's own GRPO "
+            'loss and never calls _compute_loss, where FIPO reweights the advantages: the run would train without '
+            'FIPO. Use FIPOGRPOTrainer in a process that does not import unsloth, or swift_fipo.apply_fipo in a '
+            'loop of your own.')
+
+
+def _bypass_refusal(trainer_cls: type, owner: Optional[type]) -> str:
+    where = 'it has no compute_loss' if owner is None else \
+        f'its compute_loss ({owner.__module__}.{owner.__qualname__}.compute_loss) never calls self._compute_loss'
+    return (f'swift-fipo: {trainer_cls.__qualname__} would train without FIPO: {where}, where FIPO reweights the '
+            'advantages. Let compute_loss return self._compute_loss(model, inputs) (or call super().compute_loss), '
+            'or customise _compute_loss instead and call super()._compute_loss there.')
+
+
+def _lost_init_refusal(trainer_cls: type) -> Optional[str]:
+    """Why ``trainer_cls.__init__`` is not a GRPO trainer's own any more; None when it is.
+
+    ms-swift's GRPO trainer module runs ``del trl.GRPOTrainer.__init__`` on import, and then
+    ``GRPOTrainer.__init__`` is transformers' ``Trainer.__init__``. A class standing in for ``trl.GRPOTrainer``
+    may well have no ``__init__`` of its own: inheriting TRL's is fine.
+    """
+    mro = trainer_cls.__mro__
+    loss_classes = [index for index, klass in enumerate(mro) if _LOSS_METHOD in vars(klass)]
+    init_at = next((index for index, klass in enumerate(mro) if '__init__' in vars(klass)), len(mro))
+    if not loss_classes or init_at <= loss_classes[-1]:
+        return None
+    lost = mro[loss_classes[-1]]  # the deepest class with the GRPO loss: its __init__ is the one missing
+    below = mro[init_at].__qualname__ if init_at < len(mro) else 'object'
+    name = f'{lost.__module__}.{lost.__qualname__}'
+    # Blame ms-swift only when one of its GRPO trainer modules is loaded and holds this very class.
+    holders = [module_name for module_name, module in list(sys.modules.items())
+               if module_name.split('.')[0] == 'swift' and module_name.endswith('grpo_trainer')
+               and any(value is lost for value in vars(module).values())]
+    if holders:
+        return (f'swift-fipo: {name} has lost its __init__: ms-swift deletes it when {holders[0]} is imported. '
+                "Use FIPOGRPOTrainer in a process that does not import ms-swift's GRPO trainer (for ms-swift, "
+                'use swift rlhf --loss_type fipo instead).')
+    return (f'swift-fipo: {name} has no __init__ of its own (it was deleted at run time), so '
+            f'{trainer_cls.__qualname__}() would run {below}.__init__, which is not a GRPO trainer\'s.')
 
 
 def _unsupported(reason: str) -> str:
@@ -191,13 +328,13 @@ class FIPOGRPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args: Any, fipo: Optional[FIPOConfig] = None, **kwargs: Any) -> None:
-        check_trl_support(GRPOTrainer)
-        if '__init__' not in vars(GRPOTrainer):
-            # ms-swift's own GRPO trainer module runs `del trl.GRPOTrainer.__init__` when imported.
-            raise RuntimeError('swift-fipo: trl.GRPOTrainer has lost its __init__: ms-swift deletes it when '
-                               'swift.rlhf_trainers.grpo_trainer is imported. Use FIPOGRPOTrainer in a process '
-                               "that does not import ms-swift's GRPO trainer (for ms-swift, use swift rlhf "
-                               '--loss_type fipo instead).')
+        # type(self): a subclass's compute_loss must reach _compute_loss too.
+        check_trl_support(type(self))
+        lost_init = _lost_init_refusal(GRPOTrainer)
+        if lost_init is not None:
+            raise RuntimeError(lost_init)
+        # Loss calls FIPO reweighted; training_step refuses a step that made none.
+        self._fipo_loss_calls = 0
         try:
             grpo_args = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs).arguments.get('args')
         except TypeError:
@@ -224,6 +361,22 @@ class FIPOGRPOTrainer(GRPOTrainer):
             raise UnsupportedTRLError(
                 _unsupported('GRPOTrainer._compute_loss used the advantages without passing through the FIPO hook '
                              f'({_LOGPS_METHOD} {"was" if batch.weighted else "was not"} called first)'))
+        self._fipo_loss_calls += 1
+        return loss
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # The source scan at construction cannot read every compute_loss (dynamic code, no source), nor see an
+        # override of _compute_loss that skips ours: count. Raising here comes before the optimizer step.
+        before = self._fipo_loss_calls
+        loss = super().training_step(*args, **kwargs)
+        if self._fipo_loss_calls == before:
+            _, owner = compute_loss_reaches_hook(type(self))
+            where = '' if owner is None else f' ({owner.__module__}.{owner.__qualname__}.compute_loss)'
+            raise UnsupportedTRLError(
+                f'swift-fipo: {type(self).__qualname__} trained a step without FIPO: its compute_loss{where} did '
+                'not reach FIPOGRPOTrainer._compute_loss, where FIPO reweights the advantages (or an override of '
+                '_compute_loss did not call super()._compute_loss). Refused before the optimizer step; let '
+                'compute_loss return self._compute_loss(model, inputs).')
         return loss
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
