@@ -24,10 +24,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from swift_fipo.integrations import ms_swift_layout, ms_swift_legacy
-from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, RunSettings, attach_settings,
-                                              combine_metric, combine_over_ranks, is_patch, original_of, settings_of)
-from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, config_from_arguments,
-                                                  unsupported_message, with_fipo_flags, with_run_validation)
+from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, combine_metric, combine_over_ranks,
+                                              is_patch, original_of)
+from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, run_settings, unsupported_message,
+                                                  with_fipo_flags, with_run_validation)
 from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
@@ -39,16 +39,6 @@ _PIPELINE_MODULES = (PIPELINE_MODULE, ms_swift_layout.MODULES_3X[PIPELINE_MODULE
 _STATS_ATTRIBUTE = '_swift_fipo_stats'
 # Summaries ms-swift already logs itself from the adapter's tensors.
 _NATIVE_METRICS = ('future_kl_mean', 'influence_weight_mean', 'safety_keep_ratio')
-
-
-def run_settings(trainer: Any) -> RunSettings:
-    """The FIPO settings of a trainer: resolved once from the command line by the argument hook and
-    attached to its args; built from the args' own FIPO fields when the trainer was made without it."""
-    settings = settings_of(trainer.args)
-    if settings is None:
-        settings = RunSettings(config=config_from_arguments(trainer.args))
-        attach_settings(trainer.args, settings)
-    return settings
 
 
 def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.Tensor, advantages: torch.Tensor,

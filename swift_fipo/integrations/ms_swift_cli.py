@@ -186,6 +186,16 @@ def _parse_number(flag: str, text: str) -> Optional[float]:
         raise ValueError(f'{HOST}: --{flag} must be a number or None; got {text!r}.') from None
 
 
+def run_settings(trainer: Any) -> RunSettings:
+    """The FIPO settings of a trainer: resolved once from the command line by the argument hook and
+    attached to its args; built from the args' own FIPO fields when the trainer was made without it."""
+    settings = settings_of(trainer.args)
+    if settings is None:
+        settings = RunSettings(config=config_from_arguments(trainer.args))
+        attach_settings(trainer.args, settings)
+    return settings
+
+
 def _values_of(argv: Sequence[str], argument: str, options: ParserOptions) -> Optional[list[str]]:
     """The values argv gives ``argument`` where it last appears ([] for a bare flag), or None if it does
     not appear; tokens read as argparse reads them."""

@@ -35,6 +35,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from swift_fipo.integrations.contract import Patch, combine_over_ranks, is_patch, record_metric, reweight_advantages
+from swift_fipo.integrations.ms_swift_cli import run_settings
 from swift_fipo.integrations.ms_swift_layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
 from swift_fipo.ops.influence import FIPOStats
 
@@ -142,7 +143,6 @@ def reweight_batch(trainer: Any, batch: _Batch, per_token_logps: torch.Tensor) -
     if advantages.dim() != 1:
         raise LegacyHookError(f'swift-fipo: expected [B] advantages in this ms-swift GRPO trainer; got shape '
                               f'{tuple(advantages.shape)}.')
-    from swift_fipo.integrations.ms_swift import run_settings  # that module imports this one
     weighted, stats = reweight_advantages(advantages, log_ratio, mask, run_settings(trainer).config, ratio=ratio)
     batch.weighted = ReweightedAdvantages.wrap(advantages, weighted)
     batch['advantages'] = batch.weighted
