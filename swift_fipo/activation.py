@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
+from swift_fipo.integrations.hosts import watched_modules
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and importlib.abc cost milliseconds at every interpreter start
     from importlib.abc import Loader
@@ -22,19 +24,9 @@ if TYPE_CHECKING:  # typing and importlib.abc cost milliseconds at every interpr
     from typing import Any, Optional, Sequence
 
 DISABLE_ENV = 'SWIFT_FIPO_DISABLE'
-# Host module -> 'plugin module:function' that patches it right after it is first imported.
-# Named as strings: importing the patchers here would import torch at interpreter start.
-WATCHED_MODULES = {
-    'swift.pipelines.base': 'swift_fipo.integrations.ms_swift:patch_module',
-    'swift.rlhf_trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
-    'swift.megatron.trainers.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
-    # verl: the policy_loss.fipo option in its config schema, and the loss in its registry.
-    'verl.workers.config.actor': 'swift_fipo.integrations.verl:patch_config_module',
-    'verl.trainer.ppo.core_algos': 'swift_fipo.integrations.verl:patch_core_algos',
-    # ms-swift 3.x keeps the first two elsewhere.
-    'swift.llm.base': 'swift_fipo.integrations.ms_swift:patch_module',
-    'swift.trainers.rlhf_trainer.grpo_trainer': 'swift_fipo.integrations.ms_swift:patch_module',
-}
+# Host module -> 'plugin module:function' that patches it right after it is first imported, for every
+# host in the table (integrations/hosts.py: strings only, so this costs no import of a host or of torch).
+WATCHED_MODULES = watched_modules()
 
 
 def is_disabled() -> bool:

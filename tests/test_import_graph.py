@@ -13,7 +13,8 @@ HOST_FAMILIES = {
     'trl': {'trl'},
     'verl': {'verl'},
 }
-SHARED = {'swift_fipo.config', 'swift_fipo.integrations.contract', 'swift_fipo.ops', 'swift_fipo.ops.future_kl',
+SHARED = {'swift_fipo.config', 'swift_fipo.integrations.contract', 'swift_fipo.integrations.hosts', 'swift_fipo.ops',
+          'swift_fipo.ops.future_kl',
           'swift_fipo.ops.influence', 'swift_fipo.ops.loss', 'swift_fipo.ops.precision'}
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from swift_fipo.integrations import ms_swift_layout, ms_swift_legacy
+from swift_fipo.integrations import hosts, ms_swift_layout, ms_swift_legacy
 from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, combine_metric, combine_over_ranks,
                                               is_patch, original_of)
 from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, run_settings, unsupported_message,
@@ -33,7 +33,7 @@ from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
 
-WATCHED_MODULES = (PIPELINE_MODULE, HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE, *ms_swift_layout.MODULES_3X.values())
+WATCHED_MODULES = tuple(hosts.MS_SWIFT.watched)
 _PIPELINE_MODULES = (PIPELINE_MODULE, ms_swift_layout.MODULES_3X[PIPELINE_MODULE])
 # The adapter leaves its stats here for the metrics wrapper of the same loss call.
 _STATS_ATTRIBUTE = '_swift_fipo_stats'
