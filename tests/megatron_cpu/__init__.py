@@ -10,8 +10,9 @@ Nothing here is part of swift-fipo. It fakes only what cannot exist on a CPU mac
   they get placeholder classes that refuse to be instantiated.
 * CUDA calls megatron-core makes on a CPU run: ``torch.cuda.current_device()`` in
   ``RotaryEmbedding.get_emb`` and ``GlobalMemoryBuffer.get_tensor`` answers ``cpu`` there, and
-  ``CudaRNGStatesTracker.fork`` (needs a CUDA RNG state) is a no-op context (attention dropout is 0), and
-  the causal mask the torch softmax builds without an explicit mask (``device="cuda"``) is made on CPU.
+  ``CudaRNGStatesTracker.fork`` (needs a CUDA RNG state) is a no-op context (attention dropout is 0).
+  (Batches carry the collator's explicit attention mask: without one, the torch softmax path would build
+  its causal mask with ``device="cuda"``.)
   ``model_parallel_cuda_manual_seed`` is never called.
 """
 
@@ -147,7 +148,6 @@ def _te_probing_core_modules() -> list[str]:
 def cpu_megatron():
     """megatron-core's CUDA calls answered for CPU, for the duration of the block."""
     from megatron.core import utils as core_utils
-    from megatron.core.fusions import fused_softmax
     from megatron.core.models.common.embeddings import rotary_pos_embedding
     from megatron.core.tensor_parallel import random as core_random
     saved = []
@@ -171,9 +171,6 @@ def cpu_megatron():
             on_cpu(vars(rotary_pos_embedding.RotaryEmbedding)['get_emb']))
     replace(core_utils.GlobalMemoryBuffer, 'get_tensor', on_cpu(vars(core_utils.GlobalMemoryBuffer)['get_tensor']))
     replace(core_random.CudaRNGStatesTracker, 'fork', lambda self, *args, **kwargs: contextlib.nullcontext())
-    # Without an explicit attention mask the torch softmax path builds its causal mask with device="cuda".
-    replace(fused_softmax, 'get_default_causal_mask',
-            lambda sq: torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1))
     try:
         yield
     finally:

@@ -140,7 +140,8 @@ def gpt_model(hf: Any) -> torch.nn.Module:
 def token_batch(vocab_size: int, seed: int = 0, prompt_lengths: Iterable[int] = PROMPT_LENGTHS,
                 completion_lengths: Iterable[int] = COMPLETION_LENGTHS, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-padded prompt + completion rows as ms-swift's template collates them for Megatron without
-    padding_free: ``labels`` -100 on prompt and padding, *not* shifted (``prepare_batch`` rolls them)."""
+    padding_free: ``labels`` -100 on prompt and padding, *not* shifted (``prepare_batch`` rolls them), and the
+    ``[B, 1, S, S]`` boolean attention mask (True: masked) the collator builds: causal, padded keys masked."""
     generator = torch.Generator().manual_seed(seed)
     rows = list(zip(prompt_lengths, completion_lengths))
     length = max(p + c for p, c in rows)
@@ -151,7 +152,10 @@ def token_batch(vocab_size: int, seed: int = 0, prompt_lengths: Iterable[int] = 
         input_ids[row, :prompt + completion] = tokens
         labels[row, prompt:prompt + completion] = tokens[prompt:]
     position_ids = torch.arange(length).expand(len(rows), length).clone()
-    return dict(input_ids=input_ids, position_ids=position_ids, labels=labels)
+    allowed = torch.tril(torch.ones(len(rows), length, length, dtype=torch.bool)).view(len(rows), 1, length, length)
+    for row, (prompt, completion) in enumerate(rows):
+        allowed[row, :, :, prompt + completion:] = False
+    return dict(input_ids=input_ids, position_ids=position_ids, labels=labels, attention_mask=~allowed)
 
 
 def rollout_logps(trainer: Any, model: torch.nn.Module, tokens: dict[str, torch.Tensor]) -> torch.Tensor:

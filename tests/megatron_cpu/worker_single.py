@@ -63,11 +63,14 @@ def main(model_dir: Path, out_file: Path) -> None:
         hf = harness.hf_model(model_dir)
         model = harness.gpt_model(hf)
         tokens = harness.token_batch(hf.config.vocab_size, seed=0)
-        with torch.no_grad():  # the same weights: Megatron's logits against HF's
-            hf_logits = hf(input_ids=tokens['input_ids']).logits
-            logits = model(input_ids=tokens['input_ids'], position_ids=tokens['position_ids'], attention_mask=None)
-        result['logits_max_abs_diff'] = float((logits - hf_logits).abs().max())
-        result['logits_max_abs'] = float(hf_logits.abs().max())
+        # [B, S]: each row's own tokens (a padding position may not attend to itself); padding is not compared.
+        real = ~tokens['attention_mask'][:, 0].diagonal(dim1=-2, dim2=-1)
+        with torch.no_grad():  # the same weights: Megatron's logits against HF's, on the rows' own tokens
+            hf_logits = hf(input_ids=tokens['input_ids'], attention_mask=real.long()).logits
+            logits = model(input_ids=tokens['input_ids'], position_ids=tokens['position_ids'],
+                           attention_mask=tokens['attention_mask'])
+        result['logits_max_abs_diff'] = float((logits - hf_logits)[real].abs().max())
+        result['logits_max_abs'] = float(hf_logits[real].abs().max())
 
         probe = harness.new_trainer(args())
         result['has_teacher'] = bool(probe._has_teacher)
