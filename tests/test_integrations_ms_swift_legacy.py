@@ -378,3 +378,35 @@ def test_the_real_init_keeps_args_loss_type_fipo(tmp_path, monkeypatch):
     assert json.loads(args.to_json_string())['loss_type'] == 'fipo'
     dapo = GRPOTrainer(model, args=config('dapo'))
     assert dapo.loss_type == 'dapo' and not getattr(dapo, '_swift_fipo_legacy_active', False)
+
+
+def test_only_unsqueeze_1_of_the_advantages_gives_the_weighted_ones():
+    """ReweightedAdvantages: `.unsqueeze(1)` (or -1) is the [B, T] A x w and counts one read; every other
+    operation, including ones whose second argument is 1, sees the plain [B] advantages and counts none."""
+    advantages = torch.tensor([0.5, -1.0, 2.0])
+    weighted = torch.arange(6, dtype=torch.float32).reshape(3, 2) + 1
+    wrapped = ms_swift_legacy.ReweightedAdvantages.wrap(advantages, weighted)
+    for result in (wrapped * 1, wrapped + 1 - 1, torch.mul(wrapped, 1), wrapped.clamp(min=-5), wrapped[[0, 1, 2]]):
+        assert type(result) is torch.Tensor and torch.equal(result, advantages)
+    assert torch.equal(wrapped.unsqueeze(0), advantages[None, :])
+    assert wrapped.weighted_reads == 0
+    assert wrapped.unsqueeze(1) is weighted and wrapped.weighted_reads == 1
+    assert wrapped.unsqueeze(-1) is weighted and wrapped.weighted_reads == 2
+
+
+def test_sequence_level_ratio_is_the_mean_log_ratio_of_each_completion():
+    """--importance_sampling_level sequence with the dual clip: tokens whose sequence ratio exp(mean log-ratio)
+    exceeds --delta stay out of the Future-KL; exp(sum) (or a per-token ratio) would filter other rows."""
+    batch = make_batch(seed=33)
+    batch['old_per_token_logps'] = batch['logps'] - 0.4 * (batch['logps'] - batch['old_per_token_logps']) - 0.05
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], importance_sampling_level='sequence', delta=1.3)
+    fipo._compute_loss_and_metrics(None, loss_inputs(batch))
+    mask = batch['completion_mask']
+    log_ratio = batch['logps'] - batch['old_per_token_logps']
+    summed = (log_ratio * mask).sum(-1)
+    ratios = {'mean': torch.exp(summed / mask.sum(-1).clamp(min=1))[:, None], 'sum': torch.exp(summed)[:, None]}
+    means = {name: brute_fipo_weight(log_ratio, mask, batch['advantages'], delta=1.3, ratio=ratio)[0][mask].mean()
+             for name, ratio in ratios.items()}
+    means['token'] = brute_fipo_weight(log_ratio, mask, batch['advantages'], delta=1.3)[0][mask].mean()
+    assert not is_close(means['mean'], means['sum'], tol=1e-3) and not is_close(means['mean'], means['token'], tol=1e-3)
+    assert is_close(_logged_mean(fipo, 'influence_weight_mean'), means['mean'], tol=1e-5)

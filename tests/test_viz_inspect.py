@@ -387,3 +387,20 @@ def test_script_colours_by_the_selected_field(hash_, first):
         field, centre = (weights, 1.0) if mode == 'weight' else (future_kls, 0.0)
         orange = [token['background'].startswith('rgba(230,85,13') for token in view]
         assert orange == [value > centre for value in field], (mode, view)
+
+
+@pytest.mark.parametrize('field', ['step', 'index', 'num_tokens'])
+def test_integers_are_accepted_up_to_what_the_page_holds_exactly(tmp_path, capsys, field):
+    """2**53 is the largest integer the page's JavaScript holds exactly: it is shown as it is; one more is
+    refused with one line naming the field (it would be shown as another number)."""
+    largest = record(1, 0, [1.0, 1.1])
+    largest[field] = 2**53
+    write_tokens(tmp_path, [largest])
+    assert cli.main(['inspect', str(tmp_path), '-o', str(tmp_path / 'page.html')]) == 0
+    assert embedded((tmp_path / 'page.html').read_text())['records'][0][field] == 2**53
+    beyond = dict(largest, **{field: -(2**53 + 1)})
+    write_tokens(tmp_path, [beyond])
+    capsys.readouterr()
+    assert cli.main(['inspect', str(tmp_path), '-o', str(tmp_path / 'page.html')]) == 2
+    err = capsys.readouterr().err
+    assert f'"{field}" must be an integer, got an integer of 54 bits' in err and len(err.splitlines()) == 1

@@ -246,3 +246,24 @@ def test_a_comparison_labels_each_run_with_its_own_name(tmp_path, figures, label
     reward = next(axes for axes in figure.axes if axes.get_title() == 'reward')
     assert [line.get_color() for line in reward.get_lines()] == ['C0', 'C1']  # one colour per run
     assert figure.get_suptitle() == f'{names[0]} vs {names[1]}: FIPO metrics per step'
+
+
+def test_one_run_tells_the_keys_of_a_panel_apart_by_colour(tmp_path, figures):
+    write_run(tmp_path / 'fipo', [fipo_row(step) for step in range(1, 5)])
+    assert cli.main(['plot', str(tmp_path / 'fipo'), '-o', str(tmp_path / 'one.png')]) == 0
+    (figure, ) = [built for built in figures if built.axes]
+    weights = next(axes for axes in figure.axes if axes.get_title() == 'influence weight')
+    assert [line.get_color() for line in weights.get_lines()] == ['C0', 'C1', 'C2']
+    assert legends(figure)['influence weight'] == [f'influence_weight_{kind}' for kind in ('mean', 'min', 'max')]
+
+
+def test_labels_with_a_dollar_or_a_lone_surrogate_are_drawn_as_given(tmp_path, figures):
+    """'$' would start matplotlib's mathtext (a parse error when the chart is drawn) and a lone surrogate
+    (an undecodable directory name) breaks its font code: both labels are drawn, '$' literally."""
+    for name in ('a', 'b'):
+        write_run(tmp_path / name, [fipo_row(step) for step in range(1, 5)])
+    arguments = ['plot', str(tmp_path / 'a'), str(tmp_path / 'b'), '-o', str(tmp_path / 'c.png')]
+    assert cli.main([*arguments, '--label=$x_1', '--label=run \udcff']) == 0
+    assert (tmp_path / 'c.png').stat().st_size > 0
+    (figure, ) = [built for built in figures if built.axes]
+    assert legends(figure)['reward'] == [r'\$x_1', 'run ?']
