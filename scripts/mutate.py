@@ -51,6 +51,9 @@ MS_SWIFT_TESTS = ('tests/test_integrations_contract.py', 'tests/test_integration
                   'tests/test_token_capture.py', 'tests/test_ops_influence.py')
 TRL_TESTS = ('tests/test_integrations_trl.py', )
 VERL_TESTS = ('tests/test_integrations_verl.py', )  # needs a venv with verl: --python .venv-verl/bin/python
+# ms-swift 3.11 - 4.2.1 (no native FIPO): --python .venv-ms-swift-3.11.3/bin/python
+LEGACY_TESTS = ('tests/test_integrations_ms_swift_layout.py', 'tests/test_integrations_ms_swift_legacy.py')
+VIZ_TESTS = ('tests/test_viz_inspect.py', 'tests/test_viz_plot.py', 'tests/test_viz_fuzz.py')
 TARGETS: dict[str, tuple[str, ...]] = {
     'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift_cli.py'),
     'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift.py',
@@ -58,16 +61,24 @@ TARGETS: dict[str, tuple[str, ...]] = {
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
     'swift_fipo/integrations/trl.py': TRL_TESTS,
     'swift_fipo/integrations/verl.py': VERL_TESTS,
+    'swift_fipo/integrations/ms_swift_legacy.py': LEGACY_TESTS,
+    'swift_fipo/integrations/ms_swift_layout.py': LEGACY_TESTS,
+    'swift_fipo/activation.py': ('tests/test_activation.py', ),
+    'swift_fipo/cli.py': ('tests/test_cli_faults.py', ),
+    'swift_fipo/viz/*.py': VIZ_TESTS,
 }
 PYTEST_ARGS = ('-x', '-q', '-p', 'no:cacheprovider', '--no-header', '-m', 'not cli')
 # Imported once by the fork server of a test group, before any mutant: the slow third-party imports.
 # ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__, so the TRL group must not preload it.
 PRELOAD = {'ms-swift': ('torch', 'pytest', 'swift.pipelines.base', 'swift.rlhf_trainers.grpo_trainer'),
+           'ms-swift-3': ('torch', 'pytest', 'swift.llm.base', 'swift.trainers.rlhf_trainer.grpo_trainer'),
            'trl': ('torch', 'pytest', 'transformers', 'datasets', 'trl'),
            'verl': ('torch', 'pytest')}
 
 
 def preload_for(tests: tuple[str, ...]) -> tuple[str, ...]:
+    if tests == LEGACY_TESTS:  # ms-swift 3.x keeps the pipeline and trainer elsewhere (a 4.0 / 4.1 venv: --no-fork)
+        return PRELOAD['ms-swift-3']
     return PRELOAD['trl'] if tests == TRL_TESTS else PRELOAD['verl'] if tests == VERL_TESTS else PRELOAD['ms-swift']
 
 
@@ -127,6 +138,14 @@ EQUIVALENT: dict[str, str] = {
     'swift_fipo/integrations/token_capture.py:_capture:if state.taken >= wanted::>=->>':
         'with the quota reached the mutant goes on with zero rows and appends an empty payload: the file is '
         'unchanged',
+    "swift_fipo/integrations/ms_swift_layout.py:_method_source:end = source.find('\\n    def ', start + 1):+->-":
+        "searching from the character before `def` (an indentation space, or a newline followed by `def`, not by "
+        "four spaces) cannot match there, so the same next method is found",
+    'swift_fipo/integrations/ms_swift_legacy.py:_loss_mask:mask = mask & ~truncated.bool().unsqueeze(-1):-->':
+        "ms-swift's truncated_mask is [B]: unsqueeze(1) is unsqueeze(-1)",
+    'swift_fipo/integrations/ms_swift_legacy.py:reweight_batch:ratio = torch.exp((log_ratio * weights).sum(-1) / '
+    'weights.sum(-1).clamp(min=1.0)).unsqueeze(-1):-->':
+        'log_ratio and weights are [B, T] (dim 1 is dim -1) and the quotient is [B] (unsqueeze(1) is unsqueeze(-1))',
 }
 
 COMPARE_SWAPS = {'<': '<=', '<=': '<', '>': '>=', '>=': '>', '==': '!=', '!=': '==', 'is': 'is not',
