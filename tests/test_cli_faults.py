@@ -139,6 +139,26 @@ def test_doctor_with_a_swift_fipo_lacking_activation_under_python_dash_s(tmp_pat
     assert swift_fipo_command('plugin-path', env={'PYTHONPATH': str(copy)}, python_flags=('-S', )).returncode == 0
 
 
+def test_doctor_with_a_swift_fipo_whose_activation_does_not_import(tmp_path: Path):
+    """An activation.py that is there but raises ImportError (a half-upgraded copy): doctor names the file and
+    the error in its state line, and exits 1 without a traceback."""
+    copy = only_swift_fipo(tmp_path)
+    (copy / 'swift_fipo' / 'activation.py').write_text('raise ImportError("planted: a broken activation")\n')
+    result = swift_fipo_command('doctor', env={'PYTHONPATH': str(copy)}, python_flags=('-S', ))
+    assert_clean_failure(result, 'doctor')
+    assert result.returncode == 1 and result.stderr == '', result.stderr
+    assert (f'  state         unavailable: {copy / "swift_fipo" / "activation.py"} does not import (ImportError: '
+            'planted: a broken activation); an incomplete or foreign swift_fipo') in result.stdout, result.stdout
+
+
+@only_where(installed_version('swift-fipo') is not None, 'swift-fipo is not installed (only on the path)')
+def test_doctor_finds_the_installed_pth_file():
+    from swift_fipo import cli
+    pth = cli._pth_file()
+    assert pth is not None and pth.name == 'swift_fipo.pth' and pth.is_file()
+    assert 'swift_fipo.activation' in pth.read_text()
+
+
 def test_doctor_explains_a_pth_file_outside_the_site_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``pip install --target DIR`` and PYTHONPATH=DIR: the file is there, but Python runs .pth files only
     in its site directories."""
