@@ -129,3 +129,54 @@ def test_activate_patches_an_already_imported_megatron_module_unless_disabled(re
     activation.activate()
     assert activation.watcher_installed() == (word is None)
     assert (module in recorded_patches) == (word is None)
+
+
+def _watched_name() -> str:
+    return next(iter(activation.WATCHED_MODULES))
+
+
+class _FixedFinder:
+    """A meta-path finder that claims one module name with a given loader."""
+
+    def __init__(self, name: str, loader: object) -> None:
+        self.name, self.loader = name, loader
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> object:
+        return importlib.util.spec_from_loader(fullname, self.loader) if fullname == self.name else None
+
+
+def test_only_loaders_with_exec_module_are_wrapped(monkeypatch: pytest.MonkeyPatch):
+    """A finder's spec is wrapped to patch the module after it runs, which needs exec_module; a loader without
+    it (the legacy load_module protocol) is left as it is, so the import works as without swift-fipo."""
+
+    class LegacyLoader:
+        def load_module(self, fullname: str) -> types.ModuleType:
+            raise AssertionError('never called here')
+
+    class ModernLoader(LegacyLoader):
+        def exec_module(self, module: types.ModuleType) -> None:
+            pass
+
+    name, watcher = _watched_name(), activation.TrainerImportWatcher()
+    for loader, wrapped in ((LegacyLoader(), False), (ModernLoader(), True)):
+        monkeypatch.setattr(sys, 'meta_path', [watcher, _FixedFinder(name, loader)])
+        spec = watcher.find_spec(name, None)
+        assert spec is not None and isinstance(spec.loader, activation._PatchingLoader) is wrapped
+        assert (spec.loader._loader if wrapped else spec.loader) is loader
+    assert watcher.find_spec('json', None) is None  # an unwatched module is never looked at
+
+
+def test_the_watcher_goes_first_on_the_meta_path(monkeypatch: pytest.MonkeyPatch):
+    """Installed ahead of every finder, so it also sees a watched module that an earlier-registered finder
+    (an editable install's, a custom import hook) would claim."""
+    monkeypatch.delenv(activation.DISABLE_ENV, raising=False)
+    others = [finder for finder in sys.meta_path if not isinstance(finder, activation.TrainerImportWatcher)]
+
+    class ModernLoader:
+        def exec_module(self, module: types.ModuleType) -> None:
+            pass
+
+    monkeypatch.setattr(sys, 'meta_path', [_FixedFinder(_watched_name(), ModernLoader()), *others])
+    activation.activate()
+    assert isinstance(sys.meta_path[0], activation.TrainerImportWatcher)
+    assert sum(isinstance(finder, activation.TrainerImportWatcher) for finder in sys.meta_path) == 1
