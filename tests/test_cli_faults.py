@@ -159,6 +159,24 @@ def test_doctor_finds_the_installed_pth_file():
     assert 'swift_fipo.activation' in pth.read_text()
 
 
+def test_doctor_notes_another_swift_fipo_only_when_the_imported_one_is_not_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from types import SimpleNamespace
+
+    from swift_fipo import cli
+    imported = Path(swift_fipo.__file__).resolve()
+    other = tmp_path / 'site-packages' / 'swift_fipo' / '__init__.py'
+    other.parent.mkdir(parents=True)
+    other.write_text('')
+    for distribution, noted in ((None, False), (SimpleNamespace(locate_file=lambda name: imported), False),
+                                (SimpleNamespace(locate_file=lambda name: tmp_path / 'absent' / name), False),
+                                (SimpleNamespace(locate_file=lambda name: other), True)):
+        monkeypatch.setattr(cli, '_distribution', lambda: distribution)
+        note = cli._shadowing()
+        assert (note is not None) == noted, note
+    assert note == f'{imported.parent}, not the installed {other.parent}: another swift_fipo is ahead on sys.path'
+
+
 def test_doctor_explains_a_pth_file_outside_the_site_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``pip install --target DIR`` and PYTHONPATH=DIR: the file is there, but Python runs .pth files only
     in its site directories."""
