@@ -186,6 +186,21 @@ def test_doctors_verl_verdict_needs_the_option_hook_and_the_loss(capsys: pytest.
     assert core_algos.get_policy_loss_fn('fipo') is fipo_verl.compute_policy_loss_fipo
 
 
+def test_a_fipo_loss_verl_registers_itself_is_left_alone():
+    def verls_own(**kwargs):
+        raise AssertionError('never called')
+
+    ours = core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE]
+    core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE] = verls_own
+    try:
+        report = fipo_verl.patch_core_algos(core_algos)
+        assert core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE] is verls_own
+    finally:
+        core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE] = ours
+    assert report == {fipo_verl.LOSS_MODE: 'verl registers its own fipo loss; left alone'}
+    assert fipo_verl.patch_core_algos(core_algos) == {fipo_verl.LOSS_MODE: True}  # ours again: idempotent
+
+
 def test_capability_check_refuses_a_registry_without_the_two_value_loss():
     def four_values(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode='token-mean', config=None,
                     rollout_is_weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
