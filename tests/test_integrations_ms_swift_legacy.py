@@ -216,18 +216,22 @@ def test_first_pass_equals_dapo():
     assert not dapo._metrics['train']  # a dapo trainer gets no FIPO metrics
 
 
-def test_sequence_level_importance_sampling_uses_the_sequence_ratio():
+@pytest.mark.parametrize('level', ['sequence', 'sequence_token'])
+def test_sequence_level_importance_sampling_gives_the_sequence_ratio_to_filter_and_safety_rule(level):
+    """GSPO (`sequence`) and GSPO-token (`sequence_token`) clip the sequence ratio: FIPO's filter and safety
+    rule must test that ratio, not the per-token ones."""
     batch = make_batch(seed=5)
-    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], importance_sampling_level='sequence',
+    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], importance_sampling_level=level,
                         fipo_safety_threshold=1.05)
     fipo._compute_loss_and_metrics(None, loss_inputs(batch))
     mask = batch['completion_mask']
     log_ratio = batch['logps'] - batch['old_per_token_logps']
     ratio = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
-    weight, _, safety = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05, ratio=ratio)
+    sequence, _, safety = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05, ratio=ratio)
+    token, _, _ = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05)
     assert not safety[mask].all()  # the sequence ratio fired the safety rule somewhere
-    expected = torch.where(mask, weight, 0.0)[mask].mean()
-    assert is_close(torch.tensor(fipo._metrics['train']['fipo/influence_weight_mean'][0]), expected, tol=1e-5)
+    assert not is_close(sequence[mask].mean(), token[mask].mean(), tol=1e-3)  # the per-token ratio would differ
+    assert is_close(_logged_mean(fipo, 'influence_weight_mean'), sequence[mask].mean(), tol=1e-5)
 
 
 def test_the_caller_keeps_its_plain_advantages():
@@ -288,23 +292,6 @@ def test_overlong_filter_removes_truncated_completions_from_fipo():
     assert not is_close(expected['filtered'][1], expected['unfiltered'][1], tol=1e-3)  # the case tells them apart
     assert is_close(_logged_mean(fipo, 'influence_weight_mean'), expected['filtered'][0], tol=1e-5)
     assert is_close(_logged_mean(fipo, 'future_kl_mean'), expected['filtered'][1], tol=1e-5)
-
-
-def test_sequence_token_importance_sampling_gives_the_sequence_ratio_to_filter_and_safety_rule():
-    """GSPO-token (--importance_sampling_level sequence_token) clips the sequence ratio, as `sequence`
-    does: FIPO's filter and safety rule must test that ratio, not the per-token ones."""
-    batch = make_batch(seed=5)
-    fipo = make_trainer('fipo', batch['logps'], batch['entropies'], importance_sampling_level='sequence_token',
-                        fipo_safety_threshold=1.05)
-    fipo._compute_loss_and_metrics(None, loss_inputs(batch))
-    mask = batch['completion_mask']
-    log_ratio = batch['logps'] - batch['old_per_token_logps']
-    ratio = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
-    sequence, _, safety = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05, ratio=ratio)
-    token, _, _ = brute_fipo_weight(log_ratio, mask, batch['advantages'], safety_threshold=1.05)
-    assert not safety[mask].all()  # the sequence ratio fired the safety rule somewhere
-    assert not is_close(sequence[mask].mean(), token[mask].mean(), tol=1e-3)  # the per-token ratio would differ
-    assert is_close(_logged_mean(fipo, 'influence_weight_mean'), sequence[mask].mean(), tol=1e-5)
 
 
 def test_a_loss_that_reads_the_advantages_early_through_get_is_refused():
