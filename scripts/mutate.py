@@ -90,6 +90,10 @@ _HF_WRAPPER = 'swift_fipo/integrations/ms_swift.py:_with_extra_metrics.compute_l
 _MEGATRON_WRAPPER = 'swift_fipo/integrations/ms_swift.py:_with_megatron_extra_metrics.loss_func_with_fipo:'
 _RESULT_CHECK = 'if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::'
 EQUIVALENT: dict[str, str] = {
+    'swift_fipo/integrations/verl.py:_validate_actor:updates_per_rollout = max(1, train_batch_size // mini_batch)'
+    '://->/':
+        "verl's worker asserts that the batch divides by the mini-batch (tensordict_utils.make_iterator), and for "
+        'the small integers of a run a float quotient of a divisible pair is that integer: the no-op test agrees',
     'swift_fipo/ops/future_kl.py:_future_sum:dense = max(block_size, DENSE_LENGTH):max->min':
         'where the dense single-matmul path stops: the blocked path computes the same exact sums (tested at its '
         'own lengths); only speed changes',
