@@ -59,10 +59,10 @@ TARGETS: dict[str, tuple[str, ...]] = {
     'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift.py',
                                         'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
-    'swift_fipo/integrations/trl.py': TRL_TESTS,
-    'swift_fipo/integrations/verl.py': VERL_TESTS,
-    'swift_fipo/integrations/ms_swift_legacy.py': LEGACY_TESTS,
-    'swift_fipo/integrations/ms_swift_layout.py': LEGACY_TESTS,
+    'swift_fipo/integrations/trl/trainer.py': TRL_TESTS,
+    'swift_fipo/integrations/verl/hooks.py': VERL_TESTS,
+    'swift_fipo/integrations/ms_swift/legacy.py': LEGACY_TESTS,
+    'swift_fipo/integrations/ms_swift/layout.py': LEGACY_TESTS,
     'swift_fipo/activation.py': ('tests/test_activation.py', ),
     'swift_fipo/cli.py': ('tests/test_cli_faults.py', ),
     'swift_fipo/viz/*.py': VIZ_TESTS,
@@ -86,11 +86,11 @@ def preload_for(tests: tuple[str, ...]) -> tuple[str, ...]:
 # -> why no user-observable behaviour changes. Keep the reasons short and checkable.
 _TWO_TUPLE = ("ms-swift's loss returns (loss, metrics) on every supported release (HF _compute_loss_and_metrics "
               'and Megatron loss_func): result[1] is result[-1], and the tuple/dict checks are all true')
-_HF_WRAPPER = 'swift_fipo/integrations/ms_swift.py:_with_extra_metrics.compute_loss_and_metrics_with_fipo:'
-_MEGATRON_WRAPPER = 'swift_fipo/integrations/ms_swift.py:_with_megatron_extra_metrics.loss_func_with_fipo:'
+_HF_WRAPPER = 'swift_fipo/integrations/ms_swift/hooks.py:_with_extra_metrics.compute_loss_and_metrics_with_fipo:'
+_MEGATRON_WRAPPER = 'swift_fipo/integrations/ms_swift/hooks.py:_with_megatron_extra_metrics.loss_func_with_fipo:'
 _RESULT_CHECK = 'if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict)::'
 EQUIVALENT: dict[str, str] = {
-    'swift_fipo/integrations/verl.py:_validate_actor:updates_per_rollout = max(1, train_batch_size // mini_batch)'
+    'swift_fipo/integrations/verl/hooks.py:_validate_actor:updates_per_rollout = max(1, train_batch_size // mini_batch)'
     '://->/':
         "verl's worker asserts that the batch divides by the mini-batch (tensordict_utils.make_iterator), and for "
         'the small integers of a run a float quotient of a divisible pair is that integer: the no-op test agrees',
@@ -112,15 +112,15 @@ EQUIVALENT: dict[str, str] = {
     'swift_fipo/ops/influence.py:<module>:@functools.lru_cache(maxsize=16):16->17': 'a cache size: speed only',
     'swift_fipo/integrations/contract.py:<module>:GLOO_EXIT_GRACE_S = 0.5:0.5->0.75':
         'a duration (how long an exiting gloo process waits); the tests derive their bounds from it',
-    'swift_fipo/integrations/token_capture.py:_completion_ids:return None:return None->pass':
+    'swift_fipo/integrations/ms_swift/token_capture.py:_completion_ids:return None:return None->pass':
         'the last statement of the function: falling off its end returns None as well',
-    'swift_fipo/integrations/trl.py:_loss_source:return None:return None->pass':
+    'swift_fipo/integrations/trl/trainer.py:_loss_source:return None:return None->pass':
         'the last statement of the function: falling off its end returns None as well',
-    'swift_fipo/integrations/trl.py:check_trl_support:if logps_at < 0 or advantages_at < logps_at::0->1':
+    'swift_fipo/integrations/trl/trainer.py:check_trl_support:if logps_at < 0 or advantages_at < logps_at::0->1':
         'find() returns 0 only if the method source starts with the call, and it starts with "def"',
-    'swift_fipo/integrations/trl.py:FIPOGRPOTrainer._reweight_advantages:mean_log_ratio = torch.where(mask, '
+    'swift_fipo/integrations/trl/trainer.py:FIPOGRPOTrainer._reweight_advantages:mean_log_ratio = torch.where(mask, '
     'log_ratio, 0.0).sum(-1) / mask.sum(-1).clamp(min=1):-->': 'log_ratio and mask are [B, T]: dim 1 is dim -1',
-    'swift_fipo/integrations/trl.py:FIPOGRPOTrainer._reweight_advantages:ratio = torch.exp(mean_log_ratio)'
+    'swift_fipo/integrations/trl/trainer.py:FIPOGRPOTrainer._reweight_advantages:ratio = torch.exp(mean_log_ratio)'
     '.unsqueeze(-1):-->': 'mean_log_ratio is [B]: unsqueeze(1) is unsqueeze(-1)',
     'swift_fipo/ops/influence.py:<module>:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
         'the stand-in for an infinite log-ratio only has to saturate exp() and keep sums finite; 1.5e30 does both',
@@ -131,23 +131,23 @@ EQUIVALENT: dict[str, str] = {
     _MEGATRON_WRAPPER + _RESULT_CHECK + '-->': _TWO_TUPLE,
     _MEGATRON_WRAPPER + _RESULT_CHECK + 'or->and': _TWO_TUPLE,
     _MEGATRON_WRAPPER + 'loss, metrics = result[0], result[-1]:-->': _TWO_TUPLE,
-    "swift_fipo/integrations/ms_swift.py:_explicit_teacher:explicit = getattr(trainer, '_has_teacher_explicit', "
+    "swift_fipo/integrations/ms_swift/hooks.py:_explicit_teacher:explicit = getattr(trainer, '_has_teacher_explicit', "
     "False):False->True":
         'the default is never used: the wrapper is applied only to classes with _setup_teacher, and every '
         'ms-swift that has it (4.4+, HF and Megatron) defines _has_teacher_explicit',
     'swift_fipo/integrations/contract.py:installed_version:return None:return None->pass':
         'the last statement of the function: falling off its end returns None as well',
-    'swift_fipo/integrations/token_capture.py:_CaptureState:step: int = -1:-->':
+    'swift_fipo/integrations/ms_swift/token_capture.py:_CaptureState:step: int = -1:-->':
         'the first step seen resets taken to 0, which it already is: starting from step 1 changes nothing',
-    'swift_fipo/integrations/token_capture.py:_capture:if state.taken >= wanted::>=->>':
+    'swift_fipo/integrations/ms_swift/token_capture.py:_capture:if state.taken >= wanted::>=->>':
         'with the quota reached the mutant goes on with zero rows and appends an empty payload: the file is '
         'unchanged',
-    "swift_fipo/integrations/ms_swift_layout.py:_method_source:end = source.find('\\n    def ', start + 1):+->-":
+    "swift_fipo/integrations/ms_swift/layout.py:_method_source:end = source.find('\\n    def ', start + 1):+->-":
         "searching from the character before `def` (an indentation space, or a newline followed by `def`, not by "
         "four spaces) cannot match there, so the same next method is found",
-    'swift_fipo/integrations/ms_swift_legacy.py:_loss_mask:mask = mask & ~truncated.bool().unsqueeze(-1):-->':
+    'swift_fipo/integrations/ms_swift/legacy.py:_loss_mask:mask = mask & ~truncated.bool().unsqueeze(-1):-->':
         "ms-swift's truncated_mask is [B]: unsqueeze(1) is unsqueeze(-1)",
-    'swift_fipo/integrations/ms_swift_legacy.py:reweight_batch:ratio = torch.exp((log_ratio * weights).sum(-1) / '
+    'swift_fipo/integrations/ms_swift/legacy.py:reweight_batch:ratio = torch.exp((log_ratio * weights).sum(-1) / '
     'weights.sum(-1).clamp(min=1.0)).unsqueeze(-1):-->':
         'log_ratio and weights are [B, T] (dim 1 is dim -1) and the quotient is [B] (unsqueeze(1) is unsqueeze(-1))',
 }

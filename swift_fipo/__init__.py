@@ -20,9 +20,9 @@ _EXPORTS = {
     'FIPOStats': 'swift_fipo.ops.influence',
     'compute_fipo_influence': 'swift_fipo.ops.influence',
     'discounted_future_sum': 'swift_fipo.ops.future_kl',
-    'install': 'swift_fipo.integrations.ms_swift',
+    'install': 'swift_fipo.integrations.hosts',
     'reweight_advantages': 'swift_fipo.ops.loss',
-    'uninstall': 'swift_fipo.integrations.ms_swift',
+    'uninstall': 'swift_fipo.integrations.hosts',
 }
 
 __all__ = sorted(_EXPORTS) + ['__version__']
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # typing itself is not imported at runtime: this package load
 
     from swift_fipo.config import PRESETS, FIPOConfig
     from swift_fipo.integrations.trl import FIPOGRPOTrainer
-    from swift_fipo.integrations.ms_swift import install, uninstall
+    from swift_fipo.integrations.hosts import install, uninstall
     from swift_fipo.ops.loss import apply_fipo, reweight_advantages
     from swift_fipo.ops.future_kl import discounted_future_sum
     from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence

@@ -4,28 +4,19 @@ viewers ``plot`` (metric charts) and ``inspect`` (per-token HTML page)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import importlib.metadata
 import importlib.util
-import io
 import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Optional, Sequence, TextIO
 
 import swift_fipo
 from swift_fipo import __version__
 from swift_fipo.integrations.contract import installed_version
-
-try:
-    from swift_fipo import activation
-    _ACTIVATION_ERROR = ''
-except ImportError as _error:  # a swift_fipo without activation.py ahead on sys.path: doctor says so
-    activation = None  # type: ignore[assignment]
-    _ACTIVATION_ERROR = f'{type(_error).__name__}: {_error}'
+from swift_fipo.integrations.diagnosis import ACTIVATION_ERROR, activation
+from swift_fipo.integrations.hosts import HOSTS
 
 _PTH_NAME = 'swift_fipo.pth'
 _DISTRIBUTION = 'swift-fipo'
@@ -103,14 +94,16 @@ _HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
 
 
 def doctor() -> int:
-    """Print the environment and whether ``swift rlhf --loss_type fipo`` is served by swift-fipo here.
+    """Print the environment and, for every installed host in the table, whether FIPO there is served by
+    swift-fipo here.
 
-    The state is observed, never made: ms-swift's modules are imported through the normal import
-    system, so the activation hook (if this interpreter has it) patches them exactly as in a training
-    run, and then the classes are inspected. Exit 0 if FIPO would be computed by swift-fipo, else 1.
+    The state is observed, never made: each host's modules are imported through the normal import system
+    (``Host.diagnose``), so the activation hook (if this interpreter has it) patches them exactly as in a
+    training run, and then they are inspected. Exit 0 if every verdict is "computed by swift-fipo", else 1.
     """
     lines = [f'swift-fipo {__version__} (python {sys.version.split()[0]})']
-    for distribution in ('torch', 'ms-swift', 'transformers', 'trl', 'megatron-core', 'deepspeed', 'vllm', 'verl'):
+    host_distributions = [host.distribution for host in HOSTS]
+    for distribution in ('torch', *host_distributions, 'transformers', 'megatron-core', 'deepspeed', 'vllm'):
         lines.append(f'  {distribution:<13} {installed_version(distribution) or "not installed"}')
     pth = _pth_file()
     lines.append('activation:')
@@ -121,158 +114,35 @@ def doctor() -> int:
     if activation is None:
         package = Path(swift_fipo.__file__ or '').parent
         lacks = (f'{package} has no activation.py' if not (package / 'activation.py').exists()
-                 else f'{package / "activation.py"} does not import ({_ACTIVATION_ERROR})')
+                 else f'{package / "activation.py"} does not import ({ACTIVATION_ERROR})')
         lines.append(f'  state         unavailable: {lacks}; an incomplete or foreign swift_fipo is ahead on sys.path: '
                      'remove it, or reinstall swift-fipo')
     elif activation.is_disabled():
         lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}: '
-                     'ms-swift runs its own code')
+                     "the hosts run their own code")
     elif activation.watcher_installed():
-        lines.append('  state         active: host modules are hooked when ms-swift or verl imports them')
+        watching = ' or '.join(host.name for host in HOSTS if host.watched)
+        lines.append(f'  state         active: host modules are hooked when {watching} imports them')
     else:
         lines.append(f'  state         inactive in this interpreter ({_why_inactive(pth)}; explicit routes: '
                      '--external_plugins "$(swift-fipo plugin-path)" or swift_fipo.install())')
     lines.append('hooks (host modules imported as a training run imports them):')
-    has_swift, has_verl = installed_version('ms-swift') is not None, installed_version('verl') is not None
     verdicts = []
-    if has_swift:
-        swift_served = _ms_swift_hooks(lines)
-        lines.append(_megatron_state())
-        verdicts.append(('`swift rlhf --loss_type fipo`', swift_served))
-    if has_verl:
-        verdicts.append(('verl `policy_loss.loss_mode=fipo`', _verl_hooks(lines)))
-    if not verdicts:
-        lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2" (or verl, see docs/verl.md)')
+    for host in HOSTS:
+        if not host.is_installed():
+            continue
+        diagnosis = host.diagnose()
+        lines.extend(diagnosis.lines)
+        verdicts.extend(diagnosis.verdicts)
+    if not any(host.is_installed() for host in HOSTS if host.watched):
+        lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2" (or another host: '
+                     f'{", ".join(host.name for host in HOSTS[1:])}; see docs/)')
     for what, served in verdicts:
         lines.append(f'verdict: {what} is ' + ('computed by swift-fipo' if served else
                                                 'NOT computed by swift-fipo here (see above)'))
     for line in lines:
         _say(line)
     return 0 if verdicts and all(served for _, served in verdicts) else 1
-
-
-def _ms_swift_hooks(lines: list[str]) -> bool:
-    """Import ms-swift's argument parsing and GRPO trainer modules, report each hook, and say whether
-    swift-fipo serves fipo (both hooked)."""
-    from swift_fipo.integrations import ms_swift_layout  # no torch
-    pipeline_name, trainer_name = map(ms_swift_layout.module_path, (_PIPELINE_MODULE, _HF_TRAINER_MODULE))
-    modules = {}
-    for name in (pipeline_name, trainer_name):
-        module, error, notes = _import_observed(name)
-        lines.extend(f'  {note}' for note in notes)
-        if module is None:
-            lines.append(f'  {name}: cannot import it: {error}')
-            return False
-        modules[name] = module
-    from swift_fipo.integrations import ms_swift, ms_swift_legacy  # after ms-swift: they import torch
-    from swift_fipo.integrations.contract import is_patch
-
-    pipeline = getattr(modules[pipeline_name], 'SwiftPipeline', None)
-    flags_hooked = pipeline is not None and is_patch(vars(pipeline).get('_parse_args'))
-    lines.append(f'  {pipeline_name}.SwiftPipeline: ' + ('hooked (--fipo_* flags, presets, validation)'
-                                                           if flags_hooked else f'not hooked: {_why_not_hooked()}'))
-    served = flags_hooked
-    classes = ms_swift.trainer_classes(modules[trainer_name])
-    if not classes:
-        lines.append(f'  {trainer_name}: no GRPO trainer class found')
-        return False
-    for cls in classes:
-        where = f'  {trainer_name}.{cls.__name__}: '
-        legacy = ms_swift_layout.doctor_line(cls.__name__, ms_swift.is_patched(cls))
-        if legacy:  # ms-swift 3.11 - 4.2.1: served without the native hook, or refused with this TRL
-            served = served and ms_swift_layout.rollout_reuse_broken() is None
-            lines.append(where + legacy)
-        elif not hasattr(cls, '_compute_fipo_influence'):
-            served = False
-            if ms_swift_legacy.class_is_servable(cls):  # servable without the native hook, but not hooked
-                lines.append(where + f'not hooked: {_why_not_hooked()}')
-            else:
-                lines.append(where + 'no _compute_fipo_influence hook: --loss_type fipo needs '
-                             f'{ms_swift.SUPPORTED_RANGE}')
-        elif ms_swift.is_patched(cls):
-            lines.append(where + 'hooked (FIPO computed by swift-fipo)')
-        else:
-            served = False
-            lines.append(where + f"not hooked: {_why_not_hooked()}; ms-swift's own FIPO would run")
-    return served
-
-
-def _verl_hooks(lines: list[str]) -> bool:
-    """Import verl's config and policy-loss modules as a run does, report whether the activation
-    hooked them, and say whether ``loss_mode=fipo`` is served (both hooked)."""
-    config_module, config_error, config_notes = _import_observed('verl.workers.config.actor')
-    core, core_error, core_notes = _import_observed('verl.trainer.ppo.core_algos')
-    lines.extend(f'  {note}' for note in config_notes + core_notes)
-    if core is None or config_module is None:
-        lines.append(f'  verl: cannot import it: {core_error or config_error}')
-        return False
-    from swift_fipo.integrations import verl
-
-    registered = getattr(core, 'POLICY_LOSS_REGISTRY', {}).get(verl.LOSS_MODE)
-    if registered is verl.compute_policy_loss_fipo:
-        loss_state = 'fipo registered (loss_mode=fipo)'
-    elif verl.serves(core) is not None:
-        loss_state = f'not registered: {verl.serves(core)}'
-    elif registered is not None:
-        loss_state = 'verl registers its own fipo loss; left alone'
-    else:
-        loss_state = f'not registered: {_why_not_hooked()}'
-    lines.append(f'  {verl.CORE_ALGOS_MODULE}: {loss_state}')
-    try:
-        options = all(patch.is_applied() for patch in verl.config_patches(config_module).patches)
-    except AttributeError as error:  # a verl without PolicyLossConfig / ActorConfig
-        options, reason = False, str(error)
-    else:
-        reason = _why_not_hooked()
-    lines.append(f'  {verl.CONFIG_MODULE}: ' + ('PolicyLossConfig takes the fipo options' if options
-                                                else f'fipo options not hooked: {reason}'))
-    return registered is verl.compute_policy_loss_fipo and options
-
-
-def _import_observed(name: str) -> tuple[Optional[ModuleType], str, list[str]]:
-    """``(module or None, error, notes)``: import ``name`` as a training run would. Whatever the import
-    raises (``import swift`` itself may fail, some packages even exit) becomes one line; what it writes
-    to stderr is kept back, except the activation's own reports, shortened to their first line."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            module = importlib.import_module(name)
-        error = ''
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exception:  # SystemExit included: a diagnosis must survive it
-        module = None
-        message = str(exception).strip().splitlines()
-        error = f'{type(exception).__name__}: {message[0] if message else ""}'.rstrip(': ')
-    notes = [line.removeprefix('[swift-fipo] ') for line in captured.getvalue().splitlines()
-             if line.startswith('[swift-fipo] ')]
-    return module, error, notes
-
-
-def _why_not_hooked() -> str:
-    if activation is None:
-        return 'swift_fipo.activation is missing (see above)'
-    if activation.is_disabled():
-        return f'{activation.DISABLE_ENV} is set'
-    if not activation.watcher_installed():
-        return 'the activation is not running in this interpreter'
-    return 'the activation could not patch it (see the note above)'
-
-
-def _megatron_state() -> str:
-    """Megatron's trainer is looked at, not imported: importing swift.megatron has side effects (and
-    needs CUDA)."""
-    name = '  swift.megatron.trainers.grpo_trainer (megatron rlhf): '
-    if installed_version('megatron-core') is None:
-        return name + 'unavailable: megatron-core is not installed (only `megatron rlhf` needs it)'
-    from swift_fipo.integrations.ms_swift_cli import check_trainer_has_hook
-    try:
-        check_trainer_has_hook(megatron=True)
-    except Exception as error:  # its message names the supported range
-        return name + str(error)
-    if activation is None or activation.is_disabled() or not activation.watcher_installed():
-        return name + f'not hooked: {_why_not_hooked()}'
-    return name + 'hooked when `megatron rlhf` imports it'
 
 
 def plugin_path() -> int:

@@ -45,7 +45,7 @@ def test_disable_variable_turns_activation_off():
 @pytest.mark.parametrize('disabled', [False, True])
 def test_importing_the_trainer_module_patches_it(disabled):
     need('swift', 'ms-swift')
-    from swift_fipo.integrations.ms_swift_layout import module_path
+    from swift_fipo.integrations.ms_swift.layout import module_path
     code = (f'import {module_path("swift.rlhf_trainers.grpo_trainer")} as m; '
             'from swift_fipo.integrations.ms_swift import is_patched; '
             'import sys; print(is_patched(m.GRPOTrainer), "torch" in sys.modules)')
@@ -97,7 +97,7 @@ def test_every_documented_disable_word_turns_the_real_activation_off(word):
 def recorded_patches(monkeypatch: pytest.MonkeyPatch) -> list:
     """The modules the ms-swift patcher is called with (the patcher itself replaced by a recorder),
     in an interpreter whose meta path has no watcher yet."""
-    ms_swift = importlib.import_module('swift_fipo.integrations.ms_swift')
+    ms_swift = importlib.import_module('swift_fipo.integrations.ms_swift.hooks')
     seen: list = []
     monkeypatch.setattr(ms_swift, 'patch_module', seen.append)
     monkeypatch.setattr(sys, 'meta_path', [finder for finder in sys.meta_path

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import need, not_applicable_here
-from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 
 need('swift', 'ms-swift')
 if not native_fipo_installed():

@@ -33,7 +33,7 @@ NATIVE_KEYS = ('fipo/future_kl_mean', 'fipo/influence_weight_mean', 'fipo/safety
 RECORDER = '''
 """Test helper: record each rank's own FIPO summaries (the plugin's, before any cross-rank reduction)."""
 import json, os
-import swift_fipo.integrations.ms_swift as adapter_module
+import swift_fipo.integrations.ms_swift.hooks as adapter_module
 import swift_fipo.ops.loss as loss_module  # reweight_advantages: ms-swift without native FIPO
 
 _inner = adapter_module.compute_fipo_influence

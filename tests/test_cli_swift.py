@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, ms_swift_version, need, only_where
-from swift_fipo.integrations.ms_swift_layout import module_path, native_fipo_installed, rollout_reuse_broken
+from swift_fipo.integrations.ms_swift.layout import module_path, native_fipo_installed, rollout_reuse_broken
 
 pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]
 need('swift', 'ms-swift')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import REPO
 from swift_fipo.config import PRESETS
-from swift_fipo.integrations.ms_swift_cli import FLAG_NAMES
+from swift_fipo.integrations.ms_swift.arguments import FLAG_NAMES
 
 
 def _cell(value) -> str:
@@ -54,7 +54,7 @@ def test_every_flag_example_in_parameters_md_parses_as_written():
     import ast
     import shlex
 
-    from swift_fipo.integrations import ms_swift_cli
+    from swift_fipo.integrations.ms_swift import arguments as ms_swift_cli
 
     block = (REPO / 'docs' / 'parameters.md').read_text().split('```flags\n')[1].split('```')[0]
     examples = [line.split('->') for line in block.splitlines() if line.strip()]
@@ -138,7 +138,7 @@ def test_every_metric_table_lists_exactly_the_keys_the_code_emits():
 
 
 def test_verl_page_names_the_keys_verl_does_not_log():
-    from swift_fipo.integrations import verl as fipo_verl
+    from swift_fipo.integrations.verl import hooks as fipo_verl
 
     text = (REPO / 'docs' / 'verl.md').read_text().replace('\n', ' ')
     assert fipo_verl._UNLOGGED <= _summary_keys()
@@ -151,8 +151,8 @@ def _reproduce(message: str) -> BaseException | None:
     import ast
     import re
 
-    from swift_fipo.integrations import ms_swift_cli
-    from swift_fipo.integrations import verl as fipo_verl
+    from swift_fipo.integrations.ms_swift import arguments as ms_swift_cli
+    from swift_fipo.integrations.verl import hooks as fipo_verl
     from swift_fipo.integrations.contract import resolve_config
 
     def raised(call, *args, **kwargs) -> BaseException:
@@ -210,13 +210,13 @@ def test_every_quoted_error_message_is_the_one_the_code_raises():
         assert shown == (f'{kind}({message!r})' if as_repr else message), (page, shown)
 
 
-def test_readme_gives_the_trl_range_and_versions_of_trl_py():
-    """Read from trl.py's source (this runs without TRL)."""
+def test_readme_gives_the_trl_range_and_versions_of_the_trl_trainer():
+    """Read from trl/trainer.py's source (this runs without TRL)."""
     import ast
     import re
 
     constants = {node.targets[0].id: ast.literal_eval(node.value)
-                 for node in ast.parse((REPO / 'swift_fipo' / 'integrations' / 'trl.py').read_text()).body
+                 for node in ast.parse((REPO / 'swift_fipo' / 'integrations' / 'trl' / 'trainer.py').read_text()).body
                  if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                  and node.targets[0].id in ('SUPPORTED_RANGE', 'TESTED_VERSIONS')}
     bullet = re.search(r'^- TRL .*?(?=^- )', (REPO / 'README.md').read_text(), flags=re.M | re.S).group(0)

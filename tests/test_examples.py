@@ -26,14 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from swift_fipo.integrations import ms_swift_cli as cli
+from swift_fipo.integrations.ms_swift import arguments as cli
 
 from conftest import REPO, need, not_applicable_here
 
 pytestmark = [pytest.mark.ms_swift]
 need('swift', 'ms-swift')
 
-from swift_fipo.integrations import ms_swift_layout  # noqa: E402
+from swift_fipo.integrations.ms_swift import layout as ms_swift_layout  # noqa: E402
 
 if not ms_swift_layout.native_fipo_installed():
     not_applicable_here('the GPU recipes are written for ms-swift >= 4.2.2 (their flags, e.g. --tuner_type and the '

@@ -7,15 +7,14 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'swift_fipo'
-# The ms-swift host is several modules; every other host is one.
-HOST_FAMILIES = {
-    'ms_swift': {'ms_swift', 'ms_swift_cli', 'ms_swift_layout', 'ms_swift_legacy', 'token_capture'},
-    'trl': {'trl'},
-    'verl': {'verl'},
-}
-SHARED = {'swift_fipo.config', 'swift_fipo.integrations.contract', 'swift_fipo.integrations.hosts', 'swift_fipo.ops',
-          'swift_fipo.ops.future_kl',
-          'swift_fipo.ops.influence', 'swift_fipo.ops.loss', 'swift_fipo.ops.precision'}
+INTEGRATIONS = 'swift_fipo.integrations'
+# Every host is one subpackage of swift_fipo.integrations.
+HOSTS = sorted(path.parent.name for path in (PACKAGE / 'integrations').glob('*/layout.py'))
+# What any host may import besides itself: the maths and the shared layer.
+SHARED = {'swift_fipo._lazy', 'swift_fipo.config', 'swift_fipo.ops', 'swift_fipo.ops.future_kl', 'swift_fipo.ops.influence',
+          'swift_fipo.ops.loss', 'swift_fipo.ops.precision', f'{INTEGRATIONS}.contract', f'{INTEGRATIONS}.diagnosis',
+          f'{INTEGRATIONS}.interception'}
+MATHS = {name for name in SHARED if not name.startswith(INTEGRATIONS)}
 
 
 def module_name(path: Path) -> str:
@@ -52,8 +51,9 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 
 def test_the_graph_is_read():
-    assert 'swift_fipo.integrations.contract' in GRAPH['swift_fipo.integrations.verl']
-    assert 'swift_fipo.integrations.ms_swift_legacy' in GRAPH['swift_fipo.integrations.ms_swift']
+    assert 'swift_fipo.integrations.contract' in GRAPH['swift_fipo.integrations.verl.hooks']
+    assert 'swift_fipo.integrations.ms_swift.legacy' in GRAPH['swift_fipo.integrations.ms_swift.hooks']
+    assert {'ms_swift', 'trl', 'verl'} <= set(HOSTS)
     assert len(GRAPH) >= 20
 
 
@@ -74,13 +74,20 @@ def test_there_is_no_import_cycle():
 
 
 def test_the_maths_imports_no_integration():
-    for name in SHARED - {'swift_fipo.integrations.contract'}:
+    for name in MATHS:
         assert not {target for target in GRAPH[name] if '.integrations' in target or '.viz' in target}, name
 
 
 def test_each_host_knows_only_the_shared_layer_and_itself():
-    for host, family in HOST_FAMILIES.items():
-        own = {f'swift_fipo.integrations.{module}' for module in family}
+    for host in HOSTS:
+        package = f'{INTEGRATIONS}.{host}'
+        own = {name for name in MODULES if name == package or name.startswith(package + '.')}
         for name in own:
-            foreign = {target for target in GRAPH[name] - own - SHARED if not MODULES[target].name == '__init__.py'}
+            foreign = {target for target in GRAPH[name] - own - SHARED if target not in (INTEGRATIONS, 'swift_fipo')}
             assert not foreign, f'{name} imports {sorted(foreign)}'
+
+
+def test_the_shared_layer_knows_no_host():
+    for name in SHARED & set(MODULES):
+        hosts = {target for target in GRAPH[name] if target.startswith(INTEGRATIONS + '.')} - SHARED
+        assert not hosts, f'{name} imports {sorted(hosts)}'

@@ -4,6 +4,7 @@ activation, each host's integration and every patcher named there agree with it.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -33,14 +34,35 @@ def test_every_patcher_the_table_names_exists():
             assert function in _defined_functions(plugin_module), (host.name, module, patcher)
 
 
-def test_each_integration_reads_its_modules_from_the_table():
-    source = (PACKAGE / 'ms_swift.py').read_text()
-    assert 'WATCHED_MODULES = tuple(hosts.MS_SWIFT.watched)' in source
-    verl_source = ast.parse((PACKAGE / 'verl.py').read_text())
-    constants = {node.targets[0].id: node.value.value for node in verl_source.body
-                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id.endswith('_MODULE')}
-    assert set(constants.values()) == set(hosts.VERL.watched)
+def _string_constants(path: Path) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_each_host_is_a_subpackage_with_a_layout_record():
+    assert [host.package for host in hosts.HOSTS] == [f'swift_fipo.integrations.{name}' for name in hosts.HOST_PACKAGES]
+    for host in hosts.HOSTS:
+        assert host.layout.__name__ == f'{host.package}.layout'
+        assert host.watched is host.layout.WATCHED
+        assert host.name and host.distribution, host
+
+
+def test_only_the_layout_record_spells_a_watched_module():
+    # A host module renamed in a new release is then one edit: its layout record.
+    for host in hosts.HOSTS:
+        directory = PACKAGE / host.package.rpartition('.')[2]
+        for path in directory.glob('*.py'):
+            if path.name == 'layout.py':
+                continue
+            spelled = _string_constants(path) & (set(host.watched) | set(host.watched.values()))
+            assert not spelled, f'{path.relative_to(PACKAGE)} spells {sorted(spelled)}: read it from the layout'
+
+
+def test_every_host_offers_the_interface():
+    for host in hosts.HOSTS:
+        exports = importlib.import_module(host.package).__getattr__.exports  # cheap: lazy names, no torch
+        for name in ('install', 'uninstall', 'diagnose'):
+            assert name in _defined_functions(exports[name]), (host.name, name, exports[name])
 
 
 def test_the_table_imports_nothing():

@@ -41,13 +41,13 @@ from swift_fipo.integrations.contract import is_patch
 pytestmark = [pytest.mark.ms_swift]
 need('swift', 'ms-swift')
 
-from swift_fipo.integrations import ms_swift_layout  # noqa: E402
+from swift_fipo.integrations.ms_swift import layout as ms_swift_layout  # noqa: E402
 
 if 'def _compute_fipo_influence' not in ms_swift_layout.trainer_source(megatron=True):
     not_applicable_here("this ms-swift's Megatron GRPO trainer predates native FIPO (4.2.2): megatron rlhf "
                         '--loss_type fipo is refused at start-up (tests/test_integrations_ms_swift_cli.py)')
 
-from swift_fipo.integrations import ms_swift as integration  # noqa: E402
+from swift_fipo.integrations.ms_swift import hooks as integration  # noqa: E402
 
 SWIFT_DIR = Path(importlib.util.find_spec('swift').origin).parent
 MEGATRON_TRAINER_FILE = SWIFT_DIR / 'megatron' / 'trainers' / 'grpo_trainer.py'

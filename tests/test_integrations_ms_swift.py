@@ -11,9 +11,9 @@ import torch
 
 from conftest import ms_swift_version, need, not_applicable_here
 from reference import brute_fipo, is_close, random_inputs
-from swift_fipo.integrations import ms_swift, ms_swift_cli
+from swift_fipo.integrations.ms_swift import arguments as ms_swift_cli, hooks as ms_swift, layout as ms_swift_layout
 from swift_fipo.integrations.contract import is_patch, original_of
-from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 
 pytestmark = pytest.mark.ms_swift
 need('swift', 'ms-swift')
@@ -35,7 +35,7 @@ def test_install_hooks_the_hf_trainer_and_is_idempotent():
                ('_compute_fipo_influence', '_compute_loss_and_metrics') if name in GRPOTrainer.__dict__}
     second = ms_swift.install()
     assert first == second == {'swift.pipelines.base': {'SwiftPipeline': True},
-                               ms_swift.HF_TRAINER_MODULE: {'GRPOTrainer': True}}
+                               ms_swift_layout.HF_TRAINER_MODULE: {'GRPOTrainer': True}}
     assert ms_swift.is_patched(GRPOTrainer)
     assert {name: GRPOTrainer.__dict__[name] for name in methods} == methods
     # Wrappers wrap ms-swift's function exactly once.
@@ -138,11 +138,11 @@ def test_uninstall_restores_every_patched_attribute():
     """install() then uninstall() leaves ms-swift's classes exactly as they were before the plugin."""
     import importlib
     import sys
-    from swift_fipo.integrations.ms_swift_layout import module_path
-    importlib.import_module(module_path(ms_swift_cli.PIPELINE_MODULE))  # whether or not another test did
-    watched = [sys.modules[name] for name in ms_swift.WATCHED_MODULES if name in sys.modules]
+    from swift_fipo.integrations.ms_swift.layout import module_path
+    importlib.import_module(module_path(ms_swift_layout.PIPELINE_MODULE))  # whether or not another test did
+    watched = [sys.modules[name] for name in ms_swift_layout.WATCHED if name in sys.modules]
     classes = [cls for module in watched for cls in (ms_swift.trainer_classes(module) if module.__name__ !=
-                                                     ms_swift_cli.PIPELINE_MODULE else [module.SwiftPipeline])]
+                                                     ms_swift_layout.PIPELINE_MODULE else [module.SwiftPipeline])]
     ms_swift.install()
     patched = {(cls, name): value for cls in classes for name, value in vars(cls).items() if is_patch(value)}
     assert {name for _, name in patched} >= {'_compute_fipo_influence', '_parse_args'}
@@ -267,7 +267,7 @@ def test_hf_extra_metrics_combine_across_gradient_accumulation_chunks():
 def test_install_patches_megatron_only_when_already_imported_or_asked(monkeypatch, megatron, patched):
     """install() must not import swift.megatron unasked, but must hook it when ms-swift already did."""
     import types
-    module = types.ModuleType(ms_swift.MEGATRON_TRAINER_MODULE)
+    module = types.ModuleType(ms_swift_layout.MEGATRON_TRAINER_MODULE)
 
     class MegatronGRPOTrainer:
         __module__ = module.__name__

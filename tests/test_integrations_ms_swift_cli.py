@@ -14,7 +14,7 @@ from conftest import need
 
 from swift_fipo import FIPOConfig
 from swift_fipo.config import PRESETS
-from swift_fipo.integrations import ms_swift_cli as cli
+from swift_fipo.integrations.ms_swift import arguments as cli
 from swift_fipo.integrations.contract import FIPOWarning
 
 NATIVE = {'loss_type', 'delta', 'fipo_decay_rate', 'fipo_clip_range', 'fipo_clip_high_only', 'fipo_safety_threshold'}
@@ -153,7 +153,7 @@ def _swift_parser_with_plugin_options():
     added as HfArgumentParser adds fields: the union argparse would read argv against."""
     import importlib
     import swift.utils
-    from swift_fipo.integrations.ms_swift_layout import module_path
+    from swift_fipo.integrations.ms_swift.layout import module_path
     from transformers import HfArgumentParser
     args_class = importlib.import_module(module_path('swift.pipelines.base')).SwiftPipeline  # ensures the import
     try:
@@ -217,7 +217,7 @@ def test_every_prefix_of_every_flag_reads_as_ms_swifts_argparse_reads_it():
 
 PARSE_ONLY = """
 import importlib, json, sys
-from swift_fipo.integrations.ms_swift_layout import module_path
+from swift_fipo.integrations.ms_swift.layout import module_path
 base = importlib.import_module(module_path('swift.pipelines.base'))
 try:
     from swift.arguments import RLHFArguments
@@ -278,7 +278,7 @@ def test_the_explicit_route_refuses_bad_values_after_parsing(tiny_run_dir, tmp_p
     after _parse_args; the values are refused before the pipeline goes on (before: a ZeroDivisionError in
     the trainer's __init__, or a refusal inside the first loss step)."""
     need('swift', 'ms-swift')
-    from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+    from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
     plugin = str(Path(cli.__file__).resolve().parents[1] / 'plugin.py')
     grpo = ['--rlhf_type', 'grpo', '--loss_type', 'fipo', '--external_plugins', plugin]
     argvs = [grpo + ['--rlhf_type', 'dpo'], grpo + ['--delta', '1.1']]
@@ -433,7 +433,7 @@ def test_trainer_without_hook_is_refused_at_parse_time(tmp_path, megatron):
 @pytest.mark.parametrize('megatron', [False, True])
 def test_installed_ms_swift_trainers_have_the_hook(megatron):
     need('swift', 'ms-swift')
-    from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+    from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
     if megatron and not native_fipo_installed():
         # Before native FIPO only the HF trainer is served.
         with pytest.raises(RuntimeError, match='megatron rlhf: >= 4.2.2'):
@@ -461,7 +461,7 @@ def test_a_step_counter_advanced_twice_is_refused(tmp_path, swift_advances, trl_
         '            per_token_loss1 = per_token_logps * advantages.unsqueeze(1)\n')
     trl_file.write_text('class GRPOTrainer:\n    def training_step(self, model, inputs):\n'
                         + (advance if trl_advances else '') + '        return 0\n')
-    from swift_fipo.integrations.ms_swift_layout import rollout_reuse_broken
+    from swift_fipo.integrations.ms_swift.layout import rollout_reuse_broken
     reason = rollout_reuse_broken(swift_root=tmp_path / 'swift', trl_root=tmp_path / 'trl')
     if swift_advances and trl_advances:
         assert 'none is reused' in reason

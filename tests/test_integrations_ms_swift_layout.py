@@ -14,9 +14,9 @@ import pytest
 from packaging.version import Version
 
 from conftest import only_where
-from swift_fipo.integrations import ms_swift_layout
+from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
 from swift_fipo.integrations.contract import installed_version
-from swift_fipo.integrations.ms_swift_layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
+from swift_fipo.integrations.ms_swift.layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
 
 pytestmark = pytest.mark.ms_swift
 
@@ -67,7 +67,7 @@ _LEGACY_INSTALLED = _INSTALLED is not None and Version('3.11') <= Version(_INSTA
 
 @only_where(_LEGACY_INSTALLED, 'the installed ms-swift has no legacy (3.11 - 4.2.1) GRPO loss')
 def test_the_installed_legacy_loss_with_an_early_advantages_read_is_refused(tmp_path: Path):
-    from swift_fipo.integrations import ms_swift_legacy  # imports torch: only where the test runs
+    from swift_fipo.integrations.ms_swift import legacy as ms_swift_legacy  # imports torch: only where the test runs
     assert not ms_swift_layout.native_fipo_installed()
     method = _installed_loss()
     early = _with_early_read(method)

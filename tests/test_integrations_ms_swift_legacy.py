@@ -26,7 +26,7 @@ import torch
 
 from conftest import need, not_applicable_here, only_where
 from reference import brute_fipo_weight, is_close, random_inputs
-from swift_fipo.integrations import ms_swift, ms_swift_layout, ms_swift_legacy
+from swift_fipo.integrations.ms_swift import hooks as ms_swift, layout as ms_swift_layout, legacy as ms_swift_legacy
 from swift_fipo.integrations.contract import PatchSet
 
 pytestmark = pytest.mark.ms_swift

@@ -11,8 +11,8 @@ import torch
 
 from conftest import need, only_where
 from reference import random_inputs
-from swift_fipo.integrations import ms_swift
-from swift_fipo.integrations.ms_swift_layout import module_path, native_fipo_installed
+from swift_fipo.integrations.ms_swift import hooks as ms_swift
+from swift_fipo.integrations.ms_swift.layout import module_path, native_fipo_installed
 
 pytestmark = pytest.mark.ms_swift
 need('swift', 'ms-swift')

@@ -27,7 +27,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-import swift_fipo.integrations.trl as fipo_trl  # noqa: E402
+import swift_fipo.integrations.trl.trainer as fipo_trl  # noqa: E402
 from swift_fipo.config import FIPOConfig  # noqa: E402
 from swift_fipo.integrations.contract import installed_version  # noqa: E402
 from swift_fipo.integrations.trl import FIPOGRPOTrainer, UnsupportedTRLError, check_trl_support  # noqa: E402

@@ -43,7 +43,7 @@ needs_verl_07 = only_where(VERL_07, 'verl < 0.7: no ppo_loss, and validate_confi
 
 from reference import authors_weight, brute_fipo_weight, random_inputs  # noqa: E402
 from swift_fipo import FIPOConfig, compute_fipo_influence  # noqa: E402
-from swift_fipo.integrations import verl as fipo_verl  # noqa: E402
+from swift_fipo.integrations.verl import hooks as fipo_verl  # noqa: E402
 from swift_fipo.integrations.contract import FIPOWarning  # noqa: E402
 
 pytestmark = pytest.mark.verl
@@ -134,7 +134,7 @@ def test_explicit_route_with_the_activation_off():
 
 
 def test_uninstall_restores_verl():
-    code = ('import dataclasses; from swift_fipo.integrations import verl as v; '
+    code = ('import dataclasses; from swift_fipo.integrations.verl import hooks as v; '
             'from verl.trainer.ppo import core_algos as c; from verl.workers.config import PolicyLossConfig as P; '
             'init, hints = P.__init__, P.__annotations__; v.uninstall(); '
             "print('fipo' in c.POLICY_LOSS_REGISTRY, 'fipo' in [f.name for f in dataclasses.fields(P)], "
@@ -405,7 +405,7 @@ THRESHOLDS_AROUND_THE_CLIP = [1.05, 1.2, 1.28, 1.2800001, 1.3, 3.0]
 def test_a_dual_clip_or_filter_inside_the_ppo_clip_is_refused_as_ms_swift_refuses_it(option, value):
     """One rule for every host: verl refuses clip_ratio_c (its delta) and fipo.filter_threshold where
     ms-swift refuses --delta and --fipo_filter_threshold, i.e. at or below 1 + epsilon_high."""
-    from swift_fipo.integrations import ms_swift_cli
+    from swift_fipo.integrations.ms_swift import arguments as ms_swift_cli
     config = actor(clip_ratio_c=value) if option == 'clip_ratio_c' else actor(fipo={'filter_threshold': value})
     swift_field = 'delta' if option == 'clip_ratio_c' else 'filter_threshold'
     swift_args = SimpleNamespace(epsilon=0.2, epsilon_high=config.clip_ratio_high, num_iterations=2)

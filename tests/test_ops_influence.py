@@ -15,7 +15,7 @@ from conftest import need, only_where
 
 from reference import brute_fipo, brute_fipo_weight, is_close, random_inputs
 from swift_fipo import FIPOConfig, compute_fipo_influence
-from swift_fipo.integrations.ms_swift_layout import native_fipo_installed
+from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 
 CONFIGS = {
     'defaults': FIPOConfig(),

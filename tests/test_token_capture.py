@@ -19,7 +19,7 @@ import torch
 from conftest import need
 
 from swift_fipo import FIPOConfig, compute_fipo_influence
-from swift_fipo.integrations import token_capture
+from swift_fipo.integrations.ms_swift import token_capture
 from swift_fipo.integrations.contract import RunSettings, attach_settings
 
 
@@ -108,7 +108,7 @@ def test_ms_swift_46_layout_writes_tokens_with_their_values(tmp_path, log_tokens
 def test_the_ms_swift_loss_hook_captures_the_calls_fipo_ran_in_and_no_other(tmp_path, log_tokens):
     """Through the plugin's wrapper of ``_compute_loss_and_metrics``: a loss call in which the FIPO adapter ran
     is captured with that call's own weights; a call of another loss type (no adapter call) is not."""
-    from swift_fipo.integrations import ms_swift
+    from swift_fipo.integrations.ms_swift import hooks as ms_swift
     log_tokens(3)
     data = make_batch()
     log_ratio = 0.3 * torch.randn(data['completion_mask'].shape, generator=torch.Generator().manual_seed(7))

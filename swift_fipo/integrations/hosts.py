@@ -1,50 +1,105 @@
-"""The table of hosts: for each, the modules the interpreter-start activation watches and the plugin
-function that patches each one right after the host first imports it.
+"""The table of hosts: every training framework swift-fipo serves, read by the interpreter-start activation
+(which modules to watch), ``swift_fipo.install()`` / ``uninstall()`` and ``swift-fipo doctor``.
 
-Read by the activation at every interpreter start, so it holds only strings and imports nothing: the
-patchers are named as ``'module:function'`` (importing them would import torch). Each host's own
-integration reads its entry from here too, so the two lists cannot drift apart.
+Each host is a subpackage of ``swift_fipo.integrations`` whose ``layout`` module is its torch-free record
+(``NAME``, ``DISTRIBUTION``, ``WATCHED``: host module -> ``'plugin module:patcher'``, and where things are in
+the host) and whose package exposes the host interface:
+
+- ``install() -> dict``: patch what the host has importable now (the explicit route); a report;
+- ``uninstall() -> None``: revert every patch exactly;
+- ``diagnose() -> swift_fipo.integrations.diagnosis.Diagnosis``: doctor's lines and verdicts.
+
+Read at every interpreter start, so this imports only the layout records (no typing, no torch, no host).
 """
 
 from __future__ import annotations
 
+import importlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
+
+    from swift_fipo.integrations.diagnosis import Diagnosis
+
+# One line per host: adding a host is a subpackage and its name here.
+HOST_PACKAGES = ('ms_swift', 'verl', 'trl')
+
 
 class Host:
-    """One host: its name, its pip distribution, and ``{watched module: 'plugin module:patcher'}``."""
+    """One host: its layout record, and its integration package loaded when first used."""
 
-    __slots__ = ('name', 'distribution', 'watched')
+    __slots__ = ('layout',)
 
-    def __init__(self, name: str, distribution: str, watched: dict) -> None:
-        self.name = name
-        self.distribution = distribution
-        self.watched = watched
+    def __init__(self, layout: ModuleType) -> None:
+        self.layout = layout
+
+    @property
+    def name(self) -> str:
+        return self.layout.NAME
+
+    @property
+    def distribution(self) -> str:
+        return self.layout.DISTRIBUTION
+
+    @property
+    def watched(self) -> dict:
+        return self.layout.WATCHED
+
+    @property
+    def package(self) -> str:
+        return self.layout.__name__.rpartition('.')[0]
+
+    def integration(self) -> Any:
+        """The host's package (its install / uninstall / diagnose load with it, importing torch and the host)."""
+        return importlib.import_module(self.package)
+
+    def is_installed(self) -> bool:
+        from swift_fipo.integrations.contract import installed_version
+        return installed_version(self.distribution) is not None
+
+    def install(self) -> dict:
+        return self.integration().install()
+
+    def uninstall(self) -> None:
+        self.integration().uninstall()
+
+    def diagnose(self) -> Diagnosis:
+        return self.integration().diagnose()
 
     def __repr__(self) -> str:
-        return f'Host({self.name!r}, {self.distribution!r}, {self.watched!r})'
+        return f'Host({self.name!r})'
 
 
-_MS_SWIFT_PATCHER = 'swift_fipo.integrations.ms_swift:patch_module'
+HOSTS = tuple(Host(importlib.import_module(f'{__name__.rpartition(".")[0]}.{package}.layout'))
+              for package in HOST_PACKAGES)
+MS_SWIFT, VERL, TRL = HOSTS
 
-MS_SWIFT = Host('ms-swift', 'ms-swift', {
-    # argument parsing (both command lines), the HF-style and the Megatron GRPO trainers
-    'swift.pipelines.base': _MS_SWIFT_PATCHER,
-    'swift.rlhf_trainers.grpo_trainer': _MS_SWIFT_PATCHER,
-    'swift.megatron.trainers.grpo_trainer': _MS_SWIFT_PATCHER,
-    # ms-swift 3.x keeps the first two elsewhere.
-    'swift.llm.base': _MS_SWIFT_PATCHER,
-    'swift.trainers.rlhf_trainer.grpo_trainer': _MS_SWIFT_PATCHER,
-})
-VERL = Host('verl', 'verl', {
-    # the policy_loss.fipo option in its config schema, and the loss in its registry
-    'verl.workers.config.actor': 'swift_fipo.integrations.verl:patch_config_module',
-    'verl.trainer.ppo.core_algos': 'swift_fipo.integrations.verl:patch_core_algos',
-})
-# TRL is served through a trainer class users pick (FIPOGRPOTrainer): nothing of TRL is patched on import.
-TRL = Host('trl', 'trl', {})
 
-HOSTS = (MS_SWIFT, VERL, TRL)
+def host(name: str) -> Host:
+    """The host called ``name`` (``'ms-swift'``, ``'verl'``, ...)."""
+    for candidate in HOSTS:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f'no host {name!r}; hosts: {", ".join(candidate.name for candidate in HOSTS)}')
 
 
 def watched_modules() -> dict:
     """``{module: 'plugin module:patcher'}`` over every host."""
     return {module: patcher for host in HOSTS for module, patcher in host.watched.items()}
+
+
+def install(*names: str) -> dict:
+    """Hook swift-fipo into the named hosts (default: every installed one) in this process, the explicit
+    route where the interpreter-start activation does not run; ``{host: its install() report}``. A host
+    that is installed but cannot be hooked raises, naming it."""
+    chosen = [host(name) for name in names] if names else [each for each in HOSTS if each.is_installed()]
+    return {each.name: each.install() for each in chosen}
+
+
+def uninstall(*names: str) -> None:
+    """Revert every patch swift-fipo made to the named hosts (default: all) in this process, exactly."""
+    for each in [host(name) for name in names] if names else HOSTS:
+        if each.is_installed():
+            each.uninstall()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 LOGGING_FILE = 'logging.jsonl'
-TOKENS_FILE = 'fipo_tokens.jsonl'  # the name swift_fipo.integrations.token_capture writes
+TOKENS_FILE = 'fipo_tokens.jsonl'  # the name swift_fipo.integrations.ms_swift.token_capture writes
 # "global_step/max_steps" in HF-style logs, "iteration" in Megatron's: both "done/total".
 _STEP_KEYS = ('global_step/max_steps', 'iteration')
 _STEP_PATTERN = re.compile(r'^\s*(\d{1,18})\s*/\s*\d{1,18}\s*$')  # bounded: int() of 4300+ digits raises

@@ -47,7 +47,7 @@ def main(model_dir: Path, out_file: Path) -> None:
     module = harness.import_trainer_module()
     cls = module.MegatronGRPOTrainer
     from swift_fipo import activation
-    from swift_fipo.integrations import ms_swift
+    from swift_fipo.integrations.ms_swift import hooks as ms_swift
     from swift_fipo.integrations.contract import is_patch
     result: dict[str, Any] = {'import_s': time.monotonic() - began, 'disabled': activation.is_disabled(),
                               'patched': ms_swift.is_patched(cls), 'teacher_patched': is_patch(cls._setup_teacher),

@@ -23,18 +23,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from swift_fipo.integrations import hosts, ms_swift_layout, ms_swift_legacy
+from swift_fipo.integrations.ms_swift import layout, legacy
 from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, combine_metric, combine_over_ranks,
                                               is_patch, original_of)
-from swift_fipo.integrations.ms_swift_cli import (PIPELINE_MODULE, SUPPORTED_RANGE, run_settings, unsupported_message,
-                                                  with_fipo_flags, with_run_validation)
+from swift_fipo.integrations.ms_swift.arguments import (SUPPORTED_RANGE, run_settings, unsupported_message, with_fipo_flags,
+                                                        with_run_validation)
 from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
-HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
-MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
-
-WATCHED_MODULES = tuple(hosts.MS_SWIFT.watched)
-_PIPELINE_MODULES = (PIPELINE_MODULE, ms_swift_layout.MODULES_3X[PIPELINE_MODULE])
+_PIPELINE_MODULES = (layout.PIPELINE_MODULE, layout.MODULES_3X[layout.PIPELINE_MODULE])
 # The adapter leaves its stats here for the metrics wrapper of the same loss call.
 _STATS_ATTRIBUTE = '_swift_fipo_stats'
 # Summaries ms-swift already logs itself from the adapter's tensors.
@@ -83,7 +79,7 @@ def _with_extra_metrics(compute_loss_and_metrics: Callable[..., Any]) -> Callabl
     def compute_loss_and_metrics_with_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
         result, stats = _call_collecting_stats(self, compute_loss_and_metrics, args, kwargs)
         if stats is not None:  # --fipo_log_tokens; returns at once when it is 0
-            from swift_fipo.integrations.token_capture import capture
+            from swift_fipo.integrations.ms_swift.token_capture import capture
             capture(self, stats, args, kwargs)
         if stats is None or not isinstance(result, tuple) or not isinstance(result[-1], dict):
             return result
@@ -188,39 +184,39 @@ def _reject_fipo(init: Callable[..., None], trainer_name: str) -> Callable[..., 
 
 def trainer_patches(cls: type) -> list[Patch]:
     """The patches of one GRPO trainer class, by what it can do."""
-    if ms_swift_legacy.class_is_servable(cls):  # ms-swift 3.11 - 4.2.1: the DAPO loss, reweighted advantages
-        return ms_swift_legacy.trainer_patches(cls)
-    if not hasattr(cls, '_compute_fipo_influence'):  # no hook: refuse fipo when the trainer is built
+    if legacy.class_is_servable(cls):  # ms-swift 3.11 - 4.2.1: the DAPO loss, reweighted advantages
+        return legacy.trainer_patches(cls)
+    if not hasattr(cls, layout.FIPO_HOOK):  # no hook: refuse fipo when the trainer is built
         refuse = functools.partial(_reject_fipo, trainer_name=cls.__name__)
         return [Patch(cls, '__init__', refuse, 'refuse fipo: this ms-swift has no FIPO hook')]
-    patches = [Patch(cls, '_compute_fipo_influence', _adapter, 'FIPO computed by swift-fipo')]
-    if hasattr(cls, '_compute_loss_and_metrics'):
-        patches.append(Patch(cls, '_compute_loss_and_metrics', _with_extra_metrics, 'HF: extra fipo/* metrics'))
-    elif hasattr(cls, 'loss_func') and hasattr(cls, '_all_reduce_metric'):
-        patches.append(Patch(cls, 'loss_func', _with_megatron_extra_metrics, 'Megatron: extra fipo/* metrics'))
-    if hasattr(cls, '_aggregate_and_update_metrics'):
-        patches.append(Patch(cls, '_aggregate_and_update_metrics', _with_extreme_aggregation,
+    patches = [Patch(cls, layout.FIPO_HOOK, _adapter, 'FIPO computed by swift-fipo')]
+    if hasattr(cls, layout.HF_METRICS_METHOD):
+        patches.append(Patch(cls, layout.HF_METRICS_METHOD, _with_extra_metrics, 'HF: extra fipo/* metrics'))
+    elif hasattr(cls, layout.MEGATRON_LOSS_METHOD) and hasattr(cls, layout.MEGATRON_REDUCE_METHOD):
+        patches.append(Patch(cls, layout.MEGATRON_LOSS_METHOD, _with_megatron_extra_metrics, 'Megatron: extra fipo/* metrics'))
+    if hasattr(cls, layout.AGGREGATE_METHOD):
+        patches.append(Patch(cls, layout.AGGREGATE_METHOD, _with_extreme_aggregation,
                              'min/max metrics combine as min/max over accumulation chunks'))
-    if hasattr(cls, '_setup_teacher'):
-        patches.append(Patch(cls, '_setup_teacher', _without_implicit_teacher, 'fipo without a teacher is not OPD-RL'))
+    if hasattr(cls, layout.TEACHER_METHOD):
+        patches.append(Patch(cls, layout.TEACHER_METHOD, _without_implicit_teacher, 'fipo without a teacher is not OPD-RL'))
     return patches
 
 
 def patch_trainer_class(cls: type) -> bool:
     """Apply one trainer class's patches; True if it has the FIPO hook (else fipo is refused at start-up)."""
     PatchSet(trainer_patches(cls)).apply()
-    return hasattr(cls, '_compute_fipo_influence') or ms_swift_legacy.is_patched(cls)
+    return hasattr(cls, layout.FIPO_HOOK) or legacy.is_patched(cls)
 
 
 def patches_for(module: ModuleType) -> PatchSet:
     """Every patch the plugin makes to one ms-swift module: the one place they are declared."""
     if module.__name__ in _PIPELINE_MODULES:
-        pipeline = getattr(module, 'SwiftPipeline', None)
-        if pipeline is None or not hasattr(pipeline, '_parse_args'):
+        pipeline = getattr(module, layout.PIPELINE_CLASS, None)
+        if pipeline is None or not hasattr(pipeline, layout.PARSE_METHOD):
             return PatchSet([])
-        patches = [Patch(pipeline, '_parse_args', with_fipo_flags, '--fipo_* flags, presets, validation')]
-        if hasattr(pipeline, '_compat_dsw_gradio'):
-            patches.append(Patch(pipeline, '_compat_dsw_gradio', with_run_validation,
+        patches = [Patch(pipeline, layout.PARSE_METHOD, with_fipo_flags, '--fipo_* flags, presets, validation')]
+        if hasattr(pipeline, layout.COMPAT_METHOD):
+            patches.append(Patch(pipeline, layout.COMPAT_METHOD, with_run_validation,
                                  'validate fipo settings after parsing (the explicit route)'))
         return PatchSet(patches)
     return PatchSet([patch for cls in trainer_classes(module) for patch in trainer_patches(cls)])
@@ -230,7 +226,7 @@ def trainer_classes(module: ModuleType) -> list[type]:
     """The GRPO trainer classes a trainer module defines (those with a loss to hook)."""
     return [
         value for name, value in vars(module).items()
-        if isinstance(value, type) and value.__module__ == module.__name__ and name.endswith('GRPOTrainer')
+        if isinstance(value, type) and value.__module__ == module.__name__ and name.endswith(layout.TRAINER_CLASS_SUFFIX)
     ]
 
 
@@ -242,7 +238,7 @@ def patch_module(module: ModuleType) -> dict[str, bool]:
     if module.__name__ in _PIPELINE_MODULES:
         patches = patches_for(module)
         patches.apply()
-        return {'SwiftPipeline': bool(patches.patches)}
+        return {layout.PIPELINE_CLASS: bool(patches.patches)}
     classes = trainer_classes(module)
     if not classes:
         raise RuntimeError(f'swift-fipo: no GRPO trainer class found in {module.__name__}; '
@@ -258,9 +254,9 @@ def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
     side effects, so we never do it unasked). Returns ``{module: {class: has the FIPO hook}}``.
     """
     report = {name: patch_module(importlib.import_module(name))
-              for name in map(ms_swift_layout.module_path, (PIPELINE_MODULE, HF_TRAINER_MODULE))}
-    if megatron or (megatron is None and MEGATRON_TRAINER_MODULE in sys.modules):
-        report[MEGATRON_TRAINER_MODULE] = patch_module(importlib.import_module(MEGATRON_TRAINER_MODULE))
+              for name in map(layout.module_path, (layout.PIPELINE_MODULE, layout.HF_TRAINER_MODULE))}
+    if megatron or (megatron is None and layout.MEGATRON_TRAINER_MODULE in sys.modules):
+        report[layout.MEGATRON_TRAINER_MODULE] = patch_module(importlib.import_module(layout.MEGATRON_TRAINER_MODULE))
     return report
 
 
@@ -270,16 +266,16 @@ def uninstall() -> None:
     The activation hook stays registered: modules ms-swift imports later are still patched (set
     ``SWIFT_FIPO_DISABLE=1`` before start-up to avoid that).
     """
-    for name in WATCHED_MODULES:
+    for name in layout.WATCHED:
         if name in sys.modules:
             patches_for(sys.modules[name]).revert()
 
 
 def is_patched(cls: type) -> bool:
     """True if ``cls`` computes FIPO through this plugin."""
-    return is_patch(vars(cls).get('_compute_fipo_influence')) or ms_swift_legacy.is_patched(cls)
+    return is_patch(vars(cls).get(layout.FIPO_HOOK)) or legacy.is_patched(cls)
 
 
 def native_fipo_influence(cls: type) -> Callable[..., Any]:
     """ms-swift's own ``_compute_fipo_influence`` of ``cls``, whether or not the plugin patched it."""
-    return original_of(vars(cls).get('_compute_fipo_influence', cls._compute_fipo_influence))
+    return original_of(vars(cls).get(layout.FIPO_HOOK, getattr(cls, layout.FIPO_HOOK)))

@@ -1,28 +1,57 @@
-"""Where things are in the installed ms-swift, found without importing its trainers.
+"""Where things are in ms-swift: the one record of its module paths, method names and source markers,
+and the look-ups that read the installed ms-swift without importing its trainers.
 
-ms-swift 3.x and 4.x keep the pipeline and the HF GRPO trainer in different modules; whether FIPO can
-be served is decided from the trainer's source text (importing ``swift.megatron`` has side effects,
-and the 4.1 / 4.2 trainers import vLLM). No torch here: the argument-parse hook uses this module.
+Imported at every interpreter start (the table of hosts reads ``WATCHED`` from here), so its module level
+imports nothing; the look-ups import what they need when called. ms-swift 3.x and 4.x keep the pipeline and
+the HF GRPO trainer in different modules; whether FIPO can be served is decided from the trainer's source
+text (importing ``swift.megatron`` has side effects, and the 4.1 / 4.2 trainers import vLLM).
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Optional
 
-LOSS_METHOD = '_compute_loss_and_metrics'
-LOGPS_METHOD = '_get_per_token_logps_and_entropies'
+NAME = 'ms-swift'
+DISTRIBUTION = 'ms-swift'
 
+# What a training run imports, in that order: argument parsing (both command lines), then the trainer.
+PIPELINE_MODULE = 'swift.pipelines.base'
+HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
+MEGATRON_TRAINER_MODULE = 'swift.megatron.trainers.grpo_trainer'
 # ms-swift 4.x module -> where ms-swift 3.x keeps the same thing.
 MODULES_3X = {
-    'swift.pipelines.base': 'swift.llm.base',
-    'swift.rlhf_trainers.grpo_trainer': 'swift.trainers.rlhf_trainer.grpo_trainer',
+    PIPELINE_MODULE: 'swift.llm.base',
+    HF_TRAINER_MODULE: 'swift.trainers.rlhf_trainer.grpo_trainer',
 }
+_PATCHER = 'swift_fipo.integrations.ms_swift.hooks:patch_module'
+# Host module -> the function that patches it right after ms-swift first imports it.
+WATCHED = {module: _PATCHER for module in (PIPELINE_MODULE, HF_TRAINER_MODULE, MEGATRON_TRAINER_MODULE,
+                                           *MODULES_3X.values())}
+
+# Classes and methods the hooks patch or read.
+PIPELINE_CLASS = 'SwiftPipeline'
+PARSE_METHOD = '_parse_args'
+COMPAT_METHOD = '_compat_dsw_gradio'  # runs right after parsing, in both routes
+TRAINER_CLASS_SUFFIX = 'GRPOTrainer'
+# ms-swift >= 4.2.2: the native FIPO hook of both GRPO trainers, which the adapter replaces.
+FIPO_HOOK = '_compute_fipo_influence'
+HF_METRICS_METHOD = '_compute_loss_and_metrics'
+MEGATRON_LOSS_METHOD = 'loss_func'
+MEGATRON_REDUCE_METHOD = '_all_reduce_metric'
+AGGREGATE_METHOD = '_aggregate_and_update_metrics'
+TEACHER_METHOD = '_setup_teacher'
+# ms-swift 3.11 - 4.2.1 (the legacy hook): the loss, and the log-prob method it calls first.
+LOSS_METHOD = '_compute_loss_and_metrics'
+LOGPS_METHOD = '_get_per_token_logps_and_entropies'
 
 
 def _package_root(name: str) -> Optional[Path]:
     """An installed top-level package's directory (``swift``, ``trl``), found without importing it."""
+    import importlib.util
+    from pathlib import Path
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
@@ -52,6 +81,7 @@ _TRAINER_FILES = {False: (('rlhf_trainers', 'grpo_trainer.py'), ('trainers', 'rl
 def trainer_source(megatron: bool, swift_root: Optional[Path] = None) -> str:
     """The installed GRPO trainer module's source, read without importing it ('' if absent):
     importing ``swift.megatron`` has side effects, and 4.1/4.2 trainers import vLLM."""
+    from pathlib import Path
     swift_root = swift_root or _package_root('swift') or Path('/nonexistent')
     for parts in _TRAINER_FILES[megatron]:
         try:
@@ -63,7 +93,7 @@ def trainer_source(megatron: bool, swift_root: Optional[Path] = None) -> str:
 
 def native_fipo_installed() -> bool:
     """True if the installed ms-swift's HF GRPO trainer has native FIPO (>= 4.2.2)."""
-    return 'def _compute_fipo_influence' in trainer_source(megatron=False)
+    return f'def {FIPO_HOOK}(' in trainer_source(megatron=False)
 
 
 def _method_source(source: str, name: str) -> str:
@@ -97,6 +127,7 @@ def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[P
     so a new rollout is generated at every step and none is trained on twice: every run is on-policy
     and FIPO (which only acts off-policy) would be DAPO.
     """
+    from pathlib import Path
     trl_root = trl_root or _package_root('trl') or Path('/nonexistent')
     try:
         trl_source = (trl_root / 'trainer' / 'grpo_trainer.py').read_text()

@@ -30,20 +30,16 @@ import typing
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import (Patch, PatchSet, check_ratio_thresholds, on_policy_reason, resolve_config,
-                                              reweight_advantages, warn)
+from swift_fipo.integrations.contract import (Patch, PatchSet, check_ratio_thresholds, on_policy_reason,
+                                              resolve_config, reweight_advantages, warn)
+from swift_fipo.integrations.diagnosis import Diagnosis, import_observed, why_not_hooked
+from swift_fipo.integrations.verl.layout import (CLIP_HIGH_OPTION, CONFIG_MODULE, CORE_ALGOS_MODULE, DUAL_CLIP_OPTION,
+                                                 LOSS_MODE, NAME, OPTION_PREFIX)
 
 if TYPE_CHECKING:
     import torch
 
-HOST = 'verl'
-LOSS_MODE = 'fipo'
-OPTION_PREFIX = 'actor_rollout_ref.actor.policy_loss.fipo'
-DUAL_CLIP_OPTION = 'actor_rollout_ref.actor.clip_ratio_c'
-# verl's epsilon_high: vanilla clips the ratio at 1 + clip_ratio_high (clip_ratio when that is None).
-CLIP_HIGH_OPTION = 'actor_rollout_ref.actor.clip_ratio_high'
-CONFIG_MODULE = 'verl.workers.config.actor'
-CORE_ALGOS_MODULE = 'verl.trainer.ppo.core_algos'
+HOST = NAME
 # verl averages every loss metric over micro-batches and ranks (ppo_loss wraps them as means); a
 # quantile cannot be averaged meaningfully, and it is NaN in a micro-batch without negative advantages.
 _UNLOGGED = frozenset({'neg_adv_ratio_p99'})
@@ -275,3 +271,35 @@ def uninstall() -> None:
     config_module = sys.modules.get(CONFIG_MODULE)
     if config_module is not None:
         config_patches(config_module).revert()
+
+
+def diagnose() -> Diagnosis:
+    """verl's part of ``swift-fipo doctor``: its config and policy-loss modules imported as a run imports
+    them, and whether ``loss_mode=fipo`` is served (both hooked)."""
+    diagnosis = Diagnosis()
+    config_module, config_error = import_observed(CONFIG_MODULE, diagnosis)
+    core, core_error = import_observed(CORE_ALGOS_MODULE, diagnosis)
+    if core is None or config_module is None:
+        diagnosis.say(f'verl: cannot import it: {core_error or config_error}')
+        diagnosis.judge(f'verl `policy_loss.loss_mode={LOSS_MODE}`', False)
+        return diagnosis
+    registered = getattr(core, 'POLICY_LOSS_REGISTRY', {}).get(LOSS_MODE)
+    if registered is compute_policy_loss_fipo:
+        loss_state = f'{LOSS_MODE} registered (loss_mode={LOSS_MODE})'
+    elif serves(core) is not None:
+        loss_state = f'not registered: {serves(core)}'
+    elif registered is not None:
+        loss_state = f'verl registers its own {LOSS_MODE} loss; left alone'
+    else:
+        loss_state = f'not registered: {why_not_hooked()}'
+    diagnosis.say(f'{CORE_ALGOS_MODULE}: {loss_state}')
+    try:
+        options = all(patch.is_applied() for patch in config_patches(config_module).patches)
+    except AttributeError as error:  # a verl without PolicyLossConfig / ActorConfig
+        options, reason = False, str(error)
+    else:
+        reason = why_not_hooked()
+    diagnosis.say(f'{CONFIG_MODULE}: ' + (f'PolicyLossConfig takes the {LOSS_MODE} options' if options
+                                          else f'{LOSS_MODE} options not hooked: {reason}'))
+    diagnosis.judge(f'verl `policy_loss.loss_mode={LOSS_MODE}`', registered is compute_policy_loss_fipo and options)
+    return diagnosis

@@ -34,6 +34,7 @@ from trl import GRPOTrainer
 from swift_fipo.config import FIPOConfig
 from swift_fipo.integrations.contract import (combine_over_ranks, installed_version, liger_refusal, on_policy_reason,
                                               record_metric, reweight_advantages, warn)
+from swift_fipo.integrations.trl import layout
 from swift_fipo.ops.influence import FIPOStats
 
 # Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
@@ -51,8 +52,7 @@ REFUSED_LOSS_TYPES = {
 IMPORTANCE_SAMPLING_LEVELS = ('token', 'sequence')
 METRIC_PREFIX = 'fipo/'
 
-_LOGPS_METHOD = '_get_per_token_logps_and_entropies'
-_LOSS_METHOD = '_compute_loss'
+_LOGPS_METHOD, _LOSS_METHOD = layout.LOGPS_METHOD, layout.LOSS_METHOD
 
 
 def trl_version() -> str:

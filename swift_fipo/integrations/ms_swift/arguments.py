@@ -36,13 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
-from swift_fipo.integrations.contract import (RunSettings, attach_settings, check_ratio_thresholds,
-                                              installed_version, liger_refusal,
-                                              on_policy_reason, resolve_config, settings_of,
+from swift_fipo.integrations.contract import (RunSettings, attach_settings, check_ratio_thresholds, installed_version,
+                                              liger_refusal, on_policy_reason, resolve_config, settings_of,
                                               settle_gloo_workers_at_exit, warn)
+from swift_fipo.integrations.ms_swift import layout
 
 HOST = 'swift-fipo'
-PIPELINE_MODULE = 'swift.pipelines.base'
 SUPPORTED_RANGE = 'ms-swift >= 3.11 (megatron rlhf: >= 4.2.2)'
 PRESET_FLAG = 'fipo_preset'
 LOG_TOKENS_FLAG = 'fipo_log_tokens'
@@ -351,7 +350,7 @@ def validate_run(args: Any, config: FIPOConfig) -> None:
 def unsupported_message(trainer_name: str) -> str:
     installed = installed_version('ms-swift') or '(unknown)'
     return (f'{HOST}: --loss_type fipo needs {SUPPORTED_RANGE}: this {trainer_name} has neither the '
-            f'_compute_fipo_influence hook (ms-swift >= 4.2.2) nor a DAPO loss the plugin can reweight '
+            f'{layout.FIPO_HOOK} hook (ms-swift >= 4.2.2) nor a DAPO loss the plugin can reweight '
             f'(HF trainer, ms-swift >= 3.11); installed: ms-swift {installed}. '
             f"Upgrade with: pip install 'ms-swift>=4.2.2'")
 
@@ -361,11 +360,10 @@ def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) ->
 
     The trainer's source file is read, not imported: importing ``swift.megatron`` has side effects.
     """
-    from swift_fipo.integrations.ms_swift_layout import rollout_reuse_broken, source_is_servable, trainer_source
-    source = trainer_source(megatron, swift_root)
-    if 'def _compute_fipo_influence' not in source and (megatron or not source_is_servable(source)):
+    source = layout.trainer_source(megatron, swift_root)
+    if f'def {layout.FIPO_HOOK}(' not in source and (megatron or not layout.source_is_servable(source)):
         raise RuntimeError(unsupported_message('MegatronGRPOTrainer' if megatron else 'GRPOTrainer'))
-    broken = None if megatron else rollout_reuse_broken(swift_root)
+    broken = None if megatron else layout.rollout_reuse_broken(swift_root)
     if broken:
         raise RuntimeError(f"{HOST}: --loss_type fipo cannot act with ms-swift {installed_version('ms-swift')} and "
                            f"trl {installed_version('trl')}: {broken}. Use ms-swift >= 4.2 (ms-swift 4.1.x also "

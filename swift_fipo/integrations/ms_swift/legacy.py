@@ -35,8 +35,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from swift_fipo.integrations.contract import Patch, combine_over_ranks, is_patch, record_metric, reweight_advantages
-from swift_fipo.integrations.ms_swift_cli import run_settings
-from swift_fipo.integrations.ms_swift_layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
+from swift_fipo.integrations.ms_swift.arguments import run_settings
+from swift_fipo.integrations.ms_swift.layout import FIPO_HOOK, LOGPS_METHOD, LOSS_METHOD, source_is_servable
 from swift_fipo.ops.influence import FIPOStats
 
 FIRST_NATIVE = '4.2.2'
@@ -53,7 +53,7 @@ class LegacyHookError(RuntimeError):
 
 def class_is_servable(cls: type) -> bool:
     """Capability check of an imported trainer class (no native hook, a servable loss)."""
-    if hasattr(cls, '_compute_fipo_influence'):
+    if hasattr(cls, FIPO_HOOK):
         return False
     loss = getattr(cls, LOSS_METHOD, None)
     if not callable(loss) or not callable(getattr(cls, LOGPS_METHOD, None)):
@@ -198,7 +198,7 @@ def _with_reweighted_advantages(loss: Callable[..., Any]) -> Callable[..., Any]:
                 f'>= {FIRST_NATIVE}.')
         stats = batch.stats
         log_metrics(self, stats)
-        from swift_fipo.integrations.token_capture import capture
+        from swift_fipo.integrations.ms_swift.token_capture import capture
         capture(self, stats, (model, inputs), {})
         return result
 

@@ -1,0 +1,22 @@
+"""Where things are in verl: module paths, the registry's loss name and the Hydra option names FIPO uses.
+
+Imported at every interpreter start (the table of hosts reads ``WATCHED`` from here): no imports.
+"""
+
+NAME = 'verl'
+DISTRIBUTION = 'verl'
+
+CONFIG_MODULE = 'verl.workers.config.actor'
+CORE_ALGOS_MODULE = 'verl.trainer.ppo.core_algos'
+# Host module -> the function that patches it right after verl first imports it: the policy_loss.fipo
+# option in its config schema, and the loss in its registry.
+WATCHED = {
+    CONFIG_MODULE: 'swift_fipo.integrations.verl.hooks:patch_config_module',
+    CORE_ALGOS_MODULE: 'swift_fipo.integrations.verl.hooks:patch_core_algos',
+}
+
+LOSS_MODE = 'fipo'
+OPTION_PREFIX = 'actor_rollout_ref.actor.policy_loss.fipo'
+DUAL_CLIP_OPTION = 'actor_rollout_ref.actor.clip_ratio_c'
+# verl's epsilon_high: vanilla clips the ratio at 1 + clip_ratio_high (clip_ratio when that is None).
+CLIP_HIGH_OPTION = 'actor_rollout_ref.actor.clip_ratio_high'
