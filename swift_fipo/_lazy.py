@@ -9,9 +9,11 @@ if TYPE_CHECKING:  # typing costs milliseconds at every interpreter start
     from typing import Any, Callable
 
 
-def lazy_exports(namespace: dict, exports: dict) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that imports ``exports[name]`` (a module path) on first use of ``name`` and
-    keeps the value in ``namespace`` (the package's ``globals()``), so the next access is a plain lookup."""
+def lazy_exports(namespace: dict, modules: dict) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for the names ``modules`` lists (``{module path: names}``): a name's module is
+    imported on its first use, and the value kept in ``namespace`` (the package's ``globals()``), so the next
+    access is a plain lookup."""
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)

@@ -49,54 +49,45 @@ class FIPOConfig:
 
     decay_rate: float = field(
         default=32.0,
-        metadata={'flag': 'fipo_decay_rate',
-                  'help': 'Half-life of the Future-KL window, in tokens: a log-ratio k tokens ahead counts '
+        metadata={'help': 'Half-life of the Future-KL window, in tokens: a log-ratio k tokens ahead counts '
                           'with weight gamma**k, gamma = 2**(-1/decay_rate). Must be in [1/126, 2**24] '
                           '(gamma a float32 number in [2**-126, 1)).'})
     clip_range: Optional[float] = field(
         default=0.2,
-        metadata={'flag': 'fipo_clip_range',
-                  'help': 'Influence weights are clipped to [1, 1+clip_range] (high-only) or '
+        metadata={'help': 'Influence weights are clipped to [1, 1+clip_range] (high-only) or '
                           '[1-clip_range, 1+clip_range]. 0 or None disables clipping (the weight is then '
                           'exp(Future-KL), capped only at the largest finite float32). Must be in [0, 3.4e38], '
                           'and < 1 when the clip is symmetric.'})
     clip_high_only: bool = field(
         default=True,
-        metadata={'flag': 'fipo_clip_high_only',
-                  'help': 'Clip only from above ([1, 1+clip_range]), so FIPO can amplify but never '
+        metadata={'help': 'Clip only from above ([1, 1+clip_range]), so FIPO can amplify but never '
                           'attenuate a token. False uses the symmetric clip.'})
     safety_threshold: Optional[float] = field(
         default=4.0,
-        metadata={'flag': 'fipo_safety_threshold',
-                  'help': 'Tokens with a negative advantage whose importance ratio exceeds this value get '
+        metadata={'help': 'Tokens with a negative advantage whose importance ratio exceeds this value get '
                           'their weight clamped into [0.8, 1.0], so a runaway negative sample is never '
                           'amplified. None disables the rule. Must be in (0, 3.4e38].'})
     delta: Optional[float] = field(
         default=None,
-        metadata={'flag': 'delta',
-                  'help': "ms-swift's dual-clip --delta. When set, tokens whose importance ratio exceeds it "
+        metadata={'help': "ms-swift's dual-clip --delta. When set, tokens whose importance ratio exceeds it "
                           'do not contribute to Future-KL (the participation filter). Must be in (1, 3.4e38].'})
     filter_threshold: Optional[float] = field(
         default=None,
-        metadata={'flag': 'fipo_filter_threshold',
-                  'help': "The authors' participation filter c, independent of delta: tokens whose importance "
+        metadata={'help': "The authors' participation filter c, independent of delta: tokens whose importance "
                           'ratio exceeds it do not contribute to Future-KL, whatever their advantage sign. '
                           'None: filter only by delta (ms-swift). Must be in (1, 3.4e38].'})
     log_ratio_clamp: Optional[float] = field(
         default=None,
-        metadata={'flag': 'fipo_log_ratio_clamp',
-                  'help': 'Clamp per-token log-ratios into [-x, x] before the ratio tests and Future-KL (the '
+        metadata={'help': 'Clamp per-token log-ratios into [-x, x] before the ratio tests and Future-KL (the '
                           'authors use 20). None: no clamp (ms-swift). Must be in (0, 88] (exp(x) finite in float32).'})
     sequence_drop: bool = field(
         default=False,
-        metadata={'flag': 'fipo_sequence_drop',
-                  'help': 'Give weight 0 to every token of a response that has more than one negative-'
+        metadata={'help': 'Give weight 0 to every token of a response that has more than one negative-'
                           'advantage completion token whose ratio exceeds the dual-clip threshold (delta, '
                           "else filter_threshold), as the authors' code drops such responses. Needs one of them."})
     unclipped_weight_cap: Optional[float] = field(
         default=None,
-        metadata={'flag': 'fipo_weight_cap',
-                  'help': 'Upper cap of the weight when clipping is disabled (the authors use 10). None: only '
+        metadata={'help': 'Upper cap of the weight when clipping is disabled (the authors use 10). None: only '
                           'the largest finite float32 (ms-swift leaves it unbounded). Must be in [2**-126, 3.4e38].'})
 
     def __post_init__(self) -> None:
@@ -150,15 +141,6 @@ class FIPOConfig:
         if name not in PRESETS:
             raise ValueError(f'FIPOConfig preset must be one of {", ".join(PRESETS)}; got {name!r}.')
         return dataclasses.replace(PRESETS[name], **overrides)
-
-    @classmethod
-    def flag_names(cls) -> dict[str, str]:
-        """The command-line flag of every field (without dashes), keyed by field name.
-
-        ms-swift's native flags keep their names (``--fipo_decay_rate``, ``--delta``); the fields ms-swift
-        lacks get plugin flags in the same style. Other hosts derive their option names from the field names.
-        """
-        return {f.name: f.metadata['flag'] for f in fields(cls)}
 
     @classmethod
     def help(cls) -> dict[str, str]:

@@ -75,3 +75,14 @@ def test_the_table_imports_nothing():
     assert 'swift_fipo.integrations.hosts' in imported
     heavy = {'typing', 'dataclasses', 'torch', 'numpy', 'swift', 'verl', 'trl', 'transformers'}
     assert not {name for name in imported if name.split('.')[0] in heavy}, imported
+
+
+def test_every_fipo_option_has_one_ms_swift_flag():
+    # The maths knows no host's spelling of its options: ms-swift's flags live in its layout record.
+    import dataclasses
+
+    from swift_fipo.config import FIPOConfig
+    from swift_fipo.integrations.ms_swift import layout
+
+    assert list(layout.FLAG_NAMES) == [field.name for field in dataclasses.fields(FIPOConfig)]
+    assert len(set(layout.FLAG_NAMES.values())) == len(layout.FLAG_NAMES)

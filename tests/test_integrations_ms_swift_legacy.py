@@ -26,6 +26,7 @@ import torch
 
 from conftest import need, not_applicable_here, only_where
 from reference import brute_fipo_weight, is_close, random_inputs
+from swift_fipo.integrations.interception import interception_of
 from swift_fipo.integrations.ms_swift import hooks as ms_swift, layout as ms_swift_layout, legacy as ms_swift_legacy
 from swift_fipo.integrations.contract import PatchSet
 
@@ -364,7 +365,8 @@ def test_the_real_init_keeps_args_loss_type_fipo(tmp_path, monkeypatch):
     assert trainer.args is args and args.loss_type == 'fipo'
     assert json.loads(args.to_json_string())['loss_type'] == 'fipo'
     dapo = GRPOTrainer(model, args=config('dapo'))
-    assert dapo.loss_type == 'dapo' and not getattr(dapo, '_swift_fipo_legacy_active', False)
+    assert dapo.loss_type == 'dapo' and interception_of(dapo, create=False) is None  # not served by FIPO
+    assert interception_of(trainer, create=False) is not None
 
 
 def test_only_unsqueeze_1_of_the_advantages_gives_the_weighted_ones():

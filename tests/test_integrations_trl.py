@@ -145,7 +145,7 @@ class RecordingTrainer(FIPOGRPOTrainer):
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         fipo_loss = super()._compute_loss(model, inputs)
         weight = self.last_fipo_stats.weight
-        dapo_loss = GRPOTrainer._compute_loss(self, model, inputs)  # _fipo_batch is None: no reweighting
+        dapo_loss = GRPOTrainer._compute_loss(self, model, inputs)  # no FIPO loss call in progress: no reweighting
         reference_loss = trl_loss(self, inputs, reference_weight(self, inputs))
         key = inputs['completion_ids'].numpy().tobytes()
         self.records.append({'reuse': key in self._seen, 'fipo': fipo_loss.detach().clone(),

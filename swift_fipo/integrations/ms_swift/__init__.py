@@ -14,9 +14,6 @@ Names load lazily: this package is imported at interpreter start (through ``layo
 from swift_fipo._lazy import lazy_exports
 
 __getattr__ = lazy_exports(globals(), {
-    'install': 'swift_fipo.integrations.ms_swift.hooks',
-    'uninstall': 'swift_fipo.integrations.ms_swift.hooks',
-    'is_patched': 'swift_fipo.integrations.ms_swift.hooks',
-    'native_fipo_influence': 'swift_fipo.integrations.ms_swift.hooks',
-    'diagnose': 'swift_fipo.integrations.ms_swift.doctor',
+    f'{__name__}.hooks': ('install', 'uninstall', 'is_patched', 'native_fipo_influence'),
+    f'{__name__}.doctor': ('diagnose',),
 })

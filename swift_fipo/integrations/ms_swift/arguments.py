@@ -45,8 +45,7 @@ HOST = 'swift-fipo'
 SUPPORTED_RANGE = 'ms-swift >= 3.11 (megatron rlhf: >= 4.2.2)'
 PRESET_FLAG = 'fipo_preset'
 LOG_TOKENS_FLAG = 'fipo_log_tokens'
-# FIPOConfig field -> ms-swift flag (without the dashes), from the fields' metadata.
-FLAG_NAMES = FIPOConfig.flag_names()
+FLAG_NAMES = layout.FLAG_NAMES
 _FIELD_OF_FLAG = {flag: field for field, flag in FLAG_NAMES.items()}
 _BOOLEAN_FIELDS = {field.name for field in dataclasses.fields(FIPOConfig) if field.type in ('bool', bool)}
 # HfArgumentParser's reading of boolean words.

@@ -26,13 +26,12 @@ import torch
 from swift_fipo.integrations.ms_swift import layout, legacy
 from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, combine_metric, combine_over_ranks,
                                               is_patch, original_of)
+from swift_fipo.integrations.interception import interception_of
 from swift_fipo.integrations.ms_swift.arguments import (SUPPORTED_RANGE, run_settings, unsupported_message, with_fipo_flags,
                                                         with_run_validation)
 from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
 _PIPELINE_MODULES = (layout.PIPELINE_MODULE, layout.MODULES_3X[layout.PIPELINE_MODULE])
-# The adapter leaves its stats here for the metrics wrapper of the same loss call.
-_STATS_ATTRIBUTE = '_swift_fipo_stats'
 # Summaries ms-swift already logs itself from the adapter's tensors.
 _NATIVE_METRICS = ('future_kl_mean', 'influence_weight_mean', 'safety_keep_ratio')
 
@@ -42,7 +41,7 @@ def fipo_influence_adapter(trainer: Any, log_ratio: torch.Tensor, coef_1: torch.
     """Drop-in ``_compute_fipo_influence`` for ms-swift's GRPO trainers."""
     weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, run_settings(trainer).config,
                                            ratio=coef_1)
-    setattr(trainer, _STATS_ATTRIBUTE, stats)
+    interception_of(trainer).last_stats = stats  # for the metrics wrapper of the same loss call
     # The keys ms-swift's own metric code reads.
     return weight, {'future_kl': stats.future_kl, 'influence_weight': stats.weight, 'safety_mask': stats.safety_mask}
 
@@ -61,10 +60,10 @@ def _call_collecting_stats(self: Any, loss_call: Callable[..., Any], args: tuple
                            ) -> tuple[Any, Optional[FIPOStats]]:
     """Run one loss call; return its result and the stats the adapter left during it (None if FIPO
     did not run, e.g. another loss type)."""
-    setattr(self, _STATS_ATTRIBUTE, None)
+    state = interception_of(self)
+    state.last_stats = None
     result = loss_call(self, *args, **kwargs)
-    stats = getattr(self, _STATS_ATTRIBUTE, None)
-    setattr(self, _STATS_ATTRIBUTE, None)
+    stats, state.last_stats = state.last_stats, None
     return result, stats
 
 

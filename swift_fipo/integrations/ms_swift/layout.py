@@ -43,6 +43,19 @@ MEGATRON_LOSS_METHOD = 'loss_func'
 MEGATRON_REDUCE_METHOD = '_all_reduce_metric'
 AGGREGATE_METHOD = '_aggregate_and_update_metrics'
 TEACHER_METHOD = '_setup_teacher'
+# FIPOConfig field -> its ms-swift flag (without the dashes). ms-swift's native flags keep their names
+# (``--fipo_decay_rate``, ``--delta``); the fields ms-swift lacks get plugin flags in the same style.
+FLAG_NAMES = {
+    'decay_rate': 'fipo_decay_rate',
+    'clip_range': 'fipo_clip_range',
+    'clip_high_only': 'fipo_clip_high_only',
+    'safety_threshold': 'fipo_safety_threshold',
+    'delta': 'delta',
+    'filter_threshold': 'fipo_filter_threshold',
+    'log_ratio_clamp': 'fipo_log_ratio_clamp',
+    'sequence_drop': 'fipo_sequence_drop',
+    'unclipped_weight_cap': 'fipo_weight_cap',
+}
 # ms-swift 3.11 - 4.2.1 (the legacy hook): the loss, and the log-prob method it calls first.
 LOSS_METHOD = '_compute_loss_and_metrics'
 LOGPS_METHOD = '_get_per_token_logps_and_entropies'

@@ -34,7 +34,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils._pytree import tree_map
 
-from swift_fipo.integrations.contract import Patch, combine_over_ranks, is_patch, record_metric, reweight_advantages
+from swift_fipo.integrations.contract import Patch, is_patch, reweight_advantages
+from swift_fipo.integrations.interception import (ADVANTAGES, OLD_LOGPS, InterceptedBatch, interception_of, log_ratio,
+                                                  record_summaries, sequence_ratio)
 from swift_fipo.integrations.ms_swift.arguments import run_settings
 from swift_fipo.integrations.ms_swift.layout import FIPO_HOOK, LOGPS_METHOD, LOSS_METHOD, source_is_servable
 from swift_fipo.ops.influence import FIPOStats
@@ -42,9 +44,6 @@ from swift_fipo.ops.influence import FIPOStats
 FIRST_NATIVE = '4.2.2'
 # The loss branch a legacy FIPO run takes: native FIPO shares DAPO's normalisation and KL handling.
 SERVING_LOSS_TYPE = 'dapo'
-
-_ACTIVE_ATTRIBUTE = '_swift_fipo_legacy_active'
-_BATCH_ATTRIBUTE = '_swift_fipo_legacy_batch'
 
 
 class LegacyHookError(RuntimeError):
@@ -102,69 +101,47 @@ class ReweightedAdvantages(torch.Tensor):
             return func(*plain(args), **plain(kwargs))
 
 
-class _Batch(dict):
-    """Private copy of one loss call's inputs; notes a read of the advantages before they are weighted."""
-
-    read_before_weighting = False
-    weighted: Optional[ReweightedAdvantages] = None
-    stats: Optional[FIPOStats] = None
-
-    def __getitem__(self, key: Any) -> Any:
-        if key == 'advantages' and self.weighted is None:
-            self.read_before_weighting = True
-        return super().__getitem__(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-
-def _loss_mask(trainer: Any, batch: _Batch) -> torch.Tensor:
+def _loss_mask(trainer: Any, batch: InterceptedBatch) -> torch.Tensor:
     """The completion mask the loss uses for FIPO: ``--overlong_filter`` removes truncated completions."""
-    mask = dict.__getitem__(batch, 'completion_mask').bool()
-    truncated = dict.get(batch, 'truncated_mask')
+    mask = batch.peek('completion_mask').bool()
+    truncated = batch.peek('truncated_mask')
     if getattr(trainer, 'overlong_filter', False) and truncated is not None and bool(truncated.any()):
         mask = mask & ~truncated.bool().unsqueeze(-1)
     return mask
 
 
-def reweight_batch(trainer: Any, batch: _Batch, per_token_logps: torch.Tensor) -> FIPOStats:
+# The importance-sampling levels at which ms-swift's loss clips one ratio per response (coef_1 is [B, 1]).
+SEQUENCE_LEVELS = ('sequence', 'sequence_token')
+
+
+def reweight_batch(trainer: Any, batch: InterceptedBatch, per_token_logps: torch.Tensor) -> FIPOStats:
     """Put ``ReweightedAdvantages`` into ``batch``; return the FIPO stats of this loss call."""
-    logps = per_token_logps.detach()
-    old = dict.get(batch, 'old_per_token_logps')
-    # ms-swift's convention: no stored old log-probs means the rollout is on-policy.
-    log_ratio = logps - (logps if old is None else old)
+    ratios = log_ratio(per_token_logps, batch.peek(OLD_LOGPS))
     mask = _loss_mask(trainer, batch)
-    ratio = None
-    if getattr(trainer, 'importance_sampling_level', 'token') in ('sequence', 'sequence_token'):
-        # The sequence-level ratio the loss clips, which native FIPO's filter and safety rule test.
-        weights = mask.to(log_ratio.dtype)
-        ratio = torch.exp((log_ratio * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)).unsqueeze(-1)
-    advantages = dict.__getitem__(batch, 'advantages')
+    # The sequence-level ratio the loss clips, which native FIPO's filter and safety rule test.
+    level = getattr(trainer, 'importance_sampling_level', 'token')
+    ratio = sequence_ratio(ratios, mask) if level in SEQUENCE_LEVELS else None
+    advantages = batch.peek(ADVANTAGES)
     if advantages.dim() != 1:
         raise LegacyHookError(f'swift-fipo: expected [B] advantages in this ms-swift GRPO trainer; got shape '
                               f'{tuple(advantages.shape)}.')
-    weighted, stats = reweight_advantages(advantages, log_ratio, mask, run_settings(trainer).config, ratio=ratio)
-    batch.weighted = ReweightedAdvantages.wrap(advantages, weighted)
-    batch['advantages'] = batch.weighted
+    weighted, stats = reweight_advantages(advantages, ratios, mask, run_settings(trainer).config, ratio=ratio)
+    batch.replace_advantages(ReweightedAdvantages.wrap(advantages, weighted))
     return stats
 
 
 def log_metrics(trainer: Any, stats: FIPOStats) -> None:
-    """Add this loss call's ``fipo/*`` summaries (reduced over ranks) to the trainer's metrics.
-
-    ms-swift's ``log()`` averages each list: min/max keys keep one entry, the extreme over the logging
-    step's chunks (``record_metric``), means one entry per loss call.
-    """
+    """Add this loss call's ``fipo/*`` summaries (reduced over ranks) to the trainer's metrics, which
+    ms-swift's ``log()`` averages (``interception.record_summaries``)."""
     mode = 'train' if trainer.model.training else 'eval'
-    combined = combine_over_ranks(stats.summary, trainer.accelerator.gather, trainer.accelerator.device)
-    for key, value in combined.items():
-        record_metric(trainer._metrics[mode][f'fipo/{key}'], key, value)
+    record_summaries(trainer._metrics[mode], stats, trainer.accelerator.gather, trainer.accelerator.device)
 
 
 def serve_fipo(trainer: Any) -> None:
-    """Make a built trainer compute FIPO: its loss takes the DAPO branch with reweighted advantages."""
+    """Make a built trainer compute FIPO: its loss takes the DAPO branch with reweighted advantages (a
+    trainer with an ``Interception`` is one that serves FIPO)."""
     trainer.loss_type = SERVING_LOSS_TYPE
-    setattr(trainer, _ACTIVE_ATTRIBUTE, True)
+    interception_of(trainer)
 
 
 def _with_fipo_loss_type(init: Callable[..., None]) -> Callable[..., None]:
@@ -182,21 +159,19 @@ def _with_reweighted_advantages(loss: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(loss)
     def loss_with_fipo(self: Any, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(self, _ACTIVE_ATTRIBUTE, False) or not isinstance(inputs, dict):
+        state = interception_of(self, create=False)
+        if state is None or not isinstance(inputs, dict):
             return loss(self, model, inputs, *args, **kwargs)
-        batch = _Batch(inputs)
-        setattr(self, _BATCH_ATTRIBUTE, batch)
-        try:
+        with state.loss_call(inputs) as batch:
             result = loss(self, model, batch, *args, **kwargs)
-        finally:
-            setattr(self, _BATCH_ATTRIBUTE, None)
-        if batch.weighted is None or batch.read_before_weighting or batch.weighted.weighted_reads == 0:
+        # The surrogate reads A * w only through advantages.unsqueeze(1) (ReweightedAdvantages).
+        if state.finish(batch) is not None or batch.peek(ADVANTAGES).weighted_reads == 0:
             raise LegacyHookError(
                 f'swift-fipo: {type(self).__name__}.{LOSS_METHOD} did not build its clipped surrogate from the '
-                f'FIPO-reweighted advantages (log-probs hook ran: {batch.weighted is not None}; advantages read '
+                f'FIPO-reweighted advantages (log-probs hook ran: {batch.weighted}; advantages read '
                 f'before it: {batch.read_before_weighting}). This ms-swift cannot be served; use ms-swift '
                 f'>= {FIRST_NATIVE}.')
-        stats = batch.stats
+        stats = state.last_stats
         log_metrics(self, stats)
         from swift_fipo.integrations.ms_swift.token_capture import capture
         capture(self, stats, (model, inputs), {})
@@ -210,10 +185,10 @@ def _with_logps_hook(get_logps: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(get_logps)
     def get_logps_for_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = get_logps(self, *args, **kwargs)
-        batch = getattr(self, _BATCH_ATTRIBUTE, None)
-        # Also called while generating (old/ref log-probs): act only inside our loss call, once.
-        if batch is not None and batch.weighted is None:
-            batch.stats = reweight_batch(self, batch, result[0])
+        state = interception_of(self, create=False)
+        batch = state.pending() if state is not None else None
+        if batch is not None:  # inside our loss call (not while generating), once
+            state.last_stats = reweight_batch(self, batch, result[0])
         return result
 
     return get_logps_for_fipo

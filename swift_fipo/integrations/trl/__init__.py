@@ -11,7 +11,6 @@ imports TRL.
 from swift_fipo._lazy import lazy_exports
 
 __getattr__ = lazy_exports(globals(), {
-    **{name: 'swift_fipo.integrations.trl.trainer' for name in ('FIPOGRPOTrainer', 'UnsupportedTRLError',
-                                                                'check_trl_support')},
-    **{name: 'swift_fipo.integrations.trl.hooks' for name in ('install', 'uninstall', 'diagnose')},
+    f'{__name__}.trainer': ('FIPOGRPOTrainer', 'UnsupportedTRLError', 'check_trl_support'),
+    f'{__name__}.hooks': ('install', 'uninstall', 'diagnose'),
 })

@@ -32,8 +32,9 @@ import torch
 from trl import GRPOTrainer
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import (combine_over_ranks, installed_version, liger_refusal, on_policy_reason,
-                                              record_metric, reweight_advantages, warn)
+from swift_fipo.integrations.contract import installed_version, liger_refusal, on_policy_reason, reweight_advantages, warn
+from swift_fipo.integrations.interception import (OLD_LOGPS, InterceptedBatch, interception_of, log_ratio,
+                                                  record_summaries, sequence_ratio)
 from swift_fipo.integrations.trl import layout
 from swift_fipo.ops.influence import FIPOStats
 
@@ -50,7 +51,6 @@ REFUSED_LOSS_TYPES = {
     'vespo': 'sequence-level Gamma weights of the log-ratios replace the clipped surrogate',
 }
 IMPORTANCE_SAMPLING_LEVELS = ('token', 'sequence')
-METRIC_PREFIX = 'fipo/'
 
 _LOGPS_METHOD, _LOSS_METHOD = layout.LOGPS_METHOD, layout.LOSS_METHOD
 
@@ -304,21 +304,6 @@ def _config_for(args: Any, fipo: Optional[FIPOConfig]) -> FIPOConfig:
     return fipo
 
 
-class _FIPOBatch(dict):
-    """Shallow copy of TRL's batch for one loss call; notes whether TRL read the advantages too early."""
-
-    read_before_weighting = False
-    weighted = False
-
-    def __getitem__(self, key: Any) -> Any:
-        if key == 'advantages' and not self.weighted:
-            self.read_before_weighting = True
-        return super().__getitem__(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-
 class FIPOGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` with FIPO: the clipped per-token loss is reweighted by Future-KL influence.
 
@@ -333,14 +318,10 @@ class FIPOGRPOTrainer(GRPOTrainer):
         lost_init = _lost_init_refusal(GRPOTrainer)
         if lost_init is not None:
             raise RuntimeError(lost_init)
-        # Loss calls FIPO reweighted; training_step refuses a step that made none.
-        self._fipo_loss_calls = 0
         try:
             grpo_args = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs).arguments.get('args')
         except TypeError:
             grpo_args = None  # a bad call: let GRPOTrainer report it in its own words
-        self._fipo_batch: Optional[_FIPOBatch] = None
-        self.last_fipo_stats: Optional[FIPOStats] = None
         # Validate before GRPOTrainer loads the model (and, for Liger, fails with its own import error).
         if grpo_args is not None:
             validate_grpo_args(grpo_args, GRPOTrainer)
@@ -350,26 +331,28 @@ class FIPOGRPOTrainer(GRPOTrainer):
             validate_grpo_args(self.args, GRPOTrainer)
             self.fipo_config = _config_for(self.args, fipo)
 
+    @property
+    def last_fipo_stats(self) -> Optional[FIPOStats]:
+        """The FIPO stats of the last loss call (None before the first)."""
+        return interception_of(self).last_stats
+
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        batch = _FIPOBatch(inputs)
-        self._fipo_batch = batch
-        try:
+        state = interception_of(self)
+        with state.loss_call(inputs) as batch:
             loss = super()._compute_loss(model, batch)
-        finally:
-            self._fipo_batch = None
-        if not batch.weighted or batch.read_before_weighting:
+        failure = state.finish(batch)
+        if failure is not None:
             raise UnsupportedTRLError(
-                _unsupported('GRPOTrainer._compute_loss used the advantages without passing through the FIPO hook '
-                             f'({_LOGPS_METHOD} {"was" if batch.weighted else "was not"} called first)'))
-        self._fipo_loss_calls += 1
+                _unsupported(f'GRPOTrainer._compute_loss used the advantages without passing through the FIPO hook '
+                             f'({failure}; {_LOGPS_METHOD} {"was" if batch.weighted else "was not"} called first)'))
         return loss
 
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # The source scan at construction cannot read every compute_loss (dynamic code, no source), nor see an
         # override of _compute_loss that skips ours: count. Raising here comes before the optimizer step.
-        before = self._fipo_loss_calls
+        before = interception_of(self).loss_calls
         loss = super().training_step(*args, **kwargs)
-        if self._fipo_loss_calls == before:
+        if interception_of(self).loss_calls == before:
             _, owner = compute_loss_reaches_hook(type(self))
             where = '' if owner is None else f' ({owner.__module__}.{owner.__qualname__}.compute_loss)'
             raise UnsupportedTRLError(
@@ -382,35 +365,23 @@ class FIPOGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
         # The log-probs come first; TRL 1.x returns more than (logps, entropies), so pass all through.
         result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        batch = self._fipo_batch
-        # Also called while generating (old/ref log-probs): act only inside our loss call, once.
-        if batch is not None and not batch.weighted:
+        batch = interception_of(self).pending()
+        if batch is not None:  # inside our loss call (not while generating), once
             self._reweight_advantages(batch, result[0])
         return result
 
-    def _reweight_advantages(self, batch: _FIPOBatch, per_token_logps: torch.Tensor) -> None:
-        old = dict.get(batch, 'old_per_token_logps')
-        # TRL's convention: no stored old log-probs means the rollout is on-policy.
-        log_ratio = per_token_logps.detach() - (per_token_logps.detach() if old is None else old)
-        mask = dict.__getitem__(batch, 'completion_mask')
-        tool_mask = dict.get(batch, 'tool_mask')
+    def _reweight_advantages(self, batch: InterceptedBatch, per_token_logps: torch.Tensor) -> None:
+        ratios = log_ratio(per_token_logps, batch.peek(OLD_LOGPS))
+        mask = batch.peek('completion_mask')
+        tool_mask = batch.peek('tool_mask')
         if tool_mask is not None:  # tool outputs were not sampled by the policy: no Future-KL from them
             mask = mask * tool_mask
         mask = mask.bool()
-        ratio = None
-        if getattr(self, 'importance_sampling_level', 'token') == 'sequence':
-            # The same sequence-level ratio TRL's loss clips, for the safety rule and the filter.
-            mean_log_ratio = torch.where(mask, log_ratio, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)
-            ratio = torch.exp(mean_log_ratio).unsqueeze(-1)
-        batch['advantages'], stats = reweight_advantages(dict.__getitem__(batch, 'advantages'), log_ratio, mask,
-                                                         self.fipo_config, ratio=ratio)
-        batch.weighted = True
-        self.last_fipo_stats = stats
-        self._log_fipo_metrics(stats)
-
-    def _log_fipo_metrics(self, stats: FIPOStats) -> None:
+        # The same sequence-level ratio TRL's loss clips, for the safety rule and the filter.
+        ratio = sequence_ratio(ratios, mask) if getattr(self, 'importance_sampling_level', 'token') == 'sequence' else None
+        weighted, stats = reweight_advantages(batch.peek('advantages'), ratios, mask, self.fipo_config, ratio=ratio)
+        batch.replace_advantages(weighted)
+        interception_of(self).last_stats = stats
         mode = 'train' if self.model.training else 'eval'
-        # One gather and one device sync for all the metrics of this micro-batch. TRL's log() averages each
-        # list: min/max keys keep one entry, the extreme over the step's chunks (record_metric).
-        for key, value in combine_over_ranks(stats.summary, self.accelerator.gather, self.accelerator.device).items():
-            record_metric(self._metrics[mode][METRIC_PREFIX + key], key, value)
+        # One gather and one device sync for all the metrics of this micro-batch.
+        record_summaries(self._metrics[mode], stats, self.accelerator.gather, self.accelerator.device)

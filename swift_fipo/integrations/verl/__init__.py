@@ -10,8 +10,5 @@ Names load lazily: this package is imported at interpreter start (through ``layo
 from swift_fipo._lazy import lazy_exports
 
 __getattr__ = lazy_exports(globals(), {
-    'install': 'swift_fipo.integrations.verl.hooks',
-    'uninstall': 'swift_fipo.integrations.verl.hooks',
-    'compute_policy_loss_fipo': 'swift_fipo.integrations.verl.hooks',
-    'diagnose': 'swift_fipo.integrations.verl.hooks',
+    f'{__name__}.hooks': ('install', 'uninstall', 'diagnose', 'compute_policy_loss_fipo'),
 })
