@@ -9,9 +9,13 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from swift_fipo import activation
 from swift_fipo.integrations import hosts
+from swift_fipo.integrations.diagnosis import Diagnosis
 
 PACKAGE = Path(hosts.__file__).resolve().parent
 
@@ -86,3 +90,50 @@ def test_every_fipo_option_has_one_ms_swift_flag():
 
     assert list(layout.FLAG_NAMES) == [field.name for field in dataclasses.fields(FIPOConfig)]
     assert len(set(layout.FLAG_NAMES.values())) == len(layout.FLAG_NAMES)
+
+
+class _RecordingHost(hosts.Host):
+    """A host of the table's kind whose integration records calls instead of importing a framework."""
+
+    def __init__(self, name: str, installed: bool, served: bool = True) -> None:
+        super().__init__(SimpleNamespace(NAME=name, DISTRIBUTION=name, WATCHED={f'{name}.module': 'x:y'},
+                                         __name__=f'swift_fipo.integrations.{name}.layout'))
+        self.installed, self.served, self.calls = installed, served, []
+
+    def is_installed(self) -> bool:
+        return self.installed
+
+    def integration(self) -> SimpleNamespace:
+        def diagnose() -> Diagnosis:
+            diagnosis = Diagnosis()
+            diagnosis.say(f'{self.name}.module: looked at')
+            diagnosis.judge(f'{self.name} fipo', self.served)
+            return diagnosis
+
+        return SimpleNamespace(install=lambda: self.calls.append('install') or {'patched': True},
+                               uninstall=lambda: self.calls.append('uninstall'), diagnose=diagnose)
+
+
+def test_install_and_uninstall_loop_over_the_installed_hosts(monkeypatch):
+    table = (_RecordingHost('alpha', installed=True), _RecordingHost('beta', installed=False))
+    monkeypatch.setattr(hosts, 'HOSTS', table)
+    assert hosts.install() == {'alpha': {'patched': True}}
+    hosts.uninstall()
+    assert table[0].calls == ['install', 'uninstall'] and table[1].calls == []
+    assert hosts.install('beta') == {'beta': {'patched': True}}  # asked for by name: tried, installed or not
+    with pytest.raises(KeyError, match="no host 'gamma'; hosts: alpha, beta"):
+        hosts.install('gamma')
+
+
+@pytest.mark.parametrize('served', [True, False])
+def test_doctor_reports_every_installed_host_of_the_table(monkeypatch, capsys, served):
+    from swift_fipo import cli
+    table = (_RecordingHost('alpha', installed=True), _RecordingHost('beta', installed=True, served=served),
+             _RecordingHost('gamma', installed=False))
+    monkeypatch.setattr(cli, 'HOSTS', table)
+    code = cli.doctor()
+    out = capsys.readouterr().out
+    assert '  alpha.module: looked at' in out and '  beta.module: looked at' in out and 'gamma.module' not in out
+    assert 'verdict: alpha fipo is computed by swift-fipo' in out
+    assert ('verdict: beta fipo is computed by swift-fipo' in out) == served
+    assert code == (0 if served else 1)

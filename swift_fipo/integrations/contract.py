@@ -5,7 +5,8 @@ needs from swift-fipo besides the maths, written once.
   re-worded with the host's own option name); ``RunSettings`` is the resolved result a host hands to
   its trainer, attached to the trainer's arguments object (``attach_settings`` / ``settings_of``);
 - refusals and warnings: ``liger_refusal``, ``check_ratio_thresholds`` (the dual clip and the filter must lie
-  beyond the PPO clip, on every host), ``on_policy_reason``, ``warn`` (rank 0, once per message);
+  beyond the PPO clip, on every host), ``on_policy_reason``, ``warn`` (a Python warning about a setting, rank 0,
+  once per message) and ``report`` (a line on stderr about something during training, rank 0);
 - versions: ``installed_version``;
 - process exit: ``settle_gloo_workers_at_exit`` (gloo worker threads finish before the interpreter goes);
 - metrics: ``METRIC_REDUCTIONS`` (how each ``FIPOStats.summary`` key combines across ranks and
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     'FIPOWarning', 'METRIC_REDUCTIONS', 'Patch', 'PatchSet', 'RunSettings', 'apply_fipo', 'attach_settings',
     'check_ratio_thresholds', 'combine_metric', 'combine_over_ranks', 'config_error', 'installed_version',
-    'liger_refusal', 'on_policy_reason', 'record_metric', 'resolve_config', 'reweight_advantages', 'settings_of',
+    'liger_refusal', 'on_policy_reason', 'record_metric', 'report', 'resolve_config', 'reweight_advantages', 'settings_of',
     'settle_gloo_workers_at_exit', 'warn'
 ]
 
@@ -153,9 +154,21 @@ def on_policy_reason(num_iterations: Optional[int], steps_per_generation: Option
             'gradient_accumulation_steps.')
 
 
+def _on_rank_zero() -> bool:
+    # RANK: torchrun's, and what ms-swift, TRL (accelerate), verl and OpenRLHF workers get from their launcher.
+    return os.environ.get('RANK', '0').strip() in ('', '0')
+
+
+def report(message: str) -> None:
+    """Write one ``[swift-fipo] WARNING:`` line to stderr on rank 0 only, for what happens during training
+    (a Python warning would name a line of ours, and hosts often silence warnings while they train)."""
+    if _on_rank_zero():
+        print(f'[swift-fipo] WARNING: {message}', file=sys.stderr, flush=True)
+
+
 def warn(message: str, stacklevel: int = 2) -> None:
     """Warn on rank 0 only, once per message and call site (Python's ``default`` warning action)."""
-    if os.environ.get('RANK', '0').strip() not in ('', '0'):
+    if not _on_rank_zero():
         return
     # Hosts (and their dependencies) sometimes silence warnings wholesale; ours must still show. Added
     # only when missing: every change of the filters resets Python's record of what was shown.
@@ -245,11 +258,12 @@ def record_metric(values: list[float], key: str, value: float) -> None:
     entry is the minimum or maximum over every gradient-accumulation chunk, as ``METRIC_REDUCTIONS`` says;
     appended, it would become a mean of per-chunk extremes.
     """
-    if METRIC_REDUCTIONS[key] == 'mean' or not values:
+    how = METRIC_REDUCTIONS[key]
+    if how == 'mean' or not values:
         values.append(value)
         return
-    import torch
-    values[:] = [combine_metric(key, torch.tensor([*values, value], dtype=torch.float64))]
+    finite = [number for number in (*values, value) if not math.isnan(number)]
+    values[:] = [(min if how == 'min' else max)(finite) if finite else math.nan]
 
 
 def combine_over_ranks(summary: Mapping[str, 'torch.Tensor'], gather: Callable[['torch.Tensor'], 'torch.Tensor'],

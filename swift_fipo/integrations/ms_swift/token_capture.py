@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from swift_fipo.integrations.contract import settings_of
+from swift_fipo.integrations.contract import report, settings_of
 
 FILE_NAME = 'fipo_tokens.jsonl'
 MAX_TOKENS_PER_COMPLETION = 2048
@@ -65,7 +64,7 @@ def capture(trainer: Any, stats: Any, call_args: Sequence[Any], call_kwargs: Map
         _capture(trainer, state, wanted, stats, call_args, call_kwargs)
     except Exception as error:  # diagnostics must never stop a training run
         state.disabled = True
-        _warn(f'token capture failed and is off for this run: {type(error).__name__}: {error}')
+        report(f'token capture failed and is off for this run: {type(error).__name__}: {error}')
 
 
 def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_args: Sequence[Any],
@@ -91,7 +90,7 @@ def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_a
     token_ids = _completion_ids(call_args, call_kwargs, batch, length)
     if token_ids is None:
         state.disabled = True
-        _warn('token capture is off: no completion token ids found among the loss inputs '
+        report('token capture is off: no completion token ids found among the loss inputs '
               "(padding-free batches or an unknown ms-swift layout).")
         return
     mask = _find_tensor(call_args, call_kwargs, 'completion_mask')
@@ -148,7 +147,7 @@ def _append(trainer: Any, state: _CaptureState, lines: list[str]) -> None:
     payload = ''.join(line + '\n' for line in lines).encode('utf-8')
     if state.bytes_written + len(payload) > MAX_FILE_BYTES:
         state.disabled = True
-        _warn(f'token capture stopped: {path} reached its {MAX_FILE_BYTES // 2**20} MiB cap.')
+        report(f'token capture stopped: {path} reached its {MAX_FILE_BYTES // 2**20} MiB cap.')
         return
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     with open(path, 'ab') as handle:
@@ -214,8 +213,3 @@ def _tokenizer(trainer: Any) -> Any:
 def _round(value: float) -> Optional[float]:
     # JSON has no inf/NaN; weights are finite by construction, but a Future-KL may not be.
     return float(f'{value:.{_DIGITS}g}') if math.isfinite(value) else None
-
-
-def _warn(message: str) -> None:
-    # Every caller also turns capture off, so each warning is printed once per run.
-    print(f'[swift-fipo] WARNING: {message}', file=sys.stderr, flush=True)
