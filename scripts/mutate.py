@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # stops at the first failure). `swift rlhf` runs (marker `cli`) are left out: they take minutes.
 OPS_TESTS = ('tests/test_config.py', 'tests/test_ops_paper.py', 'tests/test_ops_loss.py', 'tests/test_ops_influence.py',
              'tests/test_ops_future_kl.py')
-MS_SWIFT_TESTS = ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift_cli.py',
+MS_SWIFT_TESTS = ('tests/test_integrations_contract.py', 'tests/test_integrations_interception.py',
+                  'tests/test_integrations_hosts.py', 'tests/test_integrations_ms_swift_cli.py',
                   'tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py',
                   'tests/test_token_capture.py', 'tests/test_ops_influence.py')
 TRL_TESTS = ('tests/test_integrations_trl.py', )
@@ -59,6 +60,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift.py',
                                         'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
+    'swift_fipo/integrations/ms_swift/*.py': MS_SWIFT_TESTS,
     'swift_fipo/integrations/trl/trainer.py': TRL_TESTS,
     'swift_fipo/integrations/verl/hooks.py': VERL_TESTS,
     'swift_fipo/integrations/ms_swift/legacy.py': LEGACY_TESTS,
@@ -118,10 +120,10 @@ EQUIVALENT: dict[str, str] = {
         'the last statement of the function: falling off its end returns None as well',
     'swift_fipo/integrations/trl/trainer.py:check_trl_support:if logps_at < 0 or advantages_at < logps_at::0->1':
         'find() returns 0 only if the method source starts with the call, and it starts with "def"',
-    'swift_fipo/integrations/trl/trainer.py:FIPOGRPOTrainer._reweight_advantages:mean_log_ratio = torch.where(mask, '
-    'log_ratio, 0.0).sum(-1) / mask.sum(-1).clamp(min=1):-->': 'log_ratio and mask are [B, T]: dim 1 is dim -1',
-    'swift_fipo/integrations/trl/trainer.py:FIPOGRPOTrainer._reweight_advantages:ratio = torch.exp(mean_log_ratio)'
-    '.unsqueeze(-1):-->': 'mean_log_ratio is [B]: unsqueeze(1) is unsqueeze(-1)',
+    'swift_fipo/integrations/interception.py:sequence_ratio:mean = torch.where(mask, log_ratio, 0.0).sum(-1) / '
+    'mask.sum(-1).clamp(min=1):-->': 'log_ratio and mask are [B, T]: dim 1 is dim -1',
+    'swift_fipo/integrations/interception.py:sequence_ratio:return torch.exp(mean).unsqueeze(-1):-->':
+        'mean is [B]: unsqueeze(1) is unsqueeze(-1)',
     'swift_fipo/ops/influence.py:<module>:_LOG_RATIO_LIMIT = 1e30:1e30->1.5000000000000002e+30':
         'the stand-in for an infinite log-ratio only has to saturate exp() and keep sums finite; 1.5e30 does both',
     _HF_WRAPPER + _RESULT_CHECK + '-->': _TWO_TUPLE,
@@ -147,9 +149,6 @@ EQUIVALENT: dict[str, str] = {
         "four spaces) cannot match there, so the same next method is found",
     'swift_fipo/integrations/ms_swift/legacy.py:_loss_mask:mask = mask & ~truncated.bool().unsqueeze(-1):-->':
         "ms-swift's truncated_mask is [B]: unsqueeze(1) is unsqueeze(-1)",
-    'swift_fipo/integrations/ms_swift/legacy.py:reweight_batch:ratio = torch.exp((log_ratio * weights).sum(-1) / '
-    'weights.sum(-1).clamp(min=1.0)).unsqueeze(-1):-->':
-        'log_ratio and weights are [B, T] (dim 1 is dim -1) and the quotient is [B] (unsqueeze(1) is unsqueeze(-1))',
 }
 
 COMPARE_SWAPS = {'<': '<=', '<=': '<', '>': '>=', '>=': '>', '==': '!=', '!=': '==', 'is': 'is not',
