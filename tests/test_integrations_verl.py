@@ -122,7 +122,8 @@ def test_interpreter_start_imports_neither_torch_nor_verl():
     loaded = _run('import sys; print(" ".join(sorted(sys.modules)))').split()
     assert 'swift_fipo.activation' in loaded
     assert not [name for name in loaded if name.split('.')[0] in ('torch', 'verl', 'ray', 'hydra', 'omegaconf')]
-    assert 'swift_fipo.integrations.verl' not in loaded
+    # The host's layout record is read (the table of hosts); its integration loads only when verl is imported.
+    assert 'swift_fipo.integrations.verl.layout' in loaded and 'swift_fipo.integrations.verl.hooks' not in loaded
 
 
 def test_explicit_route_with_the_activation_off():
@@ -578,7 +579,8 @@ def test_a_ray_worker_reaches_the_fipo_loss_of_a_composed_command_line():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reply = json.loads(result.stdout.strip().splitlines()[-1])
-    assert reply['pid'] != os.getpid() and reply['loss_fn'] == 'swift_fipo.integrations.verl.compute_policy_loss_fipo'
+    assert reply['pid'] != os.getpid()
+    assert reply['loss_fn'] == 'swift_fipo.integrations.verl.hooks.compute_policy_loss_fipo'
     assert 'actor/fipo/influence_weight_mean' in reply['fipo_metrics']
     assert 1.0 < reply['weight_max'] <= 1.2 + 1e-6 and reply['grad'] > 0  # paper-7b's clip [0.8, 1.2], off-policy
 
