@@ -279,7 +279,7 @@ def test_the_explicit_route_refuses_bad_values_after_parsing(tiny_run_dir, tmp_p
     the trainer's __init__, or a refusal inside the first loss step)."""
     need('swift', 'ms-swift')
     from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
-    plugin = str(Path(cli.__file__).resolve().parents[1] / 'plugin.py')
+    plugin = str(Path(cli.__file__).resolve().parents[2] / 'plugin.py')  # swift_fipo/plugin.py
     grpo = ['--rlhf_type', 'grpo', '--loss_type', 'fipo', '--external_plugins', plugin]
     argvs = [grpo + ['--rlhf_type', 'dpo'], grpo + ['--delta', '1.1']]
     if native_fipo_installed():  # the --fipo_* flags are ms-swift's own only there
