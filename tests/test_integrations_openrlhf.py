@@ -62,11 +62,16 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(autouse=True)
-def hooked():
-    """Every test starts with OpenRLHF hooked (the explicit route) and leaves it so."""
-    hooks.install()
+@pytest.fixture(autouse=True, scope='module')
+def unhooked_afterwards():
+    """This process's OpenRLHF (and argparse) as it was, once the module's tests are done."""
     yield
+    hooks.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def hooked(unhooked_afterwards):
+    """Every test starts with OpenRLHF hooked (the explicit route)."""
     hooks.install()
 
 
@@ -308,17 +313,42 @@ def test_a_loss_without_the_linear_advantage_is_not_hooked():
     assert not is_patch(vars(ChangedPolicyLoss)['forward'])
 
 
-def test_a_trainer_whose_loss_is_not_hooked_stops_before_training(monkeypatch):
-    args = SimpleNamespace(actor=SimpleNamespace(policy_loss_type='fipo'))
+def test_a_trainer_whose_loss_is_not_hooked_stops_before_training():
+    strategy = SimpleNamespace(args=SimpleNamespace(actor=SimpleNamespace(policy_loss_type='fipo')))
     trainer = ppo_actor.ActorPPOTrainer.__new__(ppo_actor.ActorPPOTrainer)
 
-    def stock_init(self, strategy, *rest, **kwargs):  # builds an unhooked loss, as without the activation
+    def stock_init(self, strategy, *rest, **kwargs):  # builds a loss without FIPO, as an unhooked PolicyLoss would
         self.args = strategy.args
-        self.actor_loss_fn = original_of(PolicyLoss.__init__) and torch.nn.Module()
+        self.actor_loss_fn = torch.nn.Module()
 
-    monkeypatch.setattr(hooks, '_fipo_loss_of', lambda trainer: None)
     with pytest.raises(RuntimeError, match='PolicyLoss in this process is not hooked'):
-        hooks._configuring_init(stock_init)(trainer, SimpleNamespace(args=args))
+        hooks._configuring_init(stock_init)(trainer, strategy)
+
+
+def test_arguments_made_in_python_resolve_like_the_command_line():
+    """A trainer built from arguments made in Python (no command line, no attached settings) resolves its
+    FIPO config from ``args.actor.fipo`` and ``args.actor.dual_clip``, with the same checks."""
+    def arguments(**fipo):
+        return SimpleNamespace(actor=SimpleNamespace(policy_loss_type='fipo', dual_clip=5.0, eps_clip=0.2,
+                                                     eps_clip_low_high=(0.2, 0.28), fipo=SimpleNamespace(**fipo)))
+
+    config = fipo_arguments.config_of_arguments(arguments(preset='paper-32b', decay_rate=8.0))
+    assert config == dataclasses.replace(PRESETS['paper-32b'], decay_rate=8.0, delta=5.0)
+    with pytest.raises(ValueError, match=r'--actor.fipo.filter_threshold must be > 1 \+ '
+                                         r'--actor.eps_clip_low_high\[1\] = 1.28'):
+        fipo_arguments.config_of_arguments(arguments(filter_threshold=1.1))
+    with pytest.raises(ValueError, match='--actor.fipo.safety_threshold must be None, or a number in'):
+        fipo_arguments.config_of_arguments(arguments(safety_threshold=-1.0))
+
+
+@pytest.mark.parametrize('loss_type', ['ppo', 'gspo'])
+def test_other_loss_types_run_openrlhfs_code_unchanged(loss_type):
+    new, old, advantages, mask, rollout = batch(seed=5, off_policy=True)
+    loss = PolicyLoss(policy_loss_type=loss_type, dual_clip=3.0)
+    patched = loss(new, old, advantages, action_mask=mask, rollout_log_probs=rollout)
+    stock = original_of(PolicyLoss.forward)(loss, new, old, advantages, action_mask=mask, rollout_log_probs=rollout)
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(patched, stock))
+    assert getattr(loss, 'last_fipo_stats', None) is None
 
 
 def test_doctor_reports_the_openrlhf_hooks():
@@ -507,7 +537,7 @@ def actor_runs(tmp_path_factory) -> dict[str, dict]:
                    env={**os.environ, 'SWIFT_FIPO_DISABLE': '1'})
     runs = {}
     extensions = os.environ.get('TORCH_EXTENSIONS_DIR') or str(Path(sys.prefix) / 'torch_extensions')
-    for loss_type, extra in (('ppo', []), ('fipo', ['--actor.fipo.preset', 'swift'])):
+    for loss_type, extra in (('ppo', []), ('fipo', ['--actor.fipo.preset', 'swift', '--actor.fipo.decay_rate', '16'])):
         out = folder / f'{loss_type}.json'
         result = subprocess.run([sys.executable, str(CPU_HELPERS / 'actor_step.py'), str(folder / 'model'), str(out),
                                  loss_type, *extra], capture_output=True, text=True, timeout=900, cwd=folder,
@@ -519,7 +549,8 @@ def actor_runs(tmp_path_factory) -> dict[str, dict]:
 
 def test_the_actor_trains_with_fipo_in_bf16(actor_runs):
     fipo = actor_runs['fipo']
-    assert fipo['loss_class'] == 'PolicyLoss' and fipo['fipo_config'] == repr(FIPOConfig())
+    # The settings the driver's command line resolved reached the actor's loss.
+    assert fipo['loss_class'] == 'PolicyLoss' and fipo['fipo_config'] == repr(FIPOConfig(decay_rate=16.0))
     assert fipo['param_dtype'] == 'torch.bfloat16'
     assert len(fipo['steps']) == 8 and fipo['changed'] == fipo['parameters']  # every parameter trained
     assert 'fipo_influence_weight_mean' in fipo['status'] and 'fipo_dropped_response_ratio' in fipo['status']
