@@ -712,3 +712,12 @@ def test_refuses_unsloth_patched_trainer_naming_unsloth(model_dir: Path, tmp_pat
         make_trainer(model_dir, grpo_args(tmp_path), cls=module.FIPOGRPOTrainer)
     assert f'{stand_in.__module__}.{stand_in.__qualname__}' in str(error.value)
     assert 'never calls _compute_loss' in str(error.value)
+
+
+def test_doctor_says_whether_the_installed_trl_serves_fipogrpotrainer(monkeypatch):
+    from swift_fipo.integrations.trl import hooks
+    lines = hooks.diagnose().lines
+    assert len(lines) == 1 and 'served by swift_fipo.FIPOGRPOTrainer' in lines[0], lines
+    assert hooks.diagnose().verdicts == []  # nothing is patched on import: no verdict to give
+    monkeypatch.setattr(fipo_trl, 'lost_init_refusal', lambda cls: 'its __init__ was deleted')
+    assert 'not in this process: its __init__ was deleted' in hooks.diagnose().lines[0]

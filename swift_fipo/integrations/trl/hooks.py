@@ -22,11 +22,16 @@ def diagnose() -> Diagnosis:
     if module is None:
         diagnosis.say(f'{layout.GRPO_MODULE}: cannot import it: {error}')
         return diagnosis
-    from swift_fipo.integrations.trl.trainer import SUPPORTED_RANGE, UnsupportedTRLError, check_trl_support
+    from swift_fipo.integrations.trl.trainer import (SUPPORTED_RANGE, UnsupportedTRLError, check_trl_support,
+                                                     lost_init_refusal)
     try:
         check_trl_support(module.GRPOTrainer)
     except UnsupportedTRLError as refusal:
         diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: FIPOGRPOTrainer refused: {refusal}')
+        return diagnosis
+    lost_init = lost_init_refusal(module.GRPOTrainer)  # e.g. doctor imported ms-swift's GRPO trainer first
+    if lost_init is not None:
+        diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: not in this process: {lost_init}')
     else:
         diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: served by swift_fipo.FIPOGRPOTrainer ({SUPPORTED_RANGE}; '
                       'nothing is patched on import)')

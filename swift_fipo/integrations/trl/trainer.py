@@ -190,7 +190,7 @@ def _bypass_refusal(trainer_cls: type, owner: Optional[type]) -> str:
             'or customise _compute_loss instead and call super()._compute_loss there.')
 
 
-def _lost_init_refusal(trainer_cls: type) -> Optional[str]:
+def lost_init_refusal(trainer_cls: type) -> Optional[str]:
     """Why ``trainer_cls.__init__`` is not a GRPO trainer's own any more; None when it is.
 
     ms-swift's GRPO trainer module runs ``del trl.GRPOTrainer.__init__`` on import, and then
@@ -315,7 +315,7 @@ class FIPOGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, fipo: Optional[FIPOConfig] = None, **kwargs: Any) -> None:
         # type(self): a subclass's compute_loss must reach _compute_loss too.
         check_trl_support(type(self))
-        lost_init = _lost_init_refusal(GRPOTrainer)
+        lost_init = lost_init_refusal(GRPOTrainer)
         if lost_init is not None:
             raise RuntimeError(lost_init)
         try:
