@@ -600,3 +600,15 @@ ray.shutdown()
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {'worker': [True, True], 'driver_imported_openrlhf': False}
+
+
+def test_the_refusals_docs_openrlhf_md_quotes_are_the_programs(command_lines):
+    """docs/openrlhf.md quotes argparse's error lines (with ``...`` where it shortens one): each is the start of
+    what the command line really printed for one of the cases."""
+    page = (REPO / 'docs' / 'openrlhf.md').read_text().split('```')
+    quoted = [line for block in page[1::2] for line in block.splitlines() if line.startswith('train_ppo_ray.py: error:')]
+    printed = [found['stderr'].strip().splitlines()[-1] for found in command_lines.values() if found['status'] == 2]
+    assert len(quoted) >= 3
+    for line in quoted:
+        head = line.split('(...)')[0].split('...')[0].rstrip()
+        assert any(error.startswith(head) for error in printed), line
