@@ -612,3 +612,21 @@ def test_the_refusals_docs_openrlhf_md_quotes_are_the_programs(command_lines):
     for line in quoted:
         head = line.split('(...)')[0].split('...')[0].rstrip()
         assert any(error.startswith(head) for error in printed), line
+
+
+def test_install_hooks_the_loss_where_the_actor_module_cannot_be_imported(monkeypatch):
+    """OpenRLHF's actor module imports vLLM at module level; without it the loss is still hooked."""
+    hooks.uninstall()
+    real_import = hooks.importlib.import_module
+
+    def import_module(name: str, *args, **kwargs):
+        if name == layout.ACTOR_MODULE:
+            raise ModuleNotFoundError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(hooks.importlib, 'import_module', import_module)
+    report = hooks.install()
+    assert report == {layout.LOSS_MODULE: True,
+                      layout.ACTOR_MODULE: "not imported (ModuleNotFoundError: No module named 'vllm')",
+                      'argparse': True}
+    assert is_patch(vars(PolicyLoss)['forward']) and not is_patch(vars(ppo_actor.ActorPPOTrainer)['training_step'])

@@ -226,10 +226,17 @@ def patch_module(module: ModuleType) -> dict[str, Any]:
 
 def install() -> dict[str, Any]:
     """Explicit route: import OpenRLHF's loss and actor modules and hook both, and OpenRLHF's parser
-    (idempotent). Raises ``RuntimeError`` naming what cannot be hooked."""
+    (idempotent). Raises ``RuntimeError`` naming what cannot be hooked. The actor module imports vLLM at module
+    level: where it cannot be imported, the loss is still hooked and the report says why the actor is not."""
     report: dict[str, Any] = {}
     for name in (layout.LOSS_MODULE, layout.ACTOR_MODULE):
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            if name == layout.LOSS_MODULE:
+                raise
+            report[name] = f'not imported ({type(error).__name__}: {error})'
+            continue
         reason = _serves(module)
         if reason is not None:
             raise RuntimeError(f'swift-fipo cannot hook OpenRLHF {installed_version(layout.DISTRIBUTION)}: {reason}')
