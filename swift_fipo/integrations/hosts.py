@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from swift_fipo.integrations.diagnosis import Diagnosis
 
 # One line per host: adding a host is a subpackage and its name here.
-HOST_PACKAGES = ('ms_swift', 'verl', 'trl')
+HOST_PACKAGES = ('ms_swift', 'verl', 'trl', 'openrlhf')
 
 
 class Host:
@@ -74,7 +74,7 @@ class Host:
 
 HOSTS = tuple(Host(importlib.import_module(f'{__name__.rpartition(".")[0]}.{package}.layout'))
               for package in HOST_PACKAGES)
-MS_SWIFT, VERL, TRL = HOSTS
+MS_SWIFT, VERL, TRL, OPENRLHF = HOSTS
 
 
 def host(name: str) -> Host:
