@@ -84,22 +84,20 @@ def _summary_keys() -> set[str]:
 
 
 def _trl_logged_keys() -> set[str]:
-    """The names ``FIPOGRPOTrainer._log_fipo_metrics`` writes into TRL's metric store, from the method itself."""
+    """The names FIPOGRPOTrainer writes into TRL's metric store: what its metric sink (``interception.
+    record_summaries``, called by ``_reweight_advantages``) writes for one loss call's stats."""
     import collections
-    import types
 
     import torch
 
     from swift_fipo.config import FIPOConfig
-    from swift_fipo.integrations.trl import FIPOGRPOTrainer
+    from swift_fipo.integrations.interception import record_summaries
     from swift_fipo.ops.influence import compute_fipo_influence
     _, stats = compute_fipo_influence(torch.tensor([[0.1, -0.2]]), torch.ones(1, 2, dtype=torch.bool),
                                       torch.tensor([-1.0]), FIPOConfig(clip_range=0.2))
-    trainer = types.SimpleNamespace(model=types.SimpleNamespace(training=True), _metrics=collections.defaultdict(
-        lambda: collections.defaultdict(list)), accelerator=types.SimpleNamespace(gather=lambda row: row,
-                                                                                  device=torch.device('cpu')))
-    FIPOGRPOTrainer._log_fipo_metrics(trainer, stats)
-    return set(trainer._metrics['train'])
+    metrics: collections.defaultdict = collections.defaultdict(list)
+    record_summaries(metrics, stats, gather=lambda row: row)
+    return set(metrics)
 
 
 def _metric_tables() -> dict[str, list[set[str]]]:
