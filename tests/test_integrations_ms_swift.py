@@ -11,7 +11,7 @@ import torch
 
 from conftest import ms_swift_version, need, not_applicable_here
 from reference import brute_fipo, is_close, random_inputs
-from swift_fipo.integrations.ms_swift import arguments as ms_swift_cli, hooks as ms_swift, layout as ms_swift_layout
+from swift_fipo.integrations.ms_swift import hooks as ms_swift, layout as ms_swift_layout
 from swift_fipo.integrations.contract import is_patch, original_of
 from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 

@@ -40,8 +40,7 @@ from reference import brute_fipo_weight, random_inputs  # noqa: E402
 
 from swift_fipo import FIPOConfig  # noqa: E402
 from swift_fipo.config import PRESETS  # noqa: E402
-from swift_fipo.integrations import openrlhf as fipo_openrlhf  # noqa: E402
-from swift_fipo.integrations.contract import FIPOWarning, is_patch, original_of  # noqa: E402
+from swift_fipo.integrations.contract import is_patch, original_of  # noqa: E402
 from swift_fipo.integrations.openrlhf import arguments as fipo_arguments  # noqa: E402
 from swift_fipo.integrations.openrlhf import hooks, layout  # noqa: E402
 from swift_fipo.integrations.openrlhf.loss import FIPOPolicyLoss, metrics_of  # noqa: E402
