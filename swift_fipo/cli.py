@@ -128,13 +128,12 @@ def doctor() -> int:
                      '--external_plugins "$(swift-fipo plugin-path)" or swift_fipo.install())')
     lines.append('hooks (host modules imported as a training run imports them):')
     verdicts = []
-    for host in HOSTS:
-        if not host.is_installed():
-            continue
+    installed = [host for host in HOSTS if host.is_installed()]
+    for host in installed:
         diagnosis = host.diagnose()
         lines.extend(diagnosis.lines)
         verdicts.extend(diagnosis.verdicts)
-    if not any(host.is_installed() for host in HOSTS if host.watched):
+    if not any(host.watched for host in installed):
         lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2" (or another host: '
                      f'{", ".join(host.name for host in HOSTS[1:])}; see docs/)')
     for what, served in verdicts:
