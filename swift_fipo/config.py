@@ -152,8 +152,8 @@ def real_number(value: Any) -> Optional[float]:
     """``value`` as a Python float if it is a real number, else None.
 
     Python ints and floats, ``numbers.Real`` (numpy's scalars included) and 0-dim array or tensor
-    scalars (anything with ``shape == ()`` and ``.item()``) are numbers; bool, complex and strings are
-    not. An int too large for a float becomes +-inf, so range checks refuse it like any infinity.
+    scalars (anything with ``shape == ()`` and ``.item()``) are numbers; bool, complex, strings and
+    scalars whose ``.item()`` fails (a meta tensor has no value) are not. An int too large for a float becomes +-inf, so range checks refuse it like any infinity.
     Detected by duck typing: this module imports neither numpy nor torch.
     """
     if isinstance(value, bool):
@@ -162,7 +162,10 @@ def real_number(value: Any) -> Optional[float]:
         item = getattr(value, 'item', None)
         if not callable(item) or getattr(value, 'shape', None) != ():
             return None
-        value = item()  # a 0-dim array or tensor: its Python scalar
+        try:
+            value = item()  # a 0-dim array or tensor: its Python scalar
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            return None  # no value to read (a meta tensor): the caller's refusal names the field
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return None
     try:
@@ -177,7 +180,10 @@ def _as_bool(value: Any) -> Optional[bool]:
         return value
     item = getattr(value, 'item', None)
     if callable(item) and getattr(value, 'shape', None) == ():
-        value = item()
+        try:
+            value = item()
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            return None  # a meta tensor holds no value
         if isinstance(value, bool):
             return value
     return None

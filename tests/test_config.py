@@ -90,6 +90,14 @@ def test_non_numbers_are_refused_even_when_they_convert(value):
         FIPOConfig(decay_rate=given)
 
 
+@pytest.mark.parametrize('field', ['decay_rate', 'clip_range', 'delta', 'clip_high_only', 'sequence_drop'])
+def test_a_meta_tensor_is_refused_naming_the_field(field):
+    # Before: torch's own RuntimeError ("Tensor.item() cannot be called on meta tensors"), no field named.
+    import torch
+    with pytest.raises(ValueError, match=f'FIPOConfig.{field} must be'):
+        FIPOConfig(**{field: torch.tensor(16.0 if field != 'clip_range' else 0.2, device='meta')})
+
+
 def test_a_hostile_string_is_shown_shortened():
     with pytest.raises(ValueError) as error:
         FIPOConfig(delta='x' * 10_000)

@@ -15,7 +15,7 @@ from conftest import need
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.ops.future_kl import discounted_future_sum
 from swift_fipo.ops.influence import FIPOStats
-from swift_fipo.ops.loss import apply_fipo
+from swift_fipo.ops.loss import apply_fipo, reweight_advantages
 
 
 def batch(b: int = 3, t: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,6 +89,40 @@ def test_integer_advantages_are_read_by_sign():
     assert torch.equal(weight, weight_int)
 
 
+@pytest.mark.parametrize('dtype', [torch.int64, torch.int32, torch.int8, torch.uint8])
+def test_reweighted_integer_advantages_are_not_truncated(dtype):
+    # Before: A * w came back in the advantages' integer dtype, so a weight of 1.2 on A = 3 gave 3 and a
+    # weight of 0.8 on A = 2 gave 0, silently.
+    log_ratio = torch.full((2, 4), 0.5)  # Future-KL >= 0.5: weights above 1.6, clipped at 1.2
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    advantages = torch.tensor([3, 2], dtype=dtype)
+    config = FIPOConfig(clip_high_only=False, clip_range=0.2)
+    weighted, stats = reweight_advantages(advantages, log_ratio, mask, config)
+    assert weighted.dtype == torch.float32
+    assert torch.equal(weighted, advantages.to(torch.float32).unsqueeze(1) * stats.weight)
+    assert float(weighted[0, 0]) == pytest.approx(3 * 1.2)
+    # A negative log-ratio gives weights below 1 (0.8 at the clip): 2 * 0.8 is 1.6, not 1.
+    weighted, _ = reweight_advantages(advantages, -log_ratio, mask, config)
+    assert float(weighted[1, 0]) == pytest.approx(2 * 0.8)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16, torch.float16])
+def test_reweighted_floating_advantages_keep_their_dtype(dtype):
+    log_ratio, mask, advantages = batch()
+    weighted, stats = reweight_advantages(advantages.to(dtype), log_ratio, mask)
+    assert weighted.dtype == dtype
+    assert torch.equal(weighted, advantages.to(dtype).unsqueeze(1) * stats.weight.to(dtype))
+
+
+def test_every_public_function_returns_floating_results_for_integer_advantages():
+    log_ratio, mask, advantages = batch()
+    integer = advantages.sign().to(torch.int64)
+    weight, stats = compute_fipo_influence(log_ratio, mask, integer)
+    loss, _ = apply_fipo(torch.ones(3, 5), log_ratio, mask, integer)
+    weighted, _ = reweight_advantages(integer, log_ratio, mask)
+    assert all(tensor.dtype == torch.float32 for tensor in (weight, stats.weight, loss, weighted))
+
+
 # --- discounted_future_sum -------------------------------------------------------------------------
 
 
@@ -104,8 +138,11 @@ def test_future_sum_refuses_integer_and_complex_values(dtype):
     ((torch.ones(2, 3), True), 'gamma must be a number'),
     ((torch.ones(2, 3), '0.5'), 'gamma must be a number'),
     ((torch.ones(2, 3), math.nan), 'gamma must be a number'),
-    ((torch.ones(2, 3), 0.5, 2.0), 'block_size must be an int >= 2'),
-    ((torch.ones(2, 3), 0.5, True), 'block_size must be an int >= 2'),
+    ((torch.ones(2, 3), 0.5, 2.0), r'block_size must be an int in \[2, 256\]; got 2.0'),
+    ((torch.ones(2, 3), 0.5, True), r'block_size must be an int in \[2, 256\]'),
+    # Before: 8192 built (and cached) an [8192, 8192] decay matrix for 20 numbers, seconds and gigabytes.
+    ((torch.ones(1, 20), 0.9, 8192), r'block_size must be an int in \[2, 256\]; got 8192'),
+    ((torch.ones(1, 20), 0.9, 257), r'block_size must be an int in \[2, 256\]; got 257'),
 ])
 def test_future_sum_refuses_bad_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):

@@ -14,7 +14,7 @@ def test_matches_float64_brute_force(length, gamma):
     assert is_close(discounted_future_sum(values, gamma), expected, tol=1e-6, scale=scale)
 
 
-@pytest.mark.parametrize('block_size', [2, 3, 16, 200])
+@pytest.mark.parametrize('block_size', [2, 3, 16, 200, 256])
 def test_block_size_does_not_change_the_result(block_size):
     values = torch.randn(2, 777, generator=torch.Generator().manual_seed(1))
     expected = brute_future_kl(values, 0.97)

@@ -75,8 +75,9 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
     Integer, bool and complex tensors are refused (a decay matrix in their dtype would round every
     gamma**k to 0 or 1). Values should be finite: a NaN or inf can turn outputs anywhere in its row
     into NaN (the zero entries of the decay matrix multiply it); checking would cost a pass.
-    The result has the dtype of ``values``, also under ``torch.autocast``. Not differentiable by
-    design: callers run it under ``torch.no_grad``.
+    ``block_size``: tokens per block of the blockwise scan, an int in [2, 256] (it changes speed, not
+    the result, beyond rounding). The result has the dtype of ``values``, also under ``torch.autocast``.
+    Not differentiable by design: callers run it under ``torch.no_grad``.
     """
     if not isinstance(values, torch.Tensor):
         raise TypeError(f'values must be a floating-point torch.Tensor; got {type(values).__name__}.')
@@ -84,9 +85,11 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
         raise TypeError(f'values must be a floating-point tensor; got dtype {values.dtype} (cast it yourself).')
     if values.dim() == 0:
         raise ValueError('values must have at least one dimension (the sequence); got a 0-dim tensor.')
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2:
-        # blocks of 1 would never shorten the carry recursion
-        raise ValueError(f'block_size must be an int >= 2; got {block_size!r}.')
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not 2 <= block_size <= DENSE_LENGTH:
+        # Blocks of 1 would never shorten the carry recursion; blocks above DENSE_LENGTH would cache and
+        # multiply a [block_size, block_size] decay matrix whatever the length (8192: built from a 512 MiB
+        # float64 matrix), breaking the O(B*T + 256^2) memory promise.
+        raise ValueError(f'block_size must be an int in [2, {DENSE_LENGTH}]; got {block_size!r}.')
     number = real_number(gamma)
     if number is None or not 0.0 <= number <= 1.0:
         raise ValueError(f'gamma must be a number in [0, 1]; got {gamma!r}.')
@@ -96,7 +99,7 @@ def discounted_future_sum(values: torch.Tensor, gamma: float, block_size: int = 
 
 def _future_sum(values: torch.Tensor, gamma: float, block_size: int) -> torch.Tensor:
     length = values.shape[-1]
-    dense = max(block_size, DENSE_LENGTH)
+    dense = DENSE_LENGTH  # >= block_size, which discounted_future_sum bounds
     if length <= dense:
         # D's leading [length, length] corner is the decay matrix of that length: one cached matrix.
         return values @ _decay_matrix(dense, gamma, values.dtype, values.device)[:length, :length]

@@ -35,12 +35,14 @@ def reweight_advantages(advantages: torch.Tensor,
         log_ratio, completion_mask, config, ratio: as for ``compute_fipo_influence``.
 
     Returns:
-        ``(weighted, stats)``: ``weighted`` is ``[B, T]`` in the advantages' dtype (a new tensor;
-        ``advantages`` is not modified), ``stats`` as from ``compute_fipo_influence``.
+        ``(weighted, stats)``: ``weighted`` is ``[B, T]`` in the advantages' dtype when that is floating,
+        else float32 (integer advantages times a weight of 1.2 are not integers), a new tensor
+        (``advantages`` is not modified); ``stats`` as from ``compute_fipo_influence``.
     """
     weight, stats = compute_fipo_influence(log_ratio, completion_mask, advantages, config, ratio=ratio)
     rows = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-    return rows * weight.to(rows.dtype), stats
+    dtype = rows.dtype if rows.dtype.is_floating_point else torch.float32
+    return rows.to(dtype) * weight.to(dtype), stats
 
 
 def apply_fipo(per_token_loss: torch.Tensor,
