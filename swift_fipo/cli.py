@@ -14,7 +14,7 @@ from typing import Optional, Sequence, TextIO
 
 import swift_fipo
 from swift_fipo import __version__
-from swift_fipo.integrations.contract import installed_version
+from swift_fipo.integrations.versions import installed_version
 from swift_fipo.integrations.diagnosis import ACTIVATION_ERROR, activation
 from swift_fipo.integrations.hosts import HOSTS
 
@@ -156,10 +156,22 @@ def plugin_path() -> int:
     return 0
 
 
-def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str]) -> int:
-    """Write the metric charts of one run, or of several on shared axes."""
-    from swift_fipo.viz.plot import plot as plot_runs  # matplotlib only for this command
-    written = plot_runs(run_dirs, output, labels)
+def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str],
+         groups: Sequence[Sequence[str]] = ()) -> int:
+    """Write the metric charts of one run, of several on shared axes, or of groups of runs (mean and band)."""
+    from swift_fipo.viz.plot import plot as plot_runs, plot_groups  # matplotlib only for this command
+    from swift_fipo.viz.rundir import RunDirError
+    if groups:
+        if run_dirs:
+            raise RunDirError(f'{run_dirs[0]}: give run directories either alone or after a --group LABEL, '
+                              'not both.')
+        if labels:
+            raise RunDirError('--label names single runs; a group is named by the first value after --group.')
+        written = plot_groups([(group[0], group[1:]) for group in groups], output)
+    else:
+        if not run_dirs:
+            raise RunDirError('give a RUN_DIR, or groups of them: --group LABEL RUN_DIR [RUN_DIR ...].')
+        written = plot_runs(run_dirs, output, labels)
     _say(f'wrote {written}')
     return 0
 
@@ -195,13 +207,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands.add_parser('doctor', help='report ms-swift version, which hooks are active, and why not')
     commands.add_parser('plugin-path', help='print the file for --external_plugins')
     plot_parser = commands.add_parser(
-        'plot', help="PNG charts of a run's fipo/* metrics, reward and completion length; two runs: compared",
+        'plot', help="PNG charts of a run's fipo/* metrics, reward, completion length and held-out results; "
+        'several runs: compared; --group: mean and band per group of runs',
         description='RUN_DIR: ms-swift\'s --output_dir, one of its v*-* subdirectories, or a logging.jsonl; '
-        'the newest logging.jsonl under it is read. Several RUN_DIRs are drawn on shared axes.')
-    plot_parser.add_argument('run_dirs', nargs='+', metavar='RUN_DIR')
-    plot_parser.add_argument('-o', '--output', help='PNG to write (default: beside the first logging.jsonl)')
+        'the newest logging.jsonl under it is read, with an eval.jsonl beside or above it. Several RUN_DIRs '
+        'are drawn on shared axes; groups (--group, repeated) as the mean over their runs at each step with a '
+        'band of +-1 standard deviation across them.')
+    plot_parser.add_argument('run_dirs', nargs='*', metavar='RUN_DIR')
+    plot_parser.add_argument('-o', '--output', help='PNG to write (default: beside the first logging.jsonl; '
+                             'for groups: fipo_groups.png in the directory holding all runs)')
     plot_parser.add_argument('--label', action='append', default=[], help='legend name of a run, in order '
                              '(repeat per run; default: the directory name)')
+    plot_parser.add_argument('--group', action='append', default=[], nargs='+', metavar=('LABEL', 'RUN_DIR'),
+                             help='a group of runs (e.g. the seeds of one method) drawn as one mean line with a '
+                             'band; repeat per group')
     inspect_parser = commands.add_parser(
         'inspect', help='self-contained HTML page of the tokens captured with --fipo_log_tokens, coloured by weight',
         description='RUN_DIR: ms-swift\'s --output_dir, one of its v*-* subdirectories, or a fipo_tokens.jsonl; '
@@ -226,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         from swift_fipo.viz.rundir import RunDirError
         try:
             if args.command == 'plot':
-                return plot(args.run_dirs, args.output, args.label)
+                return plot(args.run_dirs, args.output, args.label, args.group)
             return inspect(args.run_dir, args.output)
         except (RunDirError, OSError) as error:  # a user's input problem: one line, no traceback
             return _fail(args.command, str(error), code=2)

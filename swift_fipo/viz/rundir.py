@@ -7,14 +7,19 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 LOGGING_FILE = 'logging.jsonl'
 TOKENS_FILE = 'fipo_tokens.jsonl'  # the name swift_fipo.integrations.ms_swift.token_capture writes
+# Held-out evaluation a user's own script writes beside logging.jsonl: one JSON object per evaluated step.
+EVAL_FILE = 'eval.jsonl'
 # "global_step/max_steps" in HF-style logs, "iteration" in Megatron's: both "done/total".
 _STEP_KEYS = ('global_step/max_steps', 'iteration')
 _STEP_PATTERN = re.compile(r'^\s*(\d{1,18})\s*/\s*\d{1,18}\s*$')  # bounded: int() of 4300+ digits raises
 _VERSION_DIR = re.compile(r'^v\d+-\d{8}-\d{6}$')  # ms-swift's per-run subdirectory
+
+
+Row = TypeVar('Row')
 
 
 class RunDirError(Exception):
@@ -86,6 +91,29 @@ def step_of(row: dict[str, Any]) -> Optional[int]:
             if match:
                 return int(match.group(1))
     return None
+
+
+def supersede_resumed(rows: Sequence[Row], position: Callable[[Row], Optional[tuple[int, ...]]],
+                      repeat_restarts: bool = False) -> list[Row]:
+    """The rows of an appended-to file as the latest run wrote them, in file order.
+
+    A run resumed from a checkpoint into the same output directory appends again from that checkpoint's
+    step on. So a row whose position (its step, then any order within the step) is below the last one
+    seen starts a resumed run, and every earlier row at or after that row's step is superseded. With
+    ``repeat_restarts`` a repeated position restarts too (token records number the completions of a
+    step from 0; logging rows of one step merge instead). Rows without a position (summary rows) are left out.
+    """
+    kept: list[tuple[tuple[int, ...], Row]] = []
+    for row in rows:
+        here = position(row)
+        if here is None:
+            continue
+        if kept and (here < kept[-1][0] or (repeat_restarts and here == kept[-1][0])):
+            # Kept rows are in order of position, so the superseded ones are at the end (each row leaves once).
+            while kept and kept[-1][0][0] >= here[0]:
+                kept.pop()
+        kept.append((here, row))
+    return [row for _, row in kept]
 
 
 def finite_number(value: Any) -> Optional[float]:
