@@ -108,8 +108,11 @@ class FIPOConfig:
         _number_field(self, 'unclipped_weight_cap', _CAP_ALLOWED, lambda x: FLOAT32_TINY <= x <= FLOAT32_MAX,
                       optional=True)
         if _bool_field(self, 'sequence_drop'):
+            # The other fields are named by the host's option names (FIPOConfigError.describe): under verl and
+            # OpenRLHF, delta is the host's own dual clip.
             _require(self.dual_clip_threshold is not None, 'sequence_drop', self.sequence_drop,
-                     'False unless delta or filter_threshold is set (it needs a dual-clip threshold)')
+                     'False unless {delta} or {filter_threshold} is set (it needs a dual-clip threshold)',
+                     related=('delta', 'filter_threshold'))
 
     @property
     def gamma(self) -> float:
@@ -212,21 +215,25 @@ def _bool_field(config: FIPOConfig, name: str) -> bool:
 class FIPOConfigError(ValueError):
     """A FIPOConfig field got a value outside its allowed range.
 
-    Hosts re-word it with their own option name (``--fipo_clip_range``, a Hydra path, ...) through
-    ``field``, ``value`` and ``allowed``.
+    Hosts re-word it with their own option names (``--fipo_clip_range``, a Hydra path, ...) through
+    ``describe``. ``allowed`` may name other fields (``related``) as ``{field}`` placeholders, which
+    ``describe`` fills with the host's name of each.
     """
 
-    def __init__(self, field: str, value: Any, allowed: str) -> None:
-        self.field, self.value, self.allowed = field, value, allowed
+    def __init__(self, field: str, value: Any, allowed: str, related: tuple[str, ...] = ()) -> None:
+        self.field, self.value, self.allowed, self.related = field, value, allowed, related
         super().__init__(self.describe(f'FIPOConfig.{field}'))
 
-    def describe(self, option: str) -> str:
-        return f'{option} must be {self.allowed}; got {_shown(self.value)}.'
+    def describe(self, option: str, option_name: Callable[[str], str] = str) -> str:
+        """The message with ``option`` for the field and ``option_name(other)`` for each related field."""
+        allowed = self.allowed.format(**{name: option_name(name) for name in self.related}) if self.related \
+            else self.allowed
+        return f'{option} must be {allowed}; got {_shown(self.value)}.'
 
 
-def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+def _require(ok: bool, name: str, value: Any, allowed: str, related: tuple[str, ...] = ()) -> None:
     if not ok:
-        raise FIPOConfigError(name, value, allowed)
+        raise FIPOConfigError(name, value, allowed, related)
 
 
 def _shown(value: Any) -> str:

@@ -98,6 +98,17 @@ def test_a_meta_tensor_is_refused_naming_the_field(field):
         FIPOConfig(**{field: torch.tensor(16.0 if field != 'clip_range' else 0.2, device='meta')})
 
 
+def test_a_message_names_the_other_fields_by_the_hosts_option_names():
+    # Under verl and OpenRLHF, delta is the host's own dual clip: the message must name that option.
+    with pytest.raises(ValueError) as error:
+        FIPOConfig(sequence_drop=True)
+    assert 'unless delta or filter_threshold is set' in str(error.value)
+    names = {'sequence_drop': '--fipo.sequence_drop', 'delta': '--dual_clip', 'filter_threshold': '--fipo.filter'}
+    assert error.value.describe(names['sequence_drop'], names.__getitem__) == (
+        '--fipo.sequence_drop must be False unless --dual_clip or --fipo.filter is set (it needs a dual-clip '
+        'threshold); got True.')
+
+
 def test_a_hostile_string_is_shown_shortened():
     with pytest.raises(ValueError) as error:
         FIPOConfig(delta='x' * 10_000)
