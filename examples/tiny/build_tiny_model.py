@@ -11,42 +11,68 @@ from __future__ import annotations
 
 import argparse
 import json
-import string
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
 CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
                    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-WORDS = ['one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten', 'add', 'sum', 'think',
-         'answer', 'so', 'then', 'is', 'the', 'of', 'and']
+# The only multi-byte tokens: the ChatML role names, so that every other text is one token per byte.
+ROLE_NAMES = ['system', 'user', 'assistant']
+# Qwen2's own pre-tokenization split (words, single digits, punctuation runs, whitespace), applied before
+# the byte-level mapping, as in the Qwen2 tokenizer transformers rebuilds from vocab.json + merges.txt.
+QWEN2_SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                       r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 # How much more likely than an average token the model is to close its turn; ~1/6 per step makes
 # completions of a 32-token budget end at visibly different lengths.
 EOS_LOGIT_BIAS = 3.0
 
 
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for the bytes 0-255, in byte order."""
+    printable = list(range(ord('!'), ord('~') + 1)) + list(range(ord('\xa1'), ord('\xac') + 1)) + list(
+        range(ord('\xae'), ord('\xff') + 1))
+    symbols, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:  # whitespace and control bytes are moved above 255, as GPT-2 and Qwen2 do
+            symbols[byte] = chr(256 + shifted)
+            shifted += 1
+    return [symbols[byte] for byte in range(256)]
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    # Word-level vocabulary over letters, digits, punctuation and a few words: every prompt tokenizes.
-    pieces = SPECIAL_TOKENS + ['<unk>', '\n', ' '] + list(string.ascii_letters + string.digits + string.punctuation)
-    pieces += WORDS + ['system', 'user', 'assistant']
-    vocab = {piece: index for index, piece in enumerate(dict.fromkeys(pieces))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token='<unk>'))
-    backend.pre_tokenizer = pre_tokenizers.Split(
-        pattern=_word_pattern(), behavior='isolated')
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token='<unk>', eos_token='<|im_end|>',
-                                        pad_token='<|endoftext|>', bos_token=None)
+    """A byte-level BPE chat tokenizer in the form transformers reloads for a ``qwen2`` model.
+
+    transformers 5.x rebuilds the tokenizer saved beside a ``qwen2`` config as ``Qwen2Tokenizer`` (byte-level
+    BPE from vocab.json + merges.txt) whatever tokenizer_config.json names; any other vocabulary (e.g. word
+    level) then silently loses spaces and newlines. So this is that form: the 256 byte symbols, merges only
+    for the role names (every other character is one token), and the ChatML specials after them.
+    """
+    vocab = {symbol: index for index, symbol in enumerate(_byte_symbols())}
+    merges = []
+    for name in ROLE_NAMES:  # left to right: 'u s' -> 'us', 'us e' -> 'use', 'use r' -> 'user'
+        for end in range(2, len(name) + 1):
+            merges.append((name[:end - 1], name[end - 1]))
+            vocab.setdefault(name[:end], len(vocab))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix='', end_of_word_suffix='',
+                                   fuse_unk=False, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior='isolated', invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)  # ids right after the vocabulary, in the order listed
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token='<|im_end|>', pad_token='<|endoftext|>',
+                                        unk_token=None, bos_token=None)
     tokenizer.add_special_tokens({'additional_special_tokens': SPECIAL_TOKENS})
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
-
-
-def _word_pattern():
-    from tokenizers import Regex
-    words = '|'.join(sorted(WORDS + ['system', 'user', 'assistant'], key=len, reverse=True))
-    return Regex(f'{words}|.|\\n')
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
