@@ -131,3 +131,53 @@ def test_meta_tensors_pass_through_the_guard() -> None:
     """A device type autocast knows nothing about must not trip the guard."""
     values = torch.empty(2, 40, device='meta')
     assert discounted_future_sum(values, 0.9).shape == (2, 40)
+
+
+# --- Which part must run in float32 (issue 29.4) ---------------------------------------------------------
+# Autocast lowers only matmul-like ops (mm, bmm, addmm, matmul, linear, ...); every other op of the weight
+# computation (exp, clamp, lerp, where, addcmul, comparisons, the summaries' sums and kthvalue) runs in its
+# inputs' dtype, float32 here. So the Future-KL sum (discounted_future_sum's matmuls) is the part that must
+# be guarded; everything after it is float32 because its input is. These tests pin both halves.
+
+
+def _no_guard(device=None):
+    import contextlib
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize('dtype', HALF)
+@pytest.mark.parametrize('length', [300, 5000])
+def test_the_future_kl_guard_alone_keeps_every_weight_and_summary_float32(monkeypatch, dtype, length) -> None:
+    """Narrowed to the Future-KL sum (the outer guard of compute_fipo_influence removed), the weights and
+    every summary read inside autocast still equal the unguarded float32 ones: the rest is autocast-safe."""
+    from swift_fipo.ops import influence
+    config = FIPOConfig.from_preset('paper-7b')
+    log_ratio, mask, advantages = _inputs(length, seed=11)
+    expected, expected_stats = compute_fipo_influence(log_ratio, mask, advantages, config)
+    expected_summary = {key: float(value) for key, value in expected_stats.summary.items()}
+    monkeypatch.setattr(influence, 'autocast_off', _no_guard)
+    with _autocast(dtype):
+        weight, stats = compute_fipo_influence(log_ratio, mask, advantages, config)
+        summary = {key: float(value) for key, value in stats.summary.items()}  # a host reads them in its loss
+    assert torch.equal(weight, expected) and torch.equal(stats.future_kl, expected_stats.future_kl)
+    assert summary.keys() == expected_summary.keys()
+    for key, value in summary.items():
+        assert value == expected_summary[key] or (math.isnan(value) and math.isnan(expected_summary[key])), key
+
+
+@pytest.mark.parametrize('length', [16, 300, 5000])
+def test_without_the_future_kl_guard_the_weights_are_wrong_or_refused(monkeypatch, length) -> None:
+    """The Future-KL sum is the part that must be float32: with no guard at all (both uses of autocast_off
+    gone) the bf16 matmuls either crash the float32 cap of the raw weight or give different weights."""
+    from swift_fipo.ops import future_kl, influence
+    log_ratio, mask, advantages = _inputs(length, seed=12)
+    expected, _ = compute_fipo_influence(log_ratio, mask, advantages, FIPOConfig(clip_range=0.0))
+    monkeypatch.setattr(influence, 'autocast_off', _no_guard)
+    monkeypatch.setattr(future_kl, 'autocast_off', _no_guard)
+    with _autocast(torch.bfloat16):
+        try:
+            weight, _ = compute_fipo_influence(log_ratio, mask, advantages, FIPOConfig(clip_range=0.0))
+        except RuntimeError as error:
+            assert 'BFloat16' in str(error)
+            return
+    assert not torch.equal(weight, expected)

@@ -56,7 +56,7 @@ class FIPOStats:
         """Scalar (0-dim float32) summaries over completion tokens; NaN where there are none. Means are
         finite even over weights at float32's largest; ``neg_adv_ratio_p99`` is inf when the ratios are.
 
-        How each combines across ranks and accumulation chunks: ``integrations.contract.METRIC_REDUCTIONS``.
+        How each combines across ranks and accumulation chunks: ``integrations.metrics.METRICS``.
         0-dim tensors on the batch's device, so that a host reads them all in one transfer
         (``torch.stack(...).tolist()``, one sync). Off the CPU computing them does not sync (the p99 sorts
         instead of selecting, see ``_quantile``); on the CPU, where a sync costs nothing, the p99 selects
@@ -194,6 +194,10 @@ def fipo_influence(log_ratio: torch.Tensor,
     """``compute_fipo_influence`` whose returned weight IS ``stats.weight`` (saves a copy): for
     callers in this package that only read it, e.g. to build a new tensor from it."""
     device = log_ratio.device if isinstance(log_ratio, torch.Tensor) else None
+    # What must run in float32 is the Future-KL sum (its matmuls are the only ops autocast lowers here), and
+    # discounted_future_sum guards itself. Everything after it (exp, clamp, lerp, where, comparisons, the
+    # summaries) is autocast-safe: autocast leaves those ops in their inputs' dtype, float32. This outer
+    # guard keeps any matmul added later in float32 too; tests/test_ops_precision.py pins both halves.
     with autocast_off(device):
         return _fipo_influence(log_ratio, completion_mask, advantages, config, ratio)
 
