@@ -21,10 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
-
 from conftest import REPO, need, only_where
 
 need('openrlhf')  # not collected without OpenRLHF; where it is installed, an import error fails
@@ -40,10 +40,10 @@ from reference import brute_fipo_weight, random_inputs  # noqa: E402
 
 from swift_fipo import FIPOConfig  # noqa: E402
 from swift_fipo.config import PRESETS  # noqa: E402
-from swift_fipo.integrations.contract import is_patch, original_of  # noqa: E402
 from swift_fipo.integrations.openrlhf import arguments as fipo_arguments  # noqa: E402
 from swift_fipo.integrations.openrlhf import hooks, layout  # noqa: E402
 from swift_fipo.integrations.openrlhf.loss import FIPOPolicyLoss, metrics_of  # noqa: E402
+from swift_fipo.integrations.patches import is_patch, original_of  # noqa: E402
 
 pytestmark = pytest.mark.openrlhf
 
@@ -209,6 +209,78 @@ def test_metrics_follow_openrlhfs_reduction_convention():
     fipo_loss(new, old, advantages, action_mask=torch.zeros_like(mask))
     empty, _ = metrics_of(fipo_loss.last_fipo_stats)
     assert all(torch.isfinite(value).all() for value in empty.values())
+
+
+class _MicroBatch:
+    """One micro-batch as ppo_train hands it to training_step: responses of one length, some dropped."""
+
+    def __init__(self, responses: int, length: int, dropped: int) -> None:
+        self.old = torch.full((responses, 40), -1.0)
+        self.new = self.old.clone()
+        self.mask = torch.arange(40)[None, :] < length
+        self.mask = self.mask.expand(responses, 40).contiguous()
+        self.advantages = torch.ones(responses, 40)
+        for row in range(dropped):  # two negative-advantage tokens past the dual clip 10: dropped
+            self.advantages[row] = -1.0
+            self.new[row, :2] = self.old[row, :2] + 3.0
+        self.advantages = self.advantages * self.mask
+
+    def to_device(self, device: Any) -> None:
+        pass
+
+
+def _ppo_train_status(micro_batches: list, peer_steps: list | None = None) -> tuple[dict, list]:
+    """OpenRLHF's own ``ActorPPOTrainer.ppo_train`` over ``micro_batches`` (one epoch), with swift-fipo's
+    hooked training_step around a stand-in for the model step (it calls the real hooked PolicyLoss and returns
+    the status OpenRLHF's training_step returns). ``peer_steps``: what another rank contributes to each step's
+    all_reduce (a sum, as DeepSpeed's strategy does). Returns ppo_train's status and this rank's contributions."""
+    loss_fn = PolicyLoss(policy_loss_type='fipo', dual_clip=10.0)
+    setattr(loss_fn, 'fipo_config', FIPOConfig.from_preset('paper-32b'))
+    contributions: list = []
+
+    def all_reduce(data: dict, op: str = 'mean') -> dict:
+        contributions.append(dict(data))
+        peer = peer_steps[len(contributions) - 1] if peer_steps is not None else {}
+        return {key: value + peer.get(key, 0.0) for key, value in data.items()}
+
+    def model_step(self, experience, kl_ctl, step, loss_batch_info=None):
+        loss = self.actor_loss_fn(experience.new, experience.old, experience.advantages,
+                                  action_mask=experience.mask)[0]
+        return {'metrics': {'policy_loss': loss.detach()}, 'weights': {'policy_loss': 'token'},
+                'num_samples': float(experience.mask.shape[0]), 'num_action_tokens': float(experience.mask.sum())}
+
+    class Buffer(list):
+        sample_batch_size = 1
+
+        @staticmethod
+        def collate_fn(items):
+            return items[0]
+
+        def setup_dynamic_batch(self, strategy):
+            pass
+
+    trainer_class = type('Trainer', (), {'training_step': hooks._reporting_training_step(model_step)})
+    trainer = trainer_class()
+    trainer.args = SimpleNamespace(train=SimpleNamespace(dynamic_batch_enable=True),
+                                   ds=SimpleNamespace(tensor_parallel_size=1))
+    trainer.strategy = SimpleNamespace(ring_attn_group=None, is_rank_0=lambda: False, all_reduce=all_reduce)
+    trainer.replay_buffer, trainer.dataloader_pin_memory = Buffer(micro_batches), False
+    trainer.max_epochs, trainer.actor_loss_fn = 1, loss_fn
+    status = original_of(ppo_actor.ActorPPOTrainer.ppo_train)(trainer, 0.0)
+    return status, contributions
+
+
+def test_the_dropped_response_ratio_is_a_share_of_responses_over_micro_batches_and_ranks(monkeypatch):
+    """Through OpenRLHF's own ppo_train reduction: 2 of 8 responses dropped, both in short micro-batches, gives
+    0.25, not a token-weighted share (6 / 172 tokens) nor a mean of per-micro-batch shares (0.375)."""
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 'cpu')  # ppo_train asks for the CUDA device
+    peer = [_MicroBatch(2, length=3, dropped=1), _MicroBatch(2, length=40, dropped=0)]
+    mine = [_MicroBatch(1, length=3, dropped=1), _MicroBatch(3, length=40, dropped=0)]
+    _, peer_steps = _ppo_train_status(peer)
+    status, _ = _ppo_train_status(mine, peer_steps)
+    assert status['fipo_dropped_response_ratio'] == pytest.approx(2 / 8)
+    # The token means are token-weighted the same way: here every kept token has weight 1.
+    assert status['fipo_influence_weight_mean'] < 1.0
 
 
 def test_packed_samples_repadded_by_the_actor_never_cross_a_sequence_boundary(tmp_path):
@@ -589,7 +661,7 @@ ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 def probe():
     from openrlhf.models.loss import PolicyLoss
     from openrlhf.trainer.ray import ppo_actor
-    from swift_fipo.integrations.contract import is_patch
+    from swift_fipo.integrations.patches import is_patch
     return [is_patch(vars(PolicyLoss)['forward']), is_patch(vars(ppo_actor.ActorPPOTrainer)['training_step'])]
 
 print(json.dumps({'worker': ray.get(probe.remote()), 'driver_imported_openrlhf': 'openrlhf' in sys.modules}))
