@@ -267,3 +267,249 @@ def test_labels_with_a_dollar_or_a_lone_surrogate_are_drawn_as_given(tmp_path, f
     assert (tmp_path / 'c.png').stat().st_size > 0
     (figure, ) = [built for built in figures if built.axes]
     assert legends(figure)['reward'] == [r'\$x_1', 'run ?']
+
+
+# --- each panel draws the metric its title names -------------------------------------------------------
+
+# What a user reads in a panel's title, and the keys (logging.jsonl or eval.jsonl) whose values it must show,
+# written out here rather than taken from viz_plot.PANELS: a swap there must fail this table.
+TITLED_KEYS = {
+    'held-out greedy accuracy': ['heldout/greedy_accuracy'],
+    'held-out pass@1 (sampled)': ['heldout/pass@1'],
+    'held-out completion length (mean)': ['heldout/mean_length'],
+    'held-out chain share': ['heldout/chain_share'],
+    'reward': ['reward'],
+    'completion length (mean tokens)': ['completions/mean_length'],
+    'Future-KL (mean)': ['fipo/future_kl_mean'],
+    'influence weight': ['fipo/influence_weight_mean', 'fipo/influence_weight_min', 'fipo/influence_weight_max'],
+    'exp(Future-KL) before clipping (mean)': ['fipo/raw_weight_mean'],
+    'clipped fraction': ['fipo/clipped_high_ratio', 'fipo/clipped_low_ratio'],
+    'safety rule fired (fraction)': ['fipo/safety_fired_ratio'],
+    'filtered / dropped (fraction)': ['fipo/filtered_ratio', 'fipo/dropped_response_ratio'],
+    'ratio p99, negative advantage': ['fipo/neg_adv_ratio_p99'],
+}
+ALL_KEYS = [key for keys in TITLED_KEYS.values() for key in keys]
+EVAL_KEYS = [key for key in ALL_KEYS if key.startswith('heldout/')]
+
+
+def coded_value(key: str, step: int, offset: float = 0.0) -> float:
+    """A value that says which key it belongs to: 1000 per key, plus the step, plus a small offset."""
+    return 1000.0 * (ALL_KEYS.index(key) + 1) + step + offset
+
+
+def key_of(value: float, step: float) -> str:
+    return ALL_KEYS[round((value - step) / 1000.0) - 1]
+
+
+def write_coded_run(directory: Path, offset: float = 0.0, steps: int = 4) -> None:
+    """A run logging every known key (logging.jsonl) and every held-out key (eval.jsonl), each its own value."""
+    rows = [{'global_step/max_steps': f'{step}/{steps}',
+             **{key: coded_value(key, step, offset) for key in ALL_KEYS if key not in EVAL_KEYS}}
+            for step in range(1, steps + 1)]
+    write_run(directory, rows)
+    evaluations = [{'global_step': step, **{key: coded_value(key, step, offset) for key in EVAL_KEYS}}
+                   for step in range(0, steps + 1, 2)]
+    (directory / 'eval.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in evaluations))
+
+
+def drawn_keys(figure) -> dict[str, list[tuple[str, str]]]:
+    """Panel title -> (key its values encode, legend label) per line drawn in it."""
+    panels = {}
+    for axes in figure.axes:
+        lines = []
+        for line in axes.get_lines():
+            steps, values = line.get_xdata(), line.get_ydata()
+            keys = {key_of(value, step) for step, value in zip(steps, values)}
+            assert len(keys) == 1, (axes.get_title(), keys)  # one line, one metric
+            lines.append((keys.pop(), line.get_label()))
+        panels[axes.get_title()] = lines
+    return panels
+
+
+@pytest.mark.parametrize('mode', ['one run', 'compared runs', 'groups'])
+def test_each_panel_draws_the_metric_its_title_names(tmp_path, figures, mode):
+    for name, offset in (('a', 0.0), ('b', 0.25), ('c', -0.25), ('d', 0.5)):
+        write_coded_run(tmp_path / name, offset)
+    out = str(tmp_path / 'chart.png')
+    arguments = {'one run': ['plot', str(tmp_path / 'a')],
+                 'compared runs': ['plot', str(tmp_path / 'a'), str(tmp_path / 'd')],
+                 'groups': ['plot', '--group', 'G1', *(str(tmp_path / name) for name in 'abc'),
+                            '--group', 'G2', str(tmp_path / 'd')]}[mode]
+    assert cli.main([*arguments, '-o', out]) == 0
+    (figure, ) = [built for built in figures if built.axes]
+    panels = drawn_keys(figure)
+    assert list(panels) == list(TITLED_KEYS)  # every panel, held-out ones first
+    for title, keys in TITLED_KEYS.items():
+        lines = panels[title]
+        copies = 1 if mode == 'one run' else 2  # one line per run or group
+        assert sorted(key for key, _ in lines) == sorted(keys * copies), title
+        if len(keys) > 1:  # the legend names each line's own key
+            for key, label in lines:
+                assert label.endswith(key.split('/', 1)[1]), (title, key, label)
+
+
+# --- groups: a mean line and a band per group ------------------------------------------------------------
+
+def reward_rows(values: dict[int, float], steps: int = 6) -> list[dict]:
+    return [{'reward': value, 'global_step/max_steps': f'{step}/{steps}'} for step, value in values.items()]
+
+
+def band_of(axes, line) -> dict[float, tuple[float, float]]:
+    """Step -> (low, high) of the band drawn in ``line``'s colour in ``axes`` (read from the polygon)."""
+    colour = matplotlib_colors().to_rgb(line.get_color())
+    (band, ) = [collection for collection in axes.collections
+                if tuple(collection.get_facecolor()[0][:3]) == pytest.approx(colour)]
+    edges: dict[float, list[float]] = {}
+    for x, y in band.get_paths()[0].vertices:
+        edges.setdefault(float(x), []).append(float(y))
+    return {x: (min(ys), max(ys)) for x, ys in edges.items()}
+
+
+def matplotlib_colors():
+    import matplotlib.colors
+    return matplotlib.colors
+
+
+def test_groups_draw_the_mean_and_one_std_across_their_runs_at_each_step(tmp_path, figures):
+    """Three DAPO seeds (one stopped after step 4, one resumed from step 3 with other values) and two FIPO
+    seeds: at each step the line is the mean of the runs that have the step, the band +-1 sample std."""
+    write_run(tmp_path / 'dapo-1', reward_rows({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4, 5: 0.5, 6: 0.6}))
+    write_run(tmp_path / 'dapo-2', reward_rows({1: 0.3, 2: 0.1, 3: 0.5, 4: 0.2}))  # shorter
+    resumed = reward_rows({1: 0.2, 2: 0.6, 3: 0.9, 4: 0.9, 5: 0.9}) + reward_rows({4: 0.0, 5: 0.7, 6: 0.2})
+    write_run(tmp_path / 'dapo-3', resumed)  # steps 4-5 of the first attempt are superseded
+    write_run(tmp_path / 'fipo-1', reward_rows({2: 0.5, 4: 0.7, 6: 0.9}))
+    write_run(tmp_path / 'fipo-2', reward_rows({2: 0.7, 4: 0.7, 6: 0.5}))
+    dapo = {1: [0.1, 0.3, 0.2], 2: [0.2, 0.1, 0.6], 3: [0.3, 0.5, 0.9], 4: [0.4, 0.2, 0.0], 5: [0.5, 0.7],
+            6: [0.6, 0.2]}
+    fipo = {2: [0.5, 0.7], 4: [0.7, 0.7], 6: [0.9, 0.5]}
+    out = viz_plot.plot_groups({'DAPO': [tmp_path / f'dapo-{seed}' for seed in (1, 2, 3)],
+                                'FIPO': [tmp_path / 'fipo-1', tmp_path / 'fipo-2']}, tmp_path / 'groups.png')
+    assert out == tmp_path / 'groups.png' and coloured_pixels(out) > 2000
+    (figure, ) = [built for built in figures if built.axes]
+    reward = next(axes for axes in figure.axes if axes.get_title() == 'reward')
+    lines = {line.get_label(): line for line in reward.get_lines()}
+    assert list(lines) == ['DAPO (3 runs)', 'FIPO (2 runs)']
+    assert lines['DAPO (3 runs)'].get_color() != lines['FIPO (2 runs)'].get_color()
+    for label, by_hand in (('DAPO (3 runs)', dapo), ('FIPO (2 runs)', fipo)):
+        line = lines[label]
+        assert list(line.get_xdata()) == sorted(by_hand)
+        means = [numpy.mean(by_hand[step]) for step in sorted(by_hand)]
+        assert list(line.get_ydata()) == pytest.approx(means)
+        band = band_of(reward, line)
+        assert sorted(band) == sorted(by_hand)
+        for step, values in by_hand.items():
+            spread = numpy.std(values, ddof=1)
+            expected = (numpy.mean(values) - spread, numpy.mean(values) + spread)
+            assert band[step] == pytest.approx(expected), (label, step)
+    assert 'band +-1 std' in figure.get_suptitle()
+
+
+def test_a_step_only_one_run_reached_has_no_spread():
+    runs = [viz_plot.Run('a', Path('a'), {'reward': ([1, 2], [0.2, 0.4])}),
+            viz_plot.Run('b', Path('b'), {'reward': ([1], [0.6])})]
+    band = viz_plot.group_band(runs, 'reward')
+    assert band.steps == [1, 2] and band.runs == [2, 1]
+    assert band.mean == pytest.approx([0.4, 0.4])
+    assert band.std == pytest.approx([numpy.std([0.2, 0.6], ddof=1), 0.0])  # 0.283: two runs at step 1
+    assert viz_plot.group_band(runs, 'fipo/future_kl_mean') is None
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--group', 'DAPO'], '--group DAPO: no run directory after the label (--group LABEL RUN_DIR [RUN_DIR ...])'),
+    (['--group', 'DAPO', '{root}/a', '--group', 'DAPO', '{root}/b'], '--group DAPO: this label is given twice'),
+    (['--group', 'DAPO', '{root}/a', '{root}/empty'], '--group DAPO: {root}/empty: no logging.jsonl in it or below it'),
+    (['--group', 'DAPO', '{root}/a', '{root}/missing'], '--group DAPO: {root}/missing: no such file or directory'),
+    (['--group', 'DAPO', '{root}/a', '{root}/a/output'], '--group DAPO: {root}/a/output is the same run as a'),
+    (['--group', ' ', '{root}/a'], 'a group needs a non-empty label'),
+    (['{root}/b', '--group', 'DAPO', '{root}/a'],
+     '{root}/b: give run directories either alone or after a --group LABEL'),
+    (['--label', 'x', '--group', 'DAPO', '{root}/a'], '--label names single runs; a group is named by the first value'),
+    ([], 'give a RUN_DIR, or groups of them: --group LABEL RUN_DIR [RUN_DIR ...]'),
+])
+def test_bad_groups_fail_with_one_line_naming_the_argument(tmp_path, capsys, arguments, message):
+    write_run(tmp_path / 'a', [fipo_row(1)])
+    write_run(tmp_path / 'b', [fipo_row(1)])
+    (tmp_path / 'empty').mkdir()
+    given = [argument.format(root=tmp_path) for argument in arguments]
+    assert cli.main(['plot', *given, '-o', str(tmp_path / 'out.png')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('swift-fipo plot: error: ') and len(err.splitlines()) == 1, err
+    assert message.format(root=tmp_path) in err, err
+    assert not (tmp_path / 'out.png').exists()
+
+
+def test_a_group_error_from_the_real_command_has_no_traceback(tmp_path):
+    write_run(tmp_path / 'a', [fipo_row(1)])
+    command = [sys.executable, '-m', 'swift_fipo.cli', 'plot', '--group', 'DAPO', str(tmp_path / 'a'),
+               '--group', 'FIPO', str(tmp_path / 'nothing-here')]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert result.stderr.strip() == (f'swift-fipo plot: error: --group FIPO: {tmp_path / "nothing-here"}: '
+                                     'no such file or directory.')
+
+
+def test_groups_default_to_a_chart_in_the_directory_holding_every_run(tmp_path, capsys):
+    for name in ('dapo-1', 'dapo-2', 'fipo-1'):
+        write_run(tmp_path / 'study' / name, [fipo_row(step) for step in range(1, 5)])
+    study = tmp_path / 'study'
+    assert cli.main(['plot', '--group', 'DAPO', str(study / 'dapo-1'), str(study / 'dapo-2'),
+                     '--group', 'FIPO', str(study / 'fipo-1')]) == 0
+    assert capsys.readouterr().out.strip() == f'wrote {study / "fipo_groups.png"}'
+    assert coloured_pixels(study / 'fipo_groups.png') > 2000
+
+
+# --- eval.jsonl: held-out results a user's evaluation writes ----------------------------------------
+
+def write_eval(directory: Path, rows: list[dict]) -> Path:
+    path = directory / 'eval.jsonl'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
+    return path
+
+
+@pytest.mark.parametrize('where', ['beside logging.jsonl', 'in the --output_dir', 'in the directory given'])
+def test_eval_jsonl_is_read_beside_or_above_logging_jsonl(tmp_path, where):
+    logging_file = write_run(tmp_path, [fipo_row(step) for step in range(1, 5)])
+    directory = {'beside logging.jsonl': logging_file.parent, 'in the --output_dir': tmp_path / 'output',
+                 'in the directory given': tmp_path}[where]
+    write_eval(directory, [{'global_step': 0, 'heldout/greedy_accuracy': 0.25, 'heldout/pass@1': 0.2},
+                           {'global_step': 4, 'heldout/greedy_accuracy': 0.5, 'heldout/pass@1': 0.4,
+                            'heldout/my_metric': 3, 'note': 'text is not drawn'}])
+    run = viz_plot.load_run(tmp_path)
+    assert run.series['heldout/greedy_accuracy'] == ([0, 4], [0.25, 0.5])
+    assert run.series['heldout/my_metric'] == ([4], [3.0])
+    assert 'note' not in run.series and 'global_step' not in run.series
+    titles = [title for title, _ in viz_plot.panels_for([run])]
+    assert titles[:3] == ['held-out greedy accuracy', 'held-out pass@1 (sampled)', 'reward']
+    assert titles[-1] == 'heldout/my_metric'  # an unknown key gets a panel of its own
+
+
+def test_eval_jsonl_outside_the_directory_given_is_not_read(tmp_path):
+    """Given one ms-swift version directory, an eval.jsonl of the --output_dir above it is another scope."""
+    logging_file = write_run(tmp_path, [fipo_row(1)])
+    write_eval(tmp_path / 'output', [{'global_step': 1, 'heldout/greedy_accuracy': 0.5}])
+    assert 'heldout/greedy_accuracy' not in viz_plot.load_run(logging_file.parent).series
+    assert 'heldout/greedy_accuracy' in viz_plot.load_run(tmp_path).series
+
+
+def test_eval_jsonl_of_a_resumed_run_is_superseded_like_logging_jsonl(tmp_path):
+    write_run(tmp_path, [fipo_row(step) for step in range(1, 5)])
+    first = [{'global_step': step, 'heldout/greedy_accuracy': 0.1 * step} for step in (0, 2, 4)]
+    again = [{'global_step': step, 'heldout/greedy_accuracy': 0.2 * step} for step in (2, 4, 6)]
+    write_eval(tmp_path, first + again)
+    assert viz_plot.load_run(tmp_path).series['heldout/greedy_accuracy'] == ([0, 2, 4, 6],
+                                                                              [0.0, 0.4, 0.8, pytest.approx(1.2)])
+
+
+@pytest.mark.parametrize('row, message', [
+    ({'heldout/pass@1': 0.5}, 'eval.jsonl: entry 1: "global_step" must be an integer >= 0, got nothing'),
+    ({'global_step': '3', 'heldout/pass@1': 0.5}, '"global_step" must be an integer >= 0, got str 3'),
+    ({'global_step': -1}, '"global_step" must be an integer >= 0, got int -1'),
+    ({'global_step': 2, 'reward': 0.5}, 'eval.jsonl: "reward" is also a metric of'),
+])
+def test_a_bad_eval_jsonl_fails_with_one_line_naming_it(tmp_path, capsys, row, message):
+    write_run(tmp_path, [fipo_row(1)])
+    write_eval(tmp_path, [row])
+    assert cli.main(['plot', str(tmp_path), '-o', str(tmp_path / 'x.png')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('swift-fipo plot: error: ') and message in err and len(err.splitlines()) == 1, err
