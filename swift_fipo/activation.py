@@ -6,7 +6,10 @@ touched. When (and only when) ms-swift itself imports one of its GRPO trainer mo
 lets the module load and then patches it (``swift_fipo.integrations.ms_swift``). Because the .pth
 runs in every interpreter, this reaches every process ms-swift starts, torchrun workers included.
 
-Set ``SWIFT_FIPO_DISABLE=1`` to turn it off. A failure here is reported on stderr, never raised.
+Set ``SWIFT_FIPO_DISABLE=1`` to turn it off. The variable is read at interpreter start (set then, no watcher
+is registered at all) and again each time a watched host module loads (set later in the process, e.g. in a
+notebook before ``import swift``, that module loads unpatched). A module patched before the variable was set
+stays patched (``swift_fipo.uninstall()`` reverts it). A failure here is reported on stderr, never raised.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ class TrainerImportWatcher:
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
                   ) -> Optional[ModuleSpec]:
-        if fullname not in WATCHED_MODULES:
+        # Read when the host module loads, not only at start: a program may set the variable before importing its
+        # host. One environment lookup, only for the few watched names.
+        if fullname not in WATCHED_MODULES or is_disabled():
             return None
         for finder in sys.meta_path:
             if finder is self or isinstance(finder, TrainerImportWatcher):

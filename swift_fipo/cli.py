@@ -118,8 +118,12 @@ def doctor() -> int:
         lines.append(f'  state         unavailable: {lacks}; an incomplete or foreign swift_fipo is ahead on sys.path: '
                      'remove it, or reinstall swift-fipo')
     elif activation.is_disabled():
-        lines.append(f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}: '
-                     "the hosts run their own code")
+        disabled = f'  state         disabled by {activation.DISABLE_ENV}={os.environ[activation.DISABLE_ENV]}'
+        if activation.watcher_installed():  # set after this interpreter started, by the program itself
+            lines.append(f'{disabled}, set after this interpreter started: host modules imported from now on are '
+                         'not hooked; those imported before stay hooked (swift_fipo.uninstall() reverts them)')
+        else:
+            lines.append(f'{disabled}: the hosts run their own code')
     elif activation.watcher_installed():
         watching = ' or '.join(host.name for host in HOSTS if host.watched)
         lines.append(f'  state         active: host modules are hooked when {watching} imports them')

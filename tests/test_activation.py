@@ -180,3 +180,42 @@ def test_the_watcher_goes_first_on_the_meta_path(monkeypatch: pytest.MonkeyPatch
     activation.activate()
     assert isinstance(sys.meta_path[0], activation.TrainerImportWatcher)
     assert sum(isinstance(finder, activation.TrainerImportWatcher) for finder in sys.meta_path) == 1
+
+
+@pytest.mark.parametrize('word', DISABLE_WORDS[:2] + NOT_DISABLING[:1])
+def test_the_variable_set_after_start_is_read_when_the_watched_module_loads(tmp_path, recorded_patches, monkeypatch,
+                                                                            word):
+    """The watcher was registered at start; the program sets the variable before the host module loads
+    (a notebook, a launcher): that module loads unpatched."""
+    (tmp_path / 'grpo_trainer.py').write_text('class MegatronGRPOTrainer:\n    pass\n')
+    monkeypatch.setenv(activation.DISABLE_ENV, word)
+    spec = activation.TrainerImportWatcher().find_spec(MEGATRON, [str(tmp_path)])
+    disabled = word in DISABLE_WORDS
+    assert (spec is None) == disabled  # left to the ordinary finders: no patching loader
+    if not disabled:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert recorded_patches == [module]
+
+
+@pytest.mark.ms_swift
+def test_disabling_in_process_before_import_swift_leaves_ms_swift_unpatched_and_doctor_says_so():
+    """In a real interpreter with the .pth activation: the variable set in-process, then ms-swift's trainer imported
+    as a program would; doctor in that process reports the variable as set late and ms-swift as not hooked."""
+    need('swift', 'ms-swift')
+    from swift_fipo.integrations.ms_swift.layout import module_path
+    code = ('import os, sys\n'
+            f'os.environ[{activation.DISABLE_ENV!r}] = "1"\n'
+            f'import {module_path("swift.rlhf_trainers.grpo_trainer")} as m\n'
+            'from swift_fipo.integrations.ms_swift import is_patched\n'
+            'from swift_fipo import activation\n'
+            'print("PATCHED", is_patched(m.GRPOTrainer), activation.watcher_installed())\n'
+            'from swift_fipo.cli import doctor\n'
+            'print("EXIT", doctor())\n')
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'PATCHED False True' in result.stdout, result.stdout[-3000:]  # the watcher ran, and left it alone
+    assert 'disabled by SWIFT_FIPO_DISABLE=1, set after this interpreter started' in result.stdout
+    assert 'hooked (FIPO computed by swift-fipo)' not in result.stdout and ': hooked' not in result.stdout
+    assert 'verdict: `swift rlhf --loss_type fipo` is NOT computed by swift-fipo here' in result.stdout
+    assert result.stdout.rstrip().endswith('EXIT 1'), result.stdout[-2000:]
