@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # stops at the first failure). `swift rlhf` runs (marker `cli`) are left out: they take minutes.
 OPS_TESTS = ('tests/test_config.py', 'tests/test_ops_paper.py', 'tests/test_ops_loss.py', 'tests/test_ops_influence.py',
              'tests/test_ops_future_kl.py')
-MS_SWIFT_TESTS = ('tests/test_integrations_contract.py', 'tests/test_integrations_interception.py',
+MS_SWIFT_TESTS = ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift_gloo.py',
+                  'tests/test_integrations_interception.py',
                   'tests/test_integrations_hosts.py', 'tests/test_integrations_ms_swift_cli.py',
                   'tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py',
                   'tests/test_token_capture.py', 'tests/test_ops_influence.py')
@@ -56,8 +57,8 @@ VERL_TESTS = ('tests/test_integrations_verl.py', )  # needs a venv with verl: --
 LEGACY_TESTS = ('tests/test_integrations_ms_swift_layout.py', 'tests/test_integrations_ms_swift_legacy.py')
 VIZ_TESTS = ('tests/test_viz_inspect.py', 'tests/test_viz_plot.py', 'tests/test_viz_fuzz.py')
 TARGETS: dict[str, tuple[str, ...]] = {
-    'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift_cli.py'),
-    'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_contract.py', 'tests/test_integrations_ms_swift.py',
+    'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift_cli.py'),
+    'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift.py',
                                         'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
     'swift_fipo/integrations/ms_swift/*.py': MS_SWIFT_TESTS,
@@ -112,7 +113,7 @@ EQUIVALENT: dict[str, str] = {
     'swift_fipo/ops/future_kl.py:_flush_subnormal:tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else '
     '0.0:0.0->1.0': 'the integer branch is never taken (see above)',
     'swift_fipo/ops/influence.py:<module>:@functools.lru_cache(maxsize=16):16->17': 'a cache size: speed only',
-    'swift_fipo/integrations/contract.py:<module>:GLOO_EXIT_GRACE_S = 0.5:0.5->0.75':
+    'swift_fipo/integrations/ms_swift/gloo_exit.py:<module>:GLOO_EXIT_GRACE_S = 0.5:0.5->0.75':
         'a duration (how long an exiting gloo process waits); the tests derive their bounds from it',
     'swift_fipo/integrations/ms_swift/token_capture.py:_completion_ids:return None:return None->pass':
         'the last statement of the function: falling off its end returns None as well',
@@ -137,7 +138,7 @@ EQUIVALENT: dict[str, str] = {
     "False):False->True":
         'the default is never used: the wrapper is applied only to classes with _setup_teacher, and every '
         'ms-swift that has it (4.4+, HF and Megatron) defines _has_teacher_explicit',
-    'swift_fipo/integrations/contract.py:installed_version:return None:return None->pass':
+    'swift_fipo/integrations/versions.py:installed_version:return None:return None->pass':
         'the last statement of the function: falling off its end returns None as well',
     'swift_fipo/integrations/ms_swift/token_capture.py:_CaptureState:step: int = -1:-->':
         'the first step seen resets taken to 0, which it already is: starting from step 1 changes nothing',

@@ -15,15 +15,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import pytest
-
 from conftest import need, only_where
 
 import swift_fipo
-from swift_fipo.integrations.contract import installed_version
+from swift_fipo.integrations.versions import installed_version
 
 PACKAGE = Path(swift_fipo.__file__).resolve().parent
 SITE_PACKAGES = sysconfig.get_paths()['purelib']
@@ -94,11 +93,28 @@ def test_doctor_when_import_swift_itself_fails(tmp_path: Path, failure: str):
         assert 'NOT computed by swift-fipo' in result.stdout
 
 
-def test_doctor_without_ms_swift_exits_1(tmp_path: Path):
+def test_doctor_without_any_host_exits_1(tmp_path: Path):
     result = swift_fipo_command('doctor', env={'PYTHONPATH': str(only_swift_fipo(tmp_path))}, python_flags=('-S', ))
     assert_clean_failure(result, 'doctor')
     assert result.returncode == 1
-    assert 'ms-swift is not installed: pip install "ms-swift>=4.2.2"' in result.stdout
+    assert '  no host is installed: swift-fipo serves ms-swift, verl, trl, openrlhf; install the one you train with' \
+        in result.stdout, result.stdout
+    assert 'verdict:' not in result.stdout
+
+
+OTHER_HOSTS = ('ms-swift', 'verl', 'openrlhf')
+
+
+@only_where(installed_version('trl') is not None and not any(map(installed_version, OTHER_HOSTS)),
+            'needs an environment whose only host is TRL (.venv-trl-*)')
+def test_doctor_where_trl_is_the_only_host_serves_it_and_exits_0():
+    """TRL alone: one verdict for the installed host, exit 0, and no advice to install a host it does not need."""
+    result = swift_fipo_command('doctor')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'trl.trainer.grpo_trainer.GRPOTrainer: served by swift_fipo.FIPOGRPOTrainer' in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith('verdict:')] == [
+        'verdict: swift_fipo.FIPOGRPOTrainer (trl) is computed by swift-fipo']
+    assert 'pip install' not in result.stdout and 'no host is installed' not in result.stdout, result.stdout
 
 
 def test_doctor_under_python_dash_s_blames_no_site_not_an_editable_install(tmp_path: Path):

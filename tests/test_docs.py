@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import REPO
+
 from swift_fipo.config import PRESETS
 from swift_fipo.integrations.ms_swift.arguments import FLAG_NAMES
 
@@ -123,7 +124,7 @@ def test_every_metric_table_lists_exactly_the_keys_the_code_emits():
     metric table must say here which host's keys it lists."""
     import importlib.util
 
-    from swift_fipo.integrations.contract import METRIC_REDUCTIONS
+    from swift_fipo.integrations.metrics import METRIC_REDUCTIONS
 
     summary = _summary_keys()
     assert set(METRIC_REDUCTIONS) == summary  # every emitted key has a documented reduction, and no other
@@ -150,8 +151,8 @@ def _reproduce(message: str) -> BaseException | None:
     import re
 
     from swift_fipo.integrations.ms_swift import arguments as ms_swift_cli
+    from swift_fipo.integrations.settings import resolve_config
     from swift_fipo.integrations.verl import hooks as fipo_verl
-    from swift_fipo.integrations.contract import resolve_config
 
     def raised(call, *args, **kwargs) -> BaseException:
         try:

@@ -10,11 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'swift_fipo'
 INTEGRATIONS = 'swift_fipo.integrations'
 # Every host is one subpackage of swift_fipo.integrations.
 HOSTS = sorted(path.parent.name for path in (PACKAGE / 'integrations').glob('*/layout.py'))
-# What any host may import besides itself: the maths and the shared layer.
-SHARED = {'swift_fipo._lazy', 'swift_fipo.config', 'swift_fipo.ops', 'swift_fipo.ops.future_kl', 'swift_fipo.ops.influence',
-          'swift_fipo.ops.loss', 'swift_fipo.ops.precision', f'{INTEGRATIONS}.contract', f'{INTEGRATIONS}.diagnosis',
-          f'{INTEGRATIONS}.interception'}
-MATHS = {name for name in SHARED if not name.startswith(INTEGRATIONS)}
+# What any host may import besides itself: the maths and the shared layer (every module directly in
+# integrations/ but the table of hosts, which loads them all).
+SHARED_LAYER = {f'{INTEGRATIONS}.{path.stem}' for path in (PACKAGE / 'integrations').glob('*.py')
+                if path.stem not in ('__init__', 'hosts')}
+MATHS = {'swift_fipo._lazy', 'swift_fipo.config', 'swift_fipo.ops', 'swift_fipo.ops.future_kl',
+         'swift_fipo.ops.influence', 'swift_fipo.ops.loss', 'swift_fipo.ops.precision'}
+SHARED = MATHS | SHARED_LAYER
 
 
 def module_name(path: Path) -> str:
@@ -51,7 +53,8 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 
 def test_the_graph_is_read():
-    assert 'swift_fipo.integrations.contract' in GRAPH['swift_fipo.integrations.verl.hooks']
+    assert 'swift_fipo.integrations.patches' in GRAPH['swift_fipo.integrations.verl.hooks']
+    assert {'settings', 'metrics', 'patches', 'interception'} <= {name.rpartition('.')[2] for name in SHARED_LAYER}
     assert 'swift_fipo.integrations.ms_swift.legacy' in GRAPH['swift_fipo.integrations.ms_swift.hooks']
     assert {'ms_swift', 'trl', 'verl'} <= set(HOSTS)
     assert len(GRAPH) >= 20

@@ -11,11 +11,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from swift_fipo.integrations.contract import METRIC_REDUCTIONS
-from swift_fipo.integrations.interception import (InterceptedBatch, Interception, interception_of, log_ratio,
-                                                  record_summaries, sequence_ratio)
-from swift_fipo.ops.influence import compute_fipo_influence
 from swift_fipo.config import FIPOConfig
+from swift_fipo.integrations.interception import (
+    InterceptedBatch,
+    Interception,
+    interception_of,
+    log_ratio,
+    record_summaries,
+    sequence_ratio,
+)
+from swift_fipo.integrations.metrics import METRIC_REDUCTIONS
+from swift_fipo.ops.influence import compute_fipo_influence
 
 
 def test_a_read_of_the_advantages_before_they_are_reweighted_is_noted():

@@ -33,10 +33,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import ms_swift_version, need, not_applicable_here, only_where
 from megatron_cpu import real_trainer_runs_here
-from swift_fipo.integrations.contract import is_patch
+
+from swift_fipo.integrations.patches import is_patch
 
 pytestmark = [pytest.mark.ms_swift]
 need('swift', 'ms-swift')

@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import REPO, need, not_applicable_here
 
 pytestmark = [pytest.mark.ms_swift]
@@ -41,10 +40,11 @@ if not real_trainer_runs_here():  # mcore-bridge's distribution is read, never i
     not_applicable_here('needs mcore-bridge and an ms-swift >= 4.4 (Ray GRPOLoss, OPD-RL check) beside '
                         'megatron-core: the Megatron suite (scripts/suites/megatron-4.6.0.sh)')
 
-from swift_fipo.integrations.contract import METRIC_REDUCTIONS  # noqa: E402
 from megatron_cpu.worker_single import CASES  # noqa: E402  (the names only: importing it runs nothing)
 from reference import brute_fipo_weight, is_close  # noqa: E402
 from tiny_trl_model import build_tiny_model  # noqa: E402
+
+from swift_fipo.integrations.metrics import METRIC_REDUCTIONS  # noqa: E402
 
 WORKERS = REPO / 'tests' / 'megatron_cpu'
 OPD_RL_ERROR = "ValueError: OPD-RL (teacher) does not support loss_type='fipo'"

@@ -8,12 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import ms_swift_version, need, not_applicable_here
 from reference import brute_fipo, is_close, random_inputs
-from swift_fipo.integrations.ms_swift import hooks as ms_swift, layout as ms_swift_layout
-from swift_fipo.integrations.contract import is_patch, original_of
+
+from swift_fipo.integrations.ms_swift import hooks as ms_swift
+from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
 from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
+from swift_fipo.integrations.patches import is_patch, original_of
 
 pytestmark = pytest.mark.ms_swift
 need('swift', 'ms-swift')
@@ -138,6 +139,7 @@ def test_uninstall_restores_every_patched_attribute():
     """install() then uninstall() leaves ms-swift's classes exactly as they were before the plugin."""
     import importlib
     import sys
+
     from swift_fipo.integrations.ms_swift.layout import module_path
     importlib.import_module(module_path(ms_swift_layout.PIPELINE_MODULE))  # whether or not another test did
     watched = [sys.modules[name] for name in ms_swift_layout.WATCHED if name in sys.modules]

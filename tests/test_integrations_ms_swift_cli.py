@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import need
 
 from swift_fipo import FIPOConfig
 from swift_fipo.config import PRESETS
+from swift_fipo.integrations.messages import FIPOWarning
 from swift_fipo.integrations.ms_swift import arguments as cli
-from swift_fipo.integrations.contract import FIPOWarning
 
 NATIVE = {'loss_type', 'delta', 'fipo_decay_rate', 'fipo_clip_range', 'fipo_clip_high_only', 'fipo_safety_threshold'}
 OLD = {'loss_type', 'delta'}  # an argument class without ms-swift's native fipo flags
@@ -152,9 +151,11 @@ def _swift_parser_with_plugin_options():
     """ms-swift's own parser for its RLHF arguments (built as ms-swift builds it), with the plugin's options
     added as HfArgumentParser adds fields: the union argparse would read argv against."""
     import importlib
+
     import swift.utils
-    from swift_fipo.integrations.ms_swift.layout import module_path
     from transformers import HfArgumentParser
+
+    from swift_fipo.integrations.ms_swift.layout import module_path
     args_class = importlib.import_module(module_path('swift.pipelines.base')).SwiftPipeline  # ensures the import
     try:
         from swift.arguments import RLHFArguments
@@ -471,7 +472,7 @@ def test_a_step_counter_advanced_twice_is_refused(tmp_path, swift_advances, trl_
 
 def test_parse_hook_reads_the_command_line_when_given_no_list(monkeypatch):
     """ms-swift calls _parse_args(None) for a real command line: the flags come from sys.argv[1:]."""
-    from swift_fipo.integrations.contract import settings_of
+    from swift_fipo.integrations.settings import settings_of
     monkeypatch.setattr(cli, 'check_trainer_has_hook', lambda megatron: None)
     monkeypatch.setattr(sys, 'argv', ['swift', '--fipo_preset', 'paper-7b', '--loss_type', 'fipo'])
     arguments = type('RLHFArguments', (), {'__module__': 'swift.arguments.rlhf_args'})

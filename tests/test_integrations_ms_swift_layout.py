@@ -11,12 +11,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import only_where
 from packaging.version import Version
 
-from conftest import only_where
 from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
-from swift_fipo.integrations.contract import installed_version
 from swift_fipo.integrations.ms_swift.layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
+from swift_fipo.integrations.versions import installed_version
 
 pytestmark = pytest.mark.ms_swift
 

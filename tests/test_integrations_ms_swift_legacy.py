@@ -23,12 +23,14 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import need, not_applicable_here, only_where
 from reference import brute_fipo_weight, is_close, random_inputs
+
 from swift_fipo.integrations.interception import interception_of
-from swift_fipo.integrations.ms_swift import hooks as ms_swift, layout as ms_swift_layout, legacy as ms_swift_legacy
-from swift_fipo.integrations.contract import PatchSet
+from swift_fipo.integrations.ms_swift import hooks as ms_swift
+from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
+from swift_fipo.integrations.ms_swift import legacy as ms_swift_legacy
+from swift_fipo.integrations.patches import PatchSet
 
 pytestmark = pytest.mark.ms_swift
 need('swift', 'ms-swift')
@@ -170,7 +172,7 @@ def test_logged_minima_and_maxima_are_extremes_over_accumulation_chunks():
     from transformers import TrainerControl, TrainerState
 
     from swift_fipo.config import FIPOConfig
-    from swift_fipo.integrations.contract import METRIC_REDUCTIONS
+    from swift_fipo.integrations.metrics import METRIC_REDUCTIONS
     from swift_fipo.ops.influence import compute_fipo_influence
 
     batches = [make_batch(seed=11), make_batch(seed=12)]

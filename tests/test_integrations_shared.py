@@ -1,25 +1,22 @@
-"""The host contract shared by every integration: config resolution, refusals, the off-policy test,
-metric reductions and revertible patches."""
+"""The shared layer every host integration uses: config resolution, refusals, the off-policy test, warnings,
+the metric table and its reductions over chunks and ranks, and revertible patches."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-import textwrap
-from types import SimpleNamespace
 
 import pytest
 import torch
-
 from reference import brute_fipo_weight, is_close, random_inputs
+
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.config import PRESETS
-from swift_fipo.integrations import contract
+from swift_fipo.integrations import messages, metrics, patches, ranks, refusals, settings
+from swift_fipo.ops.loss import reweight_advantages
 
 
 def test_resolve_config_applies_the_preset_then_explicit_values():
-    config = contract.resolve_config('paper-32b', {'safety_threshold': 5.0}, lambda field: field, 'host')
+    config = settings.resolve_config('paper-32b', {'safety_threshold': 5.0}, lambda field: field, 'host')
     assert config == FIPOConfig(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0,
                                 log_ratio_clamp=20.0, sequence_drop=True, unclipped_weight_cap=10.0,
                                 clip_high_only=True, safety_threshold=5.0)
@@ -32,7 +29,7 @@ def test_resolve_config_applies_the_preset_then_explicit_values():
 ])
 def test_resolve_config_names_the_hosts_option(preset, explicit, message):
     with pytest.raises(ValueError, match=message):
-        contract.resolve_config(preset, explicit, lambda field: f'fipo.{field}', 'host')
+        settings.resolve_config(preset, explicit, lambda field: f'fipo.{field}', 'host')
 
 
 @pytest.mark.parametrize('iterations, steps, accumulation, off_policy', [
@@ -46,7 +43,7 @@ def test_resolve_config_names_the_hosts_option(preset, explicit, message):
     (None, 2, None, True),  # an unset accumulation window is 1 step
 ])
 def test_on_policy_reason(iterations, steps, accumulation, off_policy):
-    reason = contract.on_policy_reason(iterations, steps, accumulation)
+    reason = refusals.on_policy_reason(iterations, steps, accumulation)
     assert (reason is None) is off_policy
     if reason is not None:
         assert 'FIPO is a no-op' in reason and 'nothing is reused off-policy' in reason
@@ -55,15 +52,15 @@ def test_on_policy_reason(iterations, steps, accumulation, off_policy):
 def test_every_summary_has_a_reduction():
     log_ratio, mask, advantages = random_inputs(3, 20, seed=0)
     _, stats = compute_fipo_influence(log_ratio, mask, advantages, FIPOConfig())
-    assert set(stats.summary) == set(contract.METRIC_REDUCTIONS)
+    assert set(stats.summary) == set(metrics.METRIC_REDUCTIONS)
 
 
 @pytest.mark.parametrize('key, expected', [('influence_weight_min', 0.5), ('influence_weight_max', 3.0),
                                            ('neg_adv_ratio_p99', 3.0), ('future_kl_mean', 1.75)])
 def test_combine_metric_across_disagreeing_ranks(key, expected):
     # Ranks disagree, one has no such tokens (NaN): min, max and mean over the others.
-    assert contract.combine_metric(key, torch.tensor([0.5, 3.0, math.nan])) == expected
-    assert math.isnan(contract.combine_metric(key, torch.tensor([math.nan, math.nan])))
+    assert metrics.combine_metric(key, torch.tensor([0.5, 3.0, math.nan])) == expected
+    assert math.isnan(metrics.combine_metric(key, torch.tensor([math.nan, math.nan])))
 
 
 def test_combine_over_ranks_gathers_one_row_and_reduces_each_key_its_way():
@@ -76,7 +73,7 @@ def test_combine_over_ranks_gathers_one_row_and_reduces_each_key_its_way():
 
     summary = {'future_kl_mean': torch.tensor(1.0), 'influence_weight_min': torch.tensor(2.0),
                'influence_weight_max': torch.tensor(4.0)}
-    combined = contract.combine_over_ranks(summary, gather, torch.device('cpu'))
+    combined = ranks.combine_over_ranks(summary, gather, torch.device('cpu'))
     assert combined == {'future_kl_mean': 2.0, 'influence_weight_min': 0.5, 'influence_weight_max': 4.0}
     assert len(rows) == 1 and rows[0].shape == (1, 3)
 
@@ -89,15 +86,15 @@ def test_combine_over_ranks_gathers_the_row_on_the_given_device():
         return torch.tensor([[1.0, 2.0], [3.0, 0.5]])
 
     summary = {'future_kl_mean': torch.tensor(1.0), 'influence_weight_min': torch.tensor(2.0)}
-    assert contract.combine_over_ranks(summary, gather, torch.device('meta')) == {'future_kl_mean': 2.0,
+    assert ranks.combine_over_ranks(summary, gather, torch.device('meta')) == {'future_kl_mean': 2.0,
                                                                                    'influence_weight_min': 0.5}
-    contract.combine_over_ranks(summary, gather)
+    ranks.combine_over_ranks(summary, gather)
     assert seen == [torch.device('meta'), torch.device('cpu')]
 
 
 def test_record_metric_keeps_one_extreme_entry_and_appends_means():
     """Hosts average each per-step list: a min/max key must hold the extreme over chunks, once."""
-    values: dict[str, list[float]] = {key: [] for key in contract.METRIC_REDUCTIONS}
+    values: dict[str, list[float]] = {key: [] for key in metrics.METRIC_REDUCTIONS}
     chunks = [{'influence_weight_min': 0.9, 'influence_weight_max': 1.1, 'neg_adv_ratio_p99': 2.0,
                'future_kl_mean': 0.1},
               {'influence_weight_min': 0.8, 'influence_weight_max': 1.2, 'neg_adv_ratio_p99': math.nan,
@@ -106,7 +103,7 @@ def test_record_metric_keeps_one_extreme_entry_and_appends_means():
                'future_kl_mean': 0.2}]
     for chunk in chunks:
         for key, value in chunk.items():
-            contract.record_metric(values[key], key, value)
+            metrics.record_metric(values[key], key, value)
     assert values['influence_weight_min'] == [0.8]
     assert values['influence_weight_max'] == [1.2]
     assert values['neg_adv_ratio_p99'] == [2.0]  # a chunk without negative advantages (NaN) is ignored
@@ -115,18 +112,18 @@ def test_record_metric_keeps_one_extreme_entry_and_appends_means():
 
 def test_record_metric_starts_from_nan_without_losing_the_next_value():
     values: list[float] = []
-    contract.record_metric(values, 'influence_weight_max', math.nan)
-    contract.record_metric(values, 'influence_weight_max', 1.25)
+    metrics.record_metric(values, 'influence_weight_max', math.nan)
+    metrics.record_metric(values, 'influence_weight_max', 1.25)
     assert values == [1.25]
 
 
-@pytest.mark.parametrize('field', contract.RATIO_THRESHOLD_FIELDS)
+@pytest.mark.parametrize('field', settings.RATIO_THRESHOLD_FIELDS)
 @pytest.mark.parametrize('value, refused', [(1.05, True), (1.28, True), (1.2800001, False), (10.0, False)])
 def test_ratio_thresholds_must_lie_beyond_the_ppo_clip(field, value, refused):
     config = FIPOConfig(**{field: value})
 
     def check() -> None:
-        contract.check_ratio_thresholds(config, 0.28, lambda name: f'--{name}', 'host', 'eps_high')
+        settings.check_ratio_thresholds(config, 0.28, lambda name: f'--{name}', 'host', 'eps_high')
 
     if refused:
         message = rf'^host: --{field} must be > 1 \+ eps_high = 1\.28 .*; got {value:g}\.$'
@@ -134,21 +131,21 @@ def test_ratio_thresholds_must_lie_beyond_the_ppo_clip(field, value, refused):
             check()
     else:
         check()
-    contract.check_ratio_thresholds(config, None, str, 'host', 'eps_high')  # no PPO clip known: nothing to check
+    settings.check_ratio_thresholds(config, None, str, 'host', 'eps_high')  # no PPO clip known: nothing to check
 
 
 def test_warn_is_silent_off_rank_zero(monkeypatch, recwarn):
     monkeypatch.setenv('RANK', '3')
-    contract.warn('quiet')
+    messages.warn('quiet')
     monkeypatch.setenv('RANK', '0')
-    contract.warn('loud')
+    messages.warn('loud')
     assert [str(warning.message) for warning in recwarn] == ['[swift-fipo] WARNING: loud']
 
 
 def test_reweight_advantages_is_advantage_times_weight():
     log_ratio, mask, advantages = random_inputs(4, 30, seed=2, scale=0.4)
     config = PRESETS['paper-7b']
-    weighted, stats = contract.reweight_advantages(advantages, log_ratio, mask, config)
+    weighted, stats = reweight_advantages(advantages, log_ratio, mask, config)
     # paper-7b in the float64 brute force's terms: symmetric clip 0.2, safety 3, c = 10 for the filter and
     # the drop, log-ratios clamped to 20, unclipped cap 10.
     weight, _, _ = brute_fipo_weight(log_ratio, mask, advantages, clip_high_only=False, safety_threshold=3.0,
@@ -183,18 +180,18 @@ def _shout(original):
 
 
 def test_patches_apply_once_and_revert_exactly():
-    patches = contract.PatchSet([contract.Patch(_Owner, 'own', _shout), contract.Patch(_Owner, 'greet', _shout)])
+    patch_set = patches.PatchSet([patches.Patch(_Owner, 'own', _shout), patches.Patch(_Owner, 'greet', _shout)])
     own_before = vars(_Owner)['own']
-    patches.apply()
-    patches.apply()  # idempotent: wrapped once
+    patch_set.apply()
+    patch_set.apply()  # idempotent: wrapped once
     assert (_Owner().own(), _Owner().greet()) == ('OWN', 'BASE')
-    assert contract.is_patch(_Owner.own) and contract.original_of(_Owner.own) is own_before
-    assert contract.original_of(_Owner.greet) is _Base.greet
-    patches.revert()
+    assert patches.is_patch(_Owner.own) and patches.original_of(_Owner.own) is own_before
+    assert patches.original_of(_Owner.greet) is _Base.greet
+    patch_set.revert()
     assert vars(_Owner)['own'] is own_before
     assert 'greet' not in vars(_Owner)  # it was inherited: the revert removes ours, not the base's
     assert (_Owner().own(), _Owner().greet()) == ('own', 'base')
-    patches.revert()  # reverting twice changes nothing
+    patch_set.revert()  # reverting twice changes nothing
     assert vars(_Owner)['own'] is own_before
 
 
@@ -202,103 +199,28 @@ def test_a_subclass_of_a_patched_class_is_not_wrapped_twice():
     class Child(_Owner):
         pass
 
-    parent = contract.Patch(_Owner, 'own', _shout)
+    parent = patches.Patch(_Owner, 'own', _shout)
     parent.apply()
     try:
-        contract.Patch(Child, 'own', _shout).apply()
+        patches.Patch(Child, 'own', _shout).apply()
         assert Child().own() == 'OWN' and 'own' not in vars(Child)
     finally:
         parent.revert()
     assert _Owner().own() == 'own'
 
 
-def test_contract_exports_the_ops_entry_points():
-    log_ratio, mask, advantages = random_inputs(3, 12, seed=4, scale=0.5)
-    loss = torch.randn(3, 12)
-    through_contract, _ = contract.apply_fipo(loss, log_ratio, mask, advantages, reduction='sum')
-    from swift_fipo.ops.loss import apply_fipo
-    direct, _ = apply_fipo(loss, log_ratio, mask, advantages, reduction='sum')
-    assert torch.equal(through_contract, direct)
-
-
 def test_run_settings_capture_no_tokens_unless_asked():
     # A trainer built without the command-line hook gets these settings: nothing may be written to disk.
-    assert contract.RunSettings(config=FIPOConfig()).capture_completions == 0
+    assert settings.RunSettings(config=FIPOConfig()).capture_completions == 0
 
 
 def test_settings_and_patch_records_are_immutable():
     """Hosts share these objects (the trainer's args, the patch registry): nobody may change them after
     the fact; frozen dataclasses are also hashable."""
     import dataclasses
-    patch = contract.Patch(_Owner, 'own', _shout, 'test patch')
-    for record in (FIPOConfig(), contract.RunSettings(config=FIPOConfig()), patch, contract.PatchSet([patch])):
+    patch = patches.Patch(_Owner, 'own', _shout, 'test patch')
+    for record in (FIPOConfig(), settings.RunSettings(config=FIPOConfig()), patch, patches.PatchSet([patch])):
         field = dataclasses.fields(record)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, field, getattr(record, field))
     assert hash(FIPOConfig(delta=2.0)) == hash(FIPOConfig(delta=2.0))
-
-
-# --- process exit ------------------------------------------------------------------------------------
-
-# Prints how long the exit handlers registered after the marker took: atexit runs last in, first out, so
-# the handler registered first runs after the plugin's, and the one registered last runs before it.
-_EXIT_PROBE = textwrap.dedent('''
-    import atexit, sys, time, torch, torch.distributed as dist
-    from swift_fipo.integrations import contract
-    marks = {}
-    atexit.register(lambda: print('held back:', round(time.monotonic() - marks['start'], 3), flush=True))
-    if sys.argv[2] != 'none':
-        dist.init_process_group(sys.argv[2], init_method='file://' + sys.argv[1], rank=0, world_size=1)
-        dist.all_gather([torch.empty(3)], torch.ones(3))
-    for _ in range(int(sys.argv[3])):  # a host may ask more than once
-        contract.settle_gloo_workers_at_exit()
-    atexit.register(lambda: marks.setdefault('start', time.monotonic()))
-''')
-
-
-def _held_back(tmp_path, backend: str, requests: int) -> float:
-    result = subprocess.run([sys.executable, '-c', _EXIT_PROBE, str(tmp_path / 'store'), backend, str(requests)],
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0 and 'could not wait' not in result.stderr, result.stderr[-3000:]
-    return float(result.stdout.strip().splitlines()[-1].removeprefix('held back: '))
-
-
-@pytest.mark.parametrize('requests', [1, 2])
-def test_a_process_with_a_gloo_group_holds_its_exit_back_once(tmp_path, requests):
-    assert contract.GLOO_EXIT_GRACE_S <= _held_back(tmp_path, 'gloo', requests) < 2 * contract.GLOO_EXIT_GRACE_S
-
-
-def test_without_a_gloo_group_or_the_request_the_exit_is_not_held_back(tmp_path):
-    assert _held_back(tmp_path, 'gloo', 0) < contract.GLOO_EXIT_GRACE_S
-    assert _held_back(tmp_path, 'none', 1) < contract.GLOO_EXIT_GRACE_S
-
-
-def _fake_distributed(backend_config: str, initialized: bool = True) -> SimpleNamespace:
-    return SimpleNamespace(is_available=lambda: True, is_initialized=lambda: initialized,
-                           get_backend_config=lambda: backend_config)
-
-
-@pytest.mark.parametrize('distributed, waits', [
-    (_fake_distributed('cpu:gloo,cuda:nccl'), True), (_fake_distributed('gloo'), True),
-    (_fake_distributed('cuda:nccl'), False), (_fake_distributed('gloo', initialized=False), False), (None, False)])
-def test_the_exit_handler_waits_only_where_a_gloo_group_is_alive(monkeypatch, capsys, distributed, waits):
-    if distributed is None:  # torch.distributed never imported
-        monkeypatch.delitem(sys.modules, 'torch.distributed', raising=False)
-    else:
-        monkeypatch.setitem(sys.modules, 'torch.distributed', distributed)
-    slept = []
-    monkeypatch.setattr(contract.time, 'sleep', slept.append)
-    contract._settle_gloo_workers()
-    assert slept == ([contract.GLOO_EXIT_GRACE_S] if waits else [])
-    assert capsys.readouterr().err == ''
-
-
-def test_the_exit_handler_reports_a_failure_and_does_not_raise(monkeypatch, capsys):
-    def broken() -> str:
-        raise RuntimeError('no backend')
-
-    distributed = _fake_distributed('gloo')
-    distributed.get_backend_config = broken
-    monkeypatch.setitem(sys.modules, 'torch.distributed', distributed)
-    contract._settle_gloo_workers()
-    assert capsys.readouterr().err == '[swift-fipo] could not wait for gloo at exit (RuntimeError: no backend)\n'

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -15,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import need, only_where
 
 need('trl')
@@ -24,18 +24,17 @@ import trl  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import is_initialized as accelerate_state_initialized  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from reference import brute_fipo_weight  # noqa: E402
+from tiny_trl_model import PROMPTS, build_tiny_model  # noqa: E402
+from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import swift_fipo.integrations.trl.trainer as fipo_trl  # noqa: E402
-from swift_fipo.config import FIPOConfig  # noqa: E402
-from swift_fipo.integrations.contract import installed_version  # noqa: E402
-from swift_fipo.integrations.trl import FIPOGRPOTrainer, UnsupportedTRLError, check_trl_support  # noqa: E402
-from swift_fipo.ops.influence import compute_fipo_influence  # noqa: E402
 import swift_fipo.ops.loss as fipo_loss_module  # noqa: E402
-
-from reference import brute_fipo_weight  # noqa: E402
-from tiny_trl_model import PROMPTS, build_tiny_model  # noqa: E402
+from swift_fipo.config import FIPOConfig  # noqa: E402
+from swift_fipo.integrations.trl import FIPOGRPOTrainer, UnsupportedTRLError, check_trl_support  # noqa: E402
+from swift_fipo.integrations.versions import installed_version  # noqa: E402
+from swift_fipo.ops.influence import compute_fipo_influence  # noqa: E402
 
 MISSING_MODEL = '/nonexistent/model'  # refusals must happen before GRPOTrainer tries to load it
 # ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__ when another test module imports it;
@@ -239,7 +238,7 @@ def test_logged_minima_and_maxima_are_extremes_over_accumulation_chunks(
     """Two loss calls of one logging step (gradient-accumulation chunks) whose extremes differ, logged by TRL's
     own ``log()``, which averages every metric list: the weights' min / max and the p99 must come out as the
     extremes over the chunks (METRIC_REDUCTIONS, docs/parameters.md), the means as the mean of the chunks'."""
-    from swift_fipo.integrations.contract import METRIC_REDUCTIONS
+    from swift_fipo.integrations.metrics import METRIC_REDUCTIONS
     trainer, inputs = offpolicy
     trainer._metrics['train'].clear()
     chunks = []
@@ -716,8 +715,160 @@ def test_refuses_unsloth_patched_trainer_naming_unsloth(model_dir: Path, tmp_pat
 
 def test_doctor_says_whether_the_installed_trl_serves_fipogrpotrainer(monkeypatch):
     from swift_fipo.integrations.trl import hooks
-    lines = hooks.diagnose().lines
-    assert len(lines) == 1 and 'served by swift_fipo.FIPOGRPOTrainer' in lines[0], lines
-    assert hooks.diagnose().verdicts == []  # nothing is patched on import: no verdict to give
+    diagnosis = hooks.diagnose()
+    assert len(diagnosis.lines) == 1 and 'served by swift_fipo.FIPOGRPOTrainer' in diagnosis.lines[0], diagnosis.lines
+    # A verdict, as every host gives one: doctor's exit status counts it.
+    assert diagnosis.verdicts == [('swift_fipo.FIPOGRPOTrainer (trl)', True)]
     monkeypatch.setattr(fipo_trl, 'lost_init_refusal', lambda cls: 'its __init__ was deleted')
-    assert 'not in this process: its __init__ was deleted' in hooks.diagnose().lines[0]
+    diagnosis = hooks.diagnose()
+    assert 'not in this process: its __init__ was deleted' in diagnosis.lines[0]
+    assert diagnosis.verdicts == [('swift_fipo.FIPOGRPOTrainer (trl)', False)]
+
+
+# --- one message per refusal that says what is true (issue 29 item 8) ---------------------------------------
+
+
+def listed_loss_types(message: str) -> list[str]:
+    """The loss types a refusal offers: 'one of A, B on the installed trl'."""
+    return message.split('normalised, one of ')[1].split(' on the installed trl')[0].split(', ')
+
+
+@pytest.mark.parametrize('loss_type', ['fipo', 'cispo', 'no_such_loss', 'luspo'])
+def test_a_refused_loss_type_says_fipo_always_applies_and_lists_only_what_this_trl_trains(tmp_path: Path,
+                                                                                         loss_type: str) -> None:
+    if accepted(loss_type):
+        pytest.skip(f'trl {fipo_trl.trl_version()} trains {loss_type} with FIPO')
+    with pytest.raises(ValueError) as refused:
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type))
+    message = str(refused.value)
+    assert 'FIPOGRPOTrainer always trains with FIPO; GRPOConfig.loss_type only chooses how its clipped loss is ' \
+        'normalised' in message, message
+    assert f'got loss_type={loss_type!r} (' in message
+    # Only what the installed TRL trains with FIPO, each checked by the validation itself.
+    listed = listed_loss_types(message)
+    assert listed and all(accepted(each) for each in listed), listed
+    assert set(listed) == {each for each in fipo_trl.SUPPORTED_LOSS_TYPES if accepted(each)}
+    assert f'trl {fipo_trl.trl_version()}' in message
+
+
+# --- one rule on every host: a dual clip or filter inside the PPO clip (issue 27 item 3) -------------------
+
+RATIO_RULE_REFUSALS = [
+    (dict(delta=1.1, epsilon_high=0.28), None, 'GRPOConfig.delta must be > 1 + GRPOConfig.epsilon_high = 1.28'),
+    (dict(delta=1.2), None, 'GRPOConfig.delta must be > 1 + GRPOConfig.epsilon = 1.2'),
+    (dict(epsilon_high=0.28), FIPOConfig(filter_threshold=1.05),
+     'FIPOConfig.filter_threshold must be > 1 + GRPOConfig.epsilon_high = 1.28'),
+    (dict(delta=3.0, epsilon_high=0.28), FIPOConfig(delta=1.28),
+     'FIPOConfig.delta must be > 1 + GRPOConfig.epsilon_high = 1.28'),
+    (dict(delta=1.25, epsilon_high=0.28), FIPOConfig(delta=3.0),  # TRL's own dual clip, whatever FIPO's is
+     'GRPOConfig.delta must be > 1 + GRPOConfig.epsilon_high = 1.28'),
+]
+
+
+@pytest.mark.parametrize('values, fipo, message', RATIO_RULE_REFUSALS)
+def test_a_dual_clip_or_filter_inside_the_ppo_clip_is_refused_before_the_model_loads(
+        tmp_path: Path, values: dict[str, Any], fipo: Any, message: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # the delta mismatch warning is not what is tested
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_trainer(MISSING_MODEL, grpo_args(tmp_path, **values), fipo=fipo)
+
+
+def test_a_dual_clip_and_filter_beyond_the_ppo_clip_are_accepted(tmp_path: Path) -> None:
+    with pytest.raises(OSError):  # validation passed; the missing model then fails to load
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path, delta=1.3, epsilon_high=0.28),
+                     fipo=FIPOConfig(delta=1.3, filter_threshold=1.29))
+
+
+# --- a log-prob override that skips FIPO's hook (issue 27 item 5) ------------------------------------------
+
+
+class LogpsWithoutSuper(FIPOGRPOTrainer):
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+        return GRPOTrainer._get_per_token_logps_and_entropies(self, *args, **kwargs)  # not super(): skips FIPO
+
+
+class LogpsWithSuper(FIPOGRPOTrainer):
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+        return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+
+def test_a_logps_override_without_super_is_refused_at_construction_naming_the_subclass(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedTRLError) as refused:
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path), cls=LogpsWithoutSuper)
+    message = str(refused.value)
+    assert f'LogpsWithoutSuper.{fipo_trl.layout.LOGPS_METHOD}) overrides FIPOGRPOTrainer\'s and never calls super()' \
+        in message, message
+    assert 'would train without FIPO' in message
+    assert 'pip install' not in message and 'cannot hook this TRL' not in message  # the TRL version is not to blame
+    with pytest.raises(OSError):  # calling super() passes; the missing model then fails to load
+        make_trainer(MISSING_MODEL, grpo_args(tmp_path), cls=LogpsWithSuper)
+
+
+def generated_logps_without_super() -> Any:
+    """A log-prob override compiled from a string (no source to read), which skips FIPO's hook."""
+    namespace: dict[str, Any] = {'GRPOTrainer': GRPOTrainer}
+    exec(compile('def _get_per_token_logps_and_entropies(self, *args, **kwargs):\n'
+                 '    return GRPOTrainer._get_per_token_logps_and_entropies(self, *args, **kwargs)\n',
+                 '<generated>', 'exec'), namespace)
+    return namespace['_get_per_token_logps_and_entropies']
+
+
+def test_a_logps_override_without_source_is_refused_at_the_first_loss_naming_the_subclass(
+        model_dir: Path, tmp_path: Path) -> None:
+    cls = type('GeneratedLogps', (FIPOGRPOTrainer, ), {fipo_trl.layout.LOGPS_METHOD: generated_logps_without_super()})
+    trainer = make_trainer(model_dir, grpo_args(tmp_path, max_steps=1), cls=cls)  # the source scan cannot decide
+    with pytest.raises(UnsupportedTRLError) as refused:
+        trainer.train()
+    message = str(refused.value)
+    assert "GeneratedLogps._get_per_token_logps_and_entropies) overrides FIPOGRPOTrainer's" in message, message
+    assert 'pip install' not in message and 'cannot hook this TRL' not in message
+    assert trainer.state.global_step == 0
+
+
+# --- every training step goes through FIPO; evaluation metrics are eval's (issue 29 item 5) -----------------
+
+
+def compute_loss_bypassing_after_warm_up() -> Any:
+    """A compute_loss compiled from a string (the construction check cannot read it) that goes through
+    _compute_loss for the first optimizer step, then computes TRL's plain loss, bypassing FIPO."""
+    namespace: dict[str, Any] = {'GRPOTrainer': GRPOTrainer}
+    exec(compile('def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):\n'
+                 '    if self.state.global_step >= 1:\n'
+                 '        return GRPOTrainer._compute_loss(self, model, inputs)\n'
+                 '    return self._compute_loss(model, inputs)\n', '<generated>', 'exec'), namespace)
+    return namespace['compute_loss']
+
+
+class ParameterSnapshots(TrainerCallback):
+    """The model's parameters after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.after_step: list[list[torch.Tensor]] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.after_step.append([parameter.detach().clone() for parameter in model.parameters()])
+
+
+def test_a_step_that_bypasses_fipo_after_a_warm_up_is_refused_before_its_optimizer_step(
+        model_dir: Path, tmp_path: Path) -> None:
+    cls = type('WarmUpThenBypass', (FIPOGRPOTrainer, ), {'compute_loss': compute_loss_bypassing_after_warm_up()})
+    assert fipo_trl.compute_loss_reaches_hook(cls) == (None, cls)
+    snapshots = ParameterSnapshots()
+    trainer = make_trainer(model_dir, grpo_args(tmp_path, max_steps=3), cls=cls, callbacks=[snapshots])
+    with pytest.raises(UnsupportedTRLError, match='WarmUpThenBypass trained a step without FIPO'):
+        trainer.train()
+    # The first step trained (with FIPO); the second was refused before its optimizer step.
+    assert trainer.state.global_step == 1 and len(snapshots.after_step) == 1
+    assert all(torch.equal(old, new) for old, new in zip(snapshots.after_step[0], trainer.model.parameters()))
+
+
+def test_fipo_metrics_of_evaluation_are_logged_under_eval_not_train(model_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(model_dir, grpo_args(tmp_path, per_device_eval_batch_size=4),
+                           eval_dataset=Dataset.from_dict({'prompt': PROMPTS[:4]}))
+    trainer._metrics['train'].clear()
+    results = trainer.evaluate()
+    assert 'eval_fipo/influence_weight_mean' in results, sorted(results)
+    assert results['eval_fipo/influence_weight_mean'] == pytest.approx(1.0)  # on-policy: weights of 1
+    # Nothing of the evaluation waits in the training step's lists, to be averaged into its fipo/* values.
+    assert not any(key.startswith('fipo/') and values for key, values in trainer._metrics['train'].items())

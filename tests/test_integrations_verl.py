@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import need, only_where
 
 verl = need('verl')  # not collected without verl; where verl is installed, an import error fails
@@ -42,9 +41,10 @@ if VERL_07:
 needs_verl_07 = only_where(VERL_07, 'verl < 0.7: no ppo_loss, and validate_config runs in the TaskRunner')
 
 from reference import authors_weight, brute_fipo_weight, random_inputs  # noqa: E402
+
 from swift_fipo import FIPOConfig, compute_fipo_influence  # noqa: E402
+from swift_fipo.integrations.messages import FIPOWarning  # noqa: E402
 from swift_fipo.integrations.verl import hooks as fipo_verl  # noqa: E402
-from swift_fipo.integrations.contract import FIPOWarning  # noqa: E402
 
 pytestmark = pytest.mark.verl
 

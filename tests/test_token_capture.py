@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import need
 
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.integrations.ms_swift import token_capture
-from swift_fipo.integrations.contract import RunSettings, attach_settings
+from swift_fipo.integrations.settings import RunSettings, attach_settings
 
 
 class WordTokenizer:

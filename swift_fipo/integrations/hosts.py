@@ -56,7 +56,7 @@ class Host:
         return importlib.import_module(self.package)
 
     def is_installed(self) -> bool:
-        from swift_fipo.integrations.contract import installed_version
+        from swift_fipo.integrations.versions import installed_version
         return installed_version(self.distribution) is not None
 
     def install(self) -> dict:

@@ -20,7 +20,8 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping, Optional
 
-from swift_fipo.integrations.contract import combine_over_ranks, record_metric
+from swift_fipo.integrations.metrics import record_metric
+from swift_fipo.integrations.ranks import combine_over_ranks
 
 if TYPE_CHECKING:
     import torch

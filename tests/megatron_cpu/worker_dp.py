@@ -41,7 +41,7 @@ EMPTY_RANK = {'empty-rank-1': 1}
 def main(model_dir: Path, out_file: Path) -> None:
     harness.import_trainer_module()
     harness.init_distributed()
-    from swift_fipo.integrations.contract import settle_gloo_workers_at_exit
+    from swift_fipo.integrations.ms_swift.gloo_exit import settle_gloo_workers_at_exit
     settle_gloo_workers_at_exit()  # gloo's worker threads finish before the interpreter is torn down
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     # new_group is collective: every rank creates every one-rank group.

@@ -48,7 +48,7 @@ def main(model_dir: Path, out_file: Path) -> None:
     cls = module.MegatronGRPOTrainer
     from swift_fipo import activation
     from swift_fipo.integrations.ms_swift import hooks as ms_swift
-    from swift_fipo.integrations.contract import is_patch
+    from swift_fipo.integrations.patches import is_patch
     result: dict[str, Any] = {'import_s': time.monotonic() - began, 'disabled': activation.is_disabled(),
                               'patched': ms_swift.is_patched(cls), 'teacher_patched': is_patch(cls._setup_teacher),
                               'loss_func_patched': is_patch(cls.loss_func)}
@@ -126,8 +126,9 @@ def _presets(run: Callable[..., Any], tokens: dict[str, torch.Tensor], rollout: 
     float64 reference. The settings reach the trainer as the argument hook hands them over: the resolved
     ``RunSettings`` attached to the args, and the flags ms-swift knows (``--delta``, ``--fipo_*``) set on them."""
     import dataclasses
+
     from swift_fipo.config import PRESETS
-    from swift_fipo.integrations.contract import RunSettings, attach_settings
+    from swift_fipo.integrations.settings import RunSettings, attach_settings
     # Far off-policy old log-probs, so that the authors' filter (c = 10), safety rule and drop have work to do.
     noise = torch.randn(rollout.shape, generator=torch.Generator().manual_seed(3)) * 1.5
     results = {}
@@ -163,6 +164,7 @@ def _doctor() -> dict[str, Any]:
     """What ``swift-fipo doctor`` prints in this process (its public function, stdout captured)."""
     import contextlib
     import io
+
     from swift_fipo import cli
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

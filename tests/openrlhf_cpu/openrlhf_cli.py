@@ -54,9 +54,8 @@ def _stop(arguments: Any) -> Any:
 
 def run(argv: list[str]) -> Any:
     """The arguments OpenRLHF's command line builds from ``argv`` (SystemExit where it refuses them)."""
-    import ray
-
     import openrlhf.utils
+    import ray
     ray.is_initialized = lambda: True
     openrlhf.utils.get_strategy = _stop
     sys.argv = [layout.CLI_MODULE, *argv]
@@ -68,7 +67,7 @@ def run(argv: list[str]) -> Any:
 
 
 def values(arguments: Any) -> dict[str, Any]:
-    from swift_fipo.integrations.contract import settings_of
+    from swift_fipo.integrations.settings import settings_of
     settings = settings_of(arguments)
     fipo = getattr(arguments.actor, 'fipo', None)
     return {

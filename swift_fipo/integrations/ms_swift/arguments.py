@@ -36,9 +36,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
-from swift_fipo.integrations.contract import (RunSettings, attach_settings, check_ratio_thresholds, installed_version,
-                                              liger_refusal, on_policy_reason, resolve_config, settings_of,
-                                              settle_gloo_workers_at_exit, warn)
+from swift_fipo.integrations.messages import warn
+from swift_fipo.integrations.ms_swift.gloo_exit import settle_gloo_workers_at_exit
+from swift_fipo.integrations.refusals import liger_refusal, on_policy_reason
+from swift_fipo.integrations.settings import (
+    RunSettings,
+    attach_settings,
+    check_ratio_thresholds,
+    resolve_config,
+    settings_of,
+)
+from swift_fipo.integrations.versions import installed_version
 from swift_fipo.integrations.ms_swift import layout
 
 HOST = 'swift-fipo'

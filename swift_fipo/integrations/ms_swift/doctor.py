@@ -3,9 +3,9 @@ training run imports them (so the activation, if running, patches them exactly a
 
 from __future__ import annotations
 
-from swift_fipo.integrations.contract import installed_version
 from swift_fipo.integrations.diagnosis import Diagnosis, activation_running, import_observed, why_not_hooked
 from swift_fipo.integrations.ms_swift import layout
+from swift_fipo.integrations.versions import installed_version
 
 
 def diagnose() -> Diagnosis:
@@ -26,8 +26,8 @@ def _hf_hooks(diagnosis: Diagnosis) -> bool:
             diagnosis.say(f'{name}: cannot import it: {error}')
             return False
         modules[name] = module
-    from swift_fipo.integrations.contract import is_patch
     from swift_fipo.integrations.ms_swift import hooks, legacy  # after ms-swift: they import torch
+    from swift_fipo.integrations.patches import is_patch
 
     pipeline = getattr(modules[pipeline_name], layout.PIPELINE_CLASS, None)
     flags_hooked = pipeline is not None and is_patch(vars(pipeline).get(layout.PARSE_METHOD))

@@ -23,12 +23,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from swift_fipo.integrations.contract import (METRIC_REDUCTIONS, Patch, PatchSet, combine_metric, combine_over_ranks,
-                                              is_patch, original_of)
 from swift_fipo.integrations.interception import interception_of
+from swift_fipo.integrations.metrics import METRIC_REDUCTIONS, combine_metric
 from swift_fipo.integrations.ms_swift import layout, legacy
-from swift_fipo.integrations.ms_swift.arguments import (SUPPORTED_RANGE, run_settings, unsupported_message,
-                                                        with_fipo_flags, with_run_validation)
+from swift_fipo.integrations.ms_swift.arguments import (
+    SUPPORTED_RANGE,
+    run_settings,
+    unsupported_message,
+    with_fipo_flags,
+    with_run_validation,
+)
+from swift_fipo.integrations.patches import Patch, PatchSet, is_patch, original_of
+from swift_fipo.integrations.ranks import combine_over_ranks
 from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
 
 _PIPELINE_MODULES = (layout.PIPELINE_MODULE, layout.MODULES_3X[layout.PIPELINE_MODULE])

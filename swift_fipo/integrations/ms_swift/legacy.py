@@ -34,12 +34,20 @@ from typing import Any, Callable
 import torch
 from torch.utils._pytree import tree_map
 
-from swift_fipo.integrations.contract import Patch, is_patch, reweight_advantages
-from swift_fipo.integrations.interception import (ADVANTAGES, OLD_LOGPS, InterceptedBatch, interception_of, log_ratio,
-                                                  record_summaries, sequence_ratio)
+from swift_fipo.integrations.interception import (
+    ADVANTAGES,
+    OLD_LOGPS,
+    InterceptedBatch,
+    interception_of,
+    log_ratio,
+    record_summaries,
+    sequence_ratio,
+)
 from swift_fipo.integrations.ms_swift.arguments import run_settings
 from swift_fipo.integrations.ms_swift.layout import FIPO_HOOK, LOGPS_METHOD, LOSS_METHOD, source_is_servable
+from swift_fipo.integrations.patches import Patch, is_patch
 from swift_fipo.ops.influence import FIPOStats
+from swift_fipo.ops.loss import reweight_advantages
 
 FIRST_NATIVE = '4.2.2'
 # The loss branch a legacy FIPO run takes: native FIPO shares DAPO's normalisation and KL handling.

@@ -24,7 +24,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from swift_fipo.integrations.contract import report, settings_of
+from swift_fipo.integrations.messages import report
+from swift_fipo.integrations.settings import settings_of
 
 FILE_NAME = 'fipo_tokens.jsonl'
 MAX_TOKENS_PER_COMPLETION = 2048

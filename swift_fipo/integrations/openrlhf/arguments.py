@@ -23,9 +23,16 @@ import functools
 from typing import Any, Callable, Optional
 
 from swift_fipo.config import PRESETS, FIPOConfig, FIPOConfigError
-from swift_fipo.integrations.contract import (RunSettings, attach_settings, check_ratio_thresholds, on_policy_reason,
-                                              resolve_config, settings_of, warn)
+from swift_fipo.integrations.messages import warn
 from swift_fipo.integrations.openrlhf import layout
+from swift_fipo.integrations.refusals import on_policy_reason
+from swift_fipo.integrations.settings import (
+    RunSettings,
+    attach_settings,
+    check_ratio_thresholds,
+    resolve_config,
+    settings_of,
+)
 
 HOST = 'openrlhf'
 DEFAULT_PRESET = 'swift'
@@ -116,7 +123,7 @@ def _epsilon_high(arguments: Any) -> tuple[Optional[float], str]:
 def fipo_config(arguments: Any) -> FIPOConfig:
     """The FIPOConfig of an OpenRLHF arguments object: the preset, the explicit ``--actor.fipo.*`` values on
     top, and ``--actor.dual_clip`` as FIPO's delta. Raises ``ValueError`` naming the option and its range,
-    also for a dual clip or filter at or inside the PPO clip (``contract.check_ratio_thresholds``)."""
+    also for a dual clip or filter at or inside the PPO clip (``settings.check_ratio_thresholds``)."""
     explicit = given_options(arguments)
     preset = explicit.pop('preset', DEFAULT_PRESET)
     if 'delta' in explicit:

@@ -23,8 +23,9 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from swift_fipo.integrations import diagnosis as doctor
-from swift_fipo.integrations.contract import Patch, PatchSet, installed_version, original_of
 from swift_fipo.integrations.openrlhf import arguments, layout
+from swift_fipo.integrations.patches import Patch, PatchSet, original_of
+from swift_fipo.integrations.versions import installed_version
 
 ARGPARSE = 'argparse'
 _VERDICT = f'openrlhf `{layout.LOSS_TYPE_OPTION} {layout.LOSS_TYPE}`'

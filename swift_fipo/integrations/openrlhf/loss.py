@@ -19,8 +19,8 @@ import torch
 from openrlhf.models.loss import PolicyLoss
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import original_of
 from swift_fipo.integrations.openrlhf import layout
+from swift_fipo.integrations.patches import original_of
 from swift_fipo.ops.influence import FIPOStats
 from swift_fipo.ops.loss import reweight_advantages
 

@@ -32,11 +32,20 @@ import torch
 from trl import GRPOTrainer
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import installed_version, liger_refusal, on_policy_reason, reweight_advantages, warn
-from swift_fipo.integrations.interception import (OLD_LOGPS, InterceptedBatch, interception_of, log_ratio,
-                                                  record_summaries, sequence_ratio)
+from swift_fipo.integrations.interception import (
+    OLD_LOGPS,
+    InterceptedBatch,
+    interception_of,
+    log_ratio,
+    record_summaries,
+    sequence_ratio,
+)
+from swift_fipo.integrations.messages import warn
+from swift_fipo.integrations.refusals import liger_refusal, on_policy_reason
 from swift_fipo.integrations.trl import layout
+from swift_fipo.integrations.versions import installed_version
 from swift_fipo.ops.influence import FIPOStats
+from swift_fipo.ops.loss import reweight_advantages
 
 # Found by capability, not version: per-token advantages reached _compute_loss in TRL 0.26.
 SUPPORTED_RANGE = 'trl >= 0.26'

@@ -30,11 +30,21 @@ import typing
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from swift_fipo.config import FIPOConfig
-from swift_fipo.integrations.contract import (Patch, PatchSet, check_ratio_thresholds, on_policy_reason,
-                                              resolve_config, reweight_advantages, warn)
 from swift_fipo.integrations.diagnosis import Diagnosis, import_observed, why_not_hooked
-from swift_fipo.integrations.verl.layout import (CLIP_HIGH_OPTION, CONFIG_MODULE, CORE_ALGOS_MODULE, DUAL_CLIP_OPTION,
-                                                 LOSS_MODE, NAME, OPTION_PREFIX)
+from swift_fipo.integrations.messages import warn
+from swift_fipo.integrations.metrics import METRICS
+from swift_fipo.integrations.patches import Patch, PatchSet
+from swift_fipo.integrations.refusals import on_policy_reason
+from swift_fipo.integrations.settings import check_ratio_thresholds, resolve_config
+from swift_fipo.integrations.verl.layout import (
+    CLIP_HIGH_OPTION,
+    CONFIG_MODULE,
+    CORE_ALGOS_MODULE,
+    DUAL_CLIP_OPTION,
+    LOSS_MODE,
+    NAME,
+    OPTION_PREFIX,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -48,11 +58,7 @@ _UNLOGGED = frozenset({'neg_adv_ratio_p99'})
 # tokens), and verl takes a plain np.mean over micro-batches (NaN then spoils the whole step's value)
 # and needs as many values from every rank (a left-out key breaks that); vanilla's own masked means
 # give 0 there.
-EMPTY_MICRO_BATCH_METRICS = {
-    'future_kl_mean': 0.0, 'raw_weight_mean': 1.0, 'influence_weight_mean': 1.0, 'influence_weight_min': 1.0,
-    'influence_weight_max': 1.0, 'safety_keep_ratio': 1.0, 'safety_fired_ratio': 0.0, 'filtered_ratio': 0.0,
-    'dropped_response_ratio': 0.0, 'clipped_high_ratio': 0.0, 'clipped_low_ratio': 0.0,
-}
+EMPTY_MICRO_BATCH_METRICS = {key: metric.idle for key, metric in METRICS.items() if key not in _UNLOGGED}
 _LOSS_PARAMETERS = ('old_log_prob', 'log_prob', 'advantages', 'response_mask', 'loss_agg_mode', 'config',
                     'rollout_is_weights')
 
@@ -78,7 +84,7 @@ def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[flo
 
     ``clip_ratio_c`` (verl's dual clip) becomes FIPO's ``delta`` when given. With ``clip_ratio_high``
     (vanilla's epsilon_high), the dual clip and ``filter_threshold`` must exceed 1 + clip_ratio_high, the
-    rule every host applies (``contract.check_ratio_thresholds``). A bad value raises ``ValueError``
+    rule every host applies (``settings.check_ratio_thresholds``). A bad value raises ``ValueError``
     naming the Hydra option.
     """
     if options is not None and not isinstance(options, Mapping):
@@ -210,6 +216,7 @@ def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
     """verl's vanilla PPO loss with the advantages multiplied by FIPO's influence weights."""
     if config is None:
         raise ValueError(f'{HOST}: the {LOSS_MODE} policy loss needs the actor config.')
+    from swift_fipo.ops.loss import reweight_advantages  # torch: only once verl computes a loss
     fipo = config_of_actor(config)
     weighted, stats = reweight_advantages(advantages, log_prob - old_log_prob, response_mask, fipo)
     vanilla = importlib.import_module(CORE_ALGOS_MODULE).get_policy_loss_fn('vanilla')
