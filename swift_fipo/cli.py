@@ -137,9 +137,10 @@ def doctor() -> int:
         diagnosis = host.diagnose()
         lines.extend(diagnosis.lines)
         verdicts.extend(diagnosis.verdicts)
-    if not any(host.watched for host in installed):
-        lines.append('  ms-swift is not installed: pip install "ms-swift>=4.2.2" (or another host: '
-                     f'{", ".join(host.name for host in HOSTS[1:])}; see docs/)')
+    if not installed:  # advice only where there is nothing to diagnose
+        lines.append(f'  no host is installed: swift-fipo serves {", ".join(host.name for host in HOSTS)}; install the '
+                     'one you train with (see docs/)')
+    # Every installed host gives a verdict: 0 when each is served.
     for what, served in verdicts:
         lines.append(f'verdict: {what} is ' + ('computed by swift-fipo' if served else
                                                 'NOT computed by swift-fipo here (see above)'))

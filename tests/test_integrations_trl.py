@@ -867,8 +867,10 @@ def test_fipo_metrics_of_evaluation_are_logged_under_eval_not_train(model_dir: P
     trainer = make_trainer(model_dir, grpo_args(tmp_path, per_device_eval_batch_size=4),
                            eval_dataset=Dataset.from_dict({'prompt': PROMPTS[:4]}))
     trainer._metrics['train'].clear()
-    results = trainer.evaluate()
-    assert 'eval_fipo/influence_weight_mean' in results, sorted(results)
-    assert results['eval_fipo/influence_weight_mean'] == pytest.approx(1.0)  # on-policy: weights of 1
+    trainer.evaluate()
+    logged = trainer.state.log_history[-1]  # what TRL's log() wrote for the evaluation: its eval metric lists
+    assert 'eval_loss' in logged and 'eval_fipo/influence_weight_mean' in logged, sorted(logged)
+    assert logged['eval_fipo/influence_weight_mean'] == pytest.approx(1.0)  # on-policy: weights of 1
+    assert not any(key.startswith('fipo/') for key in logged)
     # Nothing of the evaluation waits in the training step's lists, to be averaged into its fipo/* values.
     assert not any(key.startswith('fipo/') and values for key, values in trainer._metrics['train'].items())

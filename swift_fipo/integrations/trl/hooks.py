@@ -17,22 +17,34 @@ def uninstall() -> None:
 
 
 def diagnose() -> Diagnosis:
+    """Whether ``FIPOGRPOTrainer`` can train with the installed TRL: a verdict, as every host gives one."""
     diagnosis = Diagnosis()
+    what = f'swift_fipo.FIPOGRPOTrainer ({layout.NAME})'
     module, error = import_observed(layout.GRPO_MODULE, diagnosis)
     if module is None:
         diagnosis.say(f'{layout.GRPO_MODULE}: cannot import it: {error}')
+        diagnosis.judge(what, False)
         return diagnosis
     from swift_fipo.integrations.trl.trainer import (SUPPORTED_RANGE, UnsupportedTRLError, check_trl_support,
-                                                     lost_init_refusal)
+                                                     init_deleted_by_ms_swift, lost_init_refusal)
     try:
         check_trl_support(module.GRPOTrainer)
     except UnsupportedTRLError as refusal:
         diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: FIPOGRPOTrainer refused: {refusal}')
+        diagnosis.judge(what, False)
         return diagnosis
-    lost_init = lost_init_refusal(module.GRPOTrainer)  # e.g. doctor imported ms-swift's GRPO trainer first
-    if lost_init is not None:
+    served = f'{layout.GRPO_MODULE}.GRPOTrainer: served by swift_fipo.FIPOGRPOTrainer ({SUPPORTED_RANGE}; nothing is ' \
+             'patched on import)'
+    lost_init = lost_init_refusal(module.GRPOTrainer)
+    if lost_init is None:
+        diagnosis.say(served)
+    elif init_deleted_by_ms_swift(module.GRPOTrainer) is not None:
+        # Doctor itself imported ms-swift's GRPO trainer to look at it: a TRL program that does not is served.
+        diagnosis.say(f"{served}, in a process that does not import ms-swift's GRPO trainer (this one did, for "
+                      "ms-swift's check; a program that does is refused with a clear message)")
+    else:  # deleted by something else in this very process
         diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: not in this process: {lost_init}')
-    else:
-        diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: served by swift_fipo.FIPOGRPOTrainer ({SUPPORTED_RANGE}; '
-                      'nothing is patched on import)')
+        diagnosis.judge(what, False)
+        return diagnosis
+    diagnosis.judge(what, True)
     return diagnosis

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 from trl import GRPOTrainer
 
-from swift_fipo.config import FIPOConfig
+from swift_fipo.config import FIPOConfig, FIPOConfigError
 from swift_fipo.integrations.interception import (
     OLD_LOGPS,
     InterceptedBatch,
@@ -42,6 +42,8 @@ from swift_fipo.integrations.interception import (
 )
 from swift_fipo.integrations.messages import warn
 from swift_fipo.integrations.refusals import liger_refusal, on_policy_reason
+from swift_fipo.integrations.sources import reads_in_order
+from swift_fipo.integrations.settings import check_ratio_thresholds, config_error
 from swift_fipo.integrations.trl import layout
 from swift_fipo.integrations.versions import installed_version
 from swift_fipo.ops.influence import FIPOStats
@@ -60,6 +62,7 @@ REFUSED_LOSS_TYPES = {
     'vespo': 'sequence-level Gamma weights of the log-ratios replace the clipped surrogate',
 }
 IMPORTANCE_SAMPLING_LEVELS = ('token', 'sequence')
+HOST = 'swift-fipo: FIPOGRPOTrainer'  # how messages start
 
 _LOGPS_METHOD, _LOSS_METHOD = layout.LOGPS_METHOD, layout.LOSS_METHOD
 
@@ -81,6 +84,9 @@ def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
     unsloth = unsloth_trainer(trainer_cls)
     if unsloth is not None:
         raise UnsupportedTRLError(_unsloth_refusal(trainer_cls, unsloth))
+    skipping = logps_override_skipping_hook(trainer_cls)
+    if skipping is not None:
+        raise UnsupportedTRLError(_logps_override_refusal(trainer_cls, skipping))
     host = _host_class(trainer_cls)
     missing = [name for name in (_LOGPS_METHOD, _LOSS_METHOD) if not callable(getattr(host, name, None))]
     if missing:
@@ -93,14 +99,12 @@ def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
              'per-step check.')
         source = None
     if source is not None:
-        logps_at = source.find(f'self.{_LOGPS_METHOD}(')
-        advantages_at = source.find('inputs["advantages"]')
-        if logps_at < 0 or advantages_at < logps_at:
+        if not reads_in_order(source, f'self.{_LOGPS_METHOD}(', layout.LOSS_READS_ADVANTAGES):
             raise UnsupportedTRLError(
                 _unsupported('its _compute_loss does not read inputs["advantages"] after computing the log-probs'))
         # Before 0.26 TRL always did advantages.unsqueeze(1): [B, T] advantages would broadcast to
         # [B, B, T] without any error, so this must be refused rather than discovered.
-        if 'advantages.dim()' not in source:
+        if layout.PER_TOKEN_ADVANTAGES_MARKER not in source:
             raise UnsupportedTRLError(_unsupported('its _compute_loss does not accept per-token [B, T] advantages'))
     reaches, owner = compute_loss_reaches_hook(trainer_cls)
     if reaches is False:
@@ -143,6 +147,35 @@ def _self_calls(function: Any) -> Optional[frozenset[str]]:
     return frozenset(names)
 
 
+def _logps_overrides(trainer_cls: type) -> list[type]:
+    """The subclasses of FIPOGRPOTrainer in ``trainer_cls``'s MRO that define the log-prob method FIPO hooks."""
+    fipo_cls = globals().get('FIPOGRPOTrainer')
+    if fipo_cls is None:
+        return []
+    return [klass for klass in trainer_cls.__mro__
+            if klass is not fipo_cls and issubclass(klass, fipo_cls) and _LOGPS_METHOD in vars(klass)]
+
+
+def logps_override_skipping_hook(trainer_cls: type) -> Optional[type]:
+    """The subclass whose override of the log-prob method never calls ``super()`` (FIPO reweights the advantages
+    in FIPOGRPOTrainer's, which then never runs); None otherwise, or where a source cannot be read (the check
+    in every loss call then decides)."""
+    for klass in _logps_overrides(trainer_cls):
+        calls = _self_calls(vars(klass)[_LOGPS_METHOD])
+        if calls is None:
+            return None
+        if f'super().{_LOGPS_METHOD}' not in calls:
+            return klass
+    return None
+
+
+def _logps_override_refusal(trainer_cls: type, owner: type) -> str:
+    return (f'{HOST}: {trainer_cls.__qualname__} would train without FIPO: its {_LOGPS_METHOD} '
+            f"({owner.__module__}.{owner.__qualname__}.{_LOGPS_METHOD}) overrides FIPOGRPOTrainer's and never calls "
+            f'super().{_LOGPS_METHOD}, where FIPO reweights the advantages as soon as the current log-probs exist. '
+            f'Call super().{_LOGPS_METHOD}(...) in the override and change its result instead.')
+
+
 def compute_loss_reaches_hook(trainer_cls: type) -> tuple[Optional[bool], Optional[type]]:
     """Whether ``trainer_cls.compute_loss`` calls ``self._compute_loss`` (where FIPO acts), following
     ``super().compute_loss`` up the MRO; None when a source on the way cannot be read (the per-step count
@@ -173,11 +206,11 @@ def unsloth_trainer(trainer_cls: type) -> Optional[type]:
     for klass in trainer_cls.__mro__:
         for value in vars(klass).values():
             marks = getattr(value, '__dict__', None)
-            if isinstance(marks, dict) and any(key.startswith('_unsloth_') and mark is True
+            if isinstance(marks, dict) and any(key.startswith(layout.UNSLOTH_MARK_PREFIX) and mark is True
                                                for key, mark in marks.items()):
                 return klass
-        if klass.__module__.split('.')[0].startswith('unsloth') or klass.__name__.startswith(('Unsloth',
-                                                                                               '_Unsloth')):
+        if (klass.__module__.split('.')[0].startswith(layout.UNSLOTH_PACKAGE)
+                or klass.__name__.startswith(layout.UNSLOTH_CLASS_PREFIXES)):
             return klass
     return None
 
@@ -214,16 +247,27 @@ def lost_init_refusal(trainer_cls: type) -> Optional[str]:
     lost = mro[loss_classes[-1]]  # the deepest class with the GRPO loss: its __init__ is the one missing
     below = mro[init_at].__qualname__ if init_at < len(mro) else 'object'
     name = f'{lost.__module__}.{lost.__qualname__}'
-    # Blame ms-swift only when one of its GRPO trainer modules is loaded and holds this very class.
-    holders = [module_name for module_name, module in list(sys.modules.items())
-               if module_name.split('.')[0] == 'swift' and module_name.endswith('grpo_trainer')
-               and any(value is lost for value in vars(module).values())]
-    if holders:
-        return (f'swift-fipo: {name} has lost its __init__: ms-swift deletes it when {holders[0]} is imported. '
+    deleter = init_deleted_by_ms_swift(trainer_cls)
+    if deleter is not None:
+        return (f'swift-fipo: {name} has lost its __init__: ms-swift deletes it when {deleter} is imported. '
                 "Use FIPOGRPOTrainer in a process that does not import ms-swift's GRPO trainer (for ms-swift, "
                 'use swift rlhf --loss_type fipo instead).')
     return (f'swift-fipo: {name} has no __init__ of its own (it was deleted at run time), so '
             f'{trainer_cls.__qualname__}() would run {below}.__init__, which is not a GRPO trainer\'s.')
+
+
+def init_deleted_by_ms_swift(trainer_cls: type) -> Optional[str]:
+    """The ms-swift GRPO trainer module, loaded in this process, that holds the TRL class whose ``__init__`` is
+    missing from ``trainer_cls`` (ms-swift deletes it on import); None when ms-swift is not to blame."""
+    loss_classes = [klass for klass in trainer_cls.__mro__ if _LOSS_METHOD in vars(klass)]
+    if not loss_classes or '__init__' in vars(loss_classes[-1]):
+        return None
+    lost = loss_classes[-1]
+    holders = [module_name for module_name, module in list(sys.modules.items())
+               if module_name.split('.')[0] == layout.INIT_DELETER_PACKAGE
+               and module_name.endswith(layout.INIT_DELETER_MODULE_SUFFIX)
+               and any(value is lost for value in vars(module).values())]
+    return holders[0] if holders else None
 
 
 def _unsupported(reason: str) -> str:
@@ -259,6 +303,34 @@ def luspo_masks_padding(trainer_cls: type = GRPOTrainer) -> bool:
     return bool(branch) and re.search(r'\(\s*per_token_loss\s*\*\s*mask\s*\)', branch.group(1)) is not None
 
 
+def served_loss_types(trainer_cls: type = GRPOTrainer) -> tuple[str, ...]:
+    """The ``loss_type`` values FIPOGRPOTrainer trains with on the installed TRL: the clipped-surrogate losses
+    TRL's ``_compute_loss`` computes (read from it), LUSPO only where TRL keeps padding out of it."""
+    offered = trl_loss_types(trainer_cls)
+    return tuple(loss_type for loss_type in SUPPORTED_LOSS_TYPES
+                 if (offered is None or loss_type in offered)
+                 and (loss_type != 'luspo' or luspo_masks_padding(trainer_cls)))
+
+
+def _loss_type_refusal(loss_type: Any, served: tuple[str, ...], trainer_cls: type) -> str:
+    """Why ``loss_type`` is refused; what FIPOGRPOTrainer does with the loss type, and what this TRL offers."""
+    offered = trl_loss_types(trainer_cls)
+    if loss_type in REFUSED_LOSS_TYPES:
+        why = f'{REFUSED_LOSS_TYPES[loss_type]}; FIPO reweights the clipped PPO surrogate'
+    elif loss_type == 'fipo':
+        why = "not one of TRL's loss types: FIPOGRPOTrainer applies FIPO on top of the one chosen"
+    elif loss_type == 'luspo' and offered is not None and 'luspo' in offered:
+        why = ("FIPO needs a TRL that sums LUSPO's loss over completion tokens only, as TRL 1.16 does; this one "
+               "averages it over padding positions too, where FIPO's per-token weights would count")
+    elif offered is not None and loss_type not in offered:
+        why = f'not a loss of the installed TRL, which has {", ".join(sorted(offered))}'
+    else:
+        why = 'not a clipped-surrogate loss FIPOGRPOTrainer can reweight'
+    return (f'swift-fipo: FIPOGRPOTrainer always trains with FIPO; {layout.LOSS_TYPE_OPTION} only chooses how its '
+            f'clipped loss is normalised, one of {", ".join(served)} on the installed trl {trl_version()} '
+            f"('dapo' is the paper's and ms-swift's choice); got loss_type={loss_type!r} ({why}).")
+
+
 def _loss_source(trainer_cls: type) -> Optional[str]:
     try:
         return inspect.getsource(getattr(trainer_cls, _LOSS_METHOD))
@@ -270,22 +342,11 @@ def validate_grpo_args(args: Any, trainer_cls: type = GRPOTrainer) -> None:
     """Refuse TRL settings under which FIPO would silently not be applied or not be FIPO; warn if it cannot act."""
     # The Liger path computes a fused loss in compute_liger_loss and never calls _compute_loss.
     if getattr(args, 'use_liger_kernel', False) or getattr(args, 'use_liger_loss', False):
-        raise ValueError(liger_refusal('swift-fipo: FIPOGRPOTrainer', 'use_liger_kernel=True'))
+        raise ValueError(liger_refusal(HOST, 'use_liger_kernel=True'))
     loss_type = getattr(args, 'loss_type', None)
-    if loss_type not in SUPPORTED_LOSS_TYPES:
-        why = f' ({REFUSED_LOSS_TYPES[loss_type]})' if loss_type in REFUSED_LOSS_TYPES else ''
-        raise ValueError(f'swift-fipo: FIPOGRPOTrainer supports loss_type in {SUPPORTED_LOSS_TYPES} (FIPO reweights '
-                         f"the clipped PPO surrogate; 'dapo' is the paper's and ms-swift's choice); got "
-                         f'loss_type={loss_type!r}{why}.')
-    offered = trl_loss_types(trainer_cls)
-    if offered is not None and loss_type not in offered:
-        raise ValueError(f'swift-fipo: loss_type={loss_type!r} is not a loss of the installed TRL (trl '
-                         f'{trl_version()}, which has {", ".join(sorted(offered))}); upgrade TRL or choose another.')
-    if loss_type == 'luspo' and not luspo_masks_padding(trainer_cls):
-        raise ValueError(f"swift-fipo: loss_type='luspo' with FIPO needs a TRL that sums LUSPO's loss over "
-                         f'completion tokens only (as TRL 1.16 does); trl {trl_version()} averages it over padding '
-                         "positions too, where FIPO's per-token weights would count. Upgrade TRL or choose another "
-                         'loss_type.')
+    served = served_loss_types(trainer_cls)
+    if loss_type not in served:
+        raise ValueError(_loss_type_refusal(loss_type, served, trainer_cls))
     level = getattr(args, 'importance_sampling_level', 'token')
     if level not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(f'swift-fipo: importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}; '
@@ -313,6 +374,24 @@ def _config_for(args: Any, fipo: Optional[FIPOConfig]) -> FIPOConfig:
     return fipo
 
 
+def check_ratio_rule(args: Any, config: FIPOConfig, explicit: bool) -> None:
+    """The rule every host applies (``settings.check_ratio_thresholds``): TRL's dual clip ``GRPOConfig.delta``,
+    and FIPO's delta and filter threshold, must lie beyond TRL's PPO clip ``1 + epsilon_high``. ``explicit``:
+    ``config`` was passed as ``fipo=``, so its fields are named ``FIPOConfig.*``."""
+    epsilon_high, epsilon_option = getattr(args, 'epsilon_high', None), layout.EPSILON_HIGH_OPTION
+    if epsilon_high is None:  # TRL's upper clip is then epsilon
+        epsilon_high, epsilon_option = getattr(args, 'epsilon', None), layout.EPSILON_OPTION
+    trl_delta = getattr(args, 'delta', None)
+    if trl_delta is not None:  # TRL clamps its ratio at delta whatever FIPO does: the same rule holds for it
+        try:
+            trl_dual_clip = FIPOConfig(delta=trl_delta)
+        except FIPOConfigError as error:
+            raise config_error(error, layout.DELTA_OPTION, HOST) from None
+        check_ratio_thresholds(trl_dual_clip, epsilon_high, lambda field: layout.DELTA_OPTION, HOST, epsilon_option)
+    check_ratio_thresholds(config, epsilon_high, lambda field: f'FIPOConfig.{field}' if explicit or field != 'delta'
+                           else layout.DELTA_OPTION, HOST, epsilon_option)
+
+
 class FIPOGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` with FIPO: the clipped per-token loss is reweighted by Future-KL influence.
 
@@ -335,10 +414,12 @@ class FIPOGRPOTrainer(GRPOTrainer):
         if grpo_args is not None:
             validate_grpo_args(grpo_args, GRPOTrainer)
             self.fipo_config = _config_for(grpo_args, fipo)
+            check_ratio_rule(grpo_args, self.fipo_config, explicit=fipo is not None)
         super().__init__(*args, **kwargs)
         if grpo_args is None:  # GRPOTrainer built its default GRPOConfig
             validate_grpo_args(self.args, GRPOTrainer)
             self.fipo_config = _config_for(self.args, fipo)
+            check_ratio_rule(self.args, self.fipo_config, explicit=fipo is not None)
 
     @property
     def last_fipo_stats(self) -> Optional[FIPOStats]:
@@ -350,6 +431,9 @@ class FIPOGRPOTrainer(GRPOTrainer):
         with state.loss_call(inputs) as batch:
             loss = super()._compute_loss(model, batch)
         failure = state.finish(batch)
+        overrides = _logps_overrides(type(self))
+        if failure is not None and overrides and not batch.weighted:  # the subclass's override, not TRL
+            raise UnsupportedTRLError(_logps_override_refusal(type(self), overrides[0]) + f' ({failure})')
         if failure is not None:
             raise UnsupportedTRLError(
                 _unsupported(f'GRPOTrainer._compute_loss used the advantages without passing through the FIPO hook '
