@@ -145,7 +145,7 @@ EQUIVALENT: dict[str, str] = {
     'swift_fipo/integrations/ms_swift/token_capture.py:_capture:if state.taken >= wanted::>=->>':
         'with the quota reached the mutant goes on with zero rows and appends an empty payload: the file is '
         'unchanged',
-    "swift_fipo/integrations/ms_swift/layout.py:_method_source:end = source.find('\\n    def ', start + 1):+->-":
+    "swift_fipo/integrations/sources.py:method_text:end = module_source.find('\\n    def ', start + 1):+->-":
         "searching from the character before `def` (an indentation space, or a newline followed by `def`, not by "
         "four spaces) cannot match there, so the same next method is found",
     'swift_fipo/integrations/ms_swift/legacy.py:_loss_mask:mask = mask & ~truncated.bool().unsqueeze(-1):-->':

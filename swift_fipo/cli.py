@@ -14,9 +14,9 @@ from typing import Optional, Sequence, TextIO
 
 import swift_fipo
 from swift_fipo import __version__
-from swift_fipo.integrations.versions import installed_version
 from swift_fipo.integrations.diagnosis import ACTIVATION_ERROR, activation
 from swift_fipo.integrations.hosts import HOSTS
+from swift_fipo.integrations.versions import installed_version
 
 _PTH_NAME = 'swift_fipo.pth'
 _DISTRIBUTION = 'swift-fipo'
@@ -88,11 +88,6 @@ def _shadowing() -> Optional[str]:
     return f'{imported}, not the installed {installed.parent}: another swift_fipo is ahead on sys.path'
 
 
-# What a training run imports (and the activation hooks), in that order: argument parsing, then the trainer.
-_PIPELINE_MODULE = 'swift.pipelines.base'
-_HF_TRAINER_MODULE = 'swift.rlhf_trainers.grpo_trainer'
-
-
 def doctor() -> int:
     """Print the environment and, for every installed host in the table, whether FIPO there is served by
     swift-fipo here.
@@ -140,12 +135,12 @@ def doctor() -> int:
     if not installed:  # advice only where there is nothing to diagnose
         lines.append(f'  no host is installed: swift-fipo serves {", ".join(host.name for host in HOSTS)}; install the '
                      'one you train with (see docs/)')
-    # Every installed host gives a verdict: 0 when each is served.
     for what, served in verdicts:
         lines.append(f'verdict: {what} is ' + ('computed by swift-fipo' if served else
                                                 'NOT computed by swift-fipo here (see above)'))
     for line in lines:
         _say(line)
+    # Every installed host gives a verdict: 0 when each is served.
     return 0 if verdicts and all(served for _, served in verdicts) else 1
 
 
@@ -164,7 +159,8 @@ def plugin_path() -> int:
 def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str],
          groups: Sequence[Sequence[str]] = ()) -> int:
     """Write the metric charts of one run, of several on shared axes, or of groups of runs (mean and band)."""
-    from swift_fipo.viz.plot import plot as plot_runs, plot_groups  # matplotlib only for this command
+    from swift_fipo.viz.plot import plot as plot_runs  # matplotlib only for this command
+    from swift_fipo.viz.plot import plot_groups
     from swift_fipo.viz.rundir import RunDirError
     if groups:
         if run_dirs:

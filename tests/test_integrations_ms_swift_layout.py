@@ -16,6 +16,7 @@ from packaging.version import Version
 
 from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
 from swift_fipo.integrations.ms_swift.layout import LOGPS_METHOD, LOSS_METHOD, source_is_servable
+from swift_fipo.integrations.sources import method_text
 from swift_fipo.integrations.versions import installed_version
 
 pytestmark = pytest.mark.ms_swift
@@ -41,7 +42,7 @@ def test_a_loss_reading_the_advantages_before_the_log_probs_is_refused():
 
 
 def _installed_loss() -> str:
-    return ms_swift_layout._method_source(ms_swift_layout.trainer_source(megatron=False), LOSS_METHOD)
+    return method_text(ms_swift_layout.trainer_source(megatron=False), LOSS_METHOD)
 
 
 def _with_early_read(method: str) -> str:

@@ -141,7 +141,7 @@ def _with_megatron_extra_metrics(loss_func: Callable[..., Any]) -> Callable[...,
         operations = torch.distributed.ReduceOp
         for how, operation in (('mean', operations.AVG), ('min', operations.MIN), ('max', operations.MAX)):
             if groups[how]:
-                reduced = self._all_reduce_metric(groups[how], reduction=operation)
+                reduced = getattr(self, layout.MEGATRON_REDUCE_METHOD)(groups[how], reduction=operation)
                 metrics.update({f'fipo/{key}': torch.where(value.isinf(), torch.nan, value)
                                 for key, value in reduced.items()})
         return result
@@ -151,7 +151,7 @@ def _with_megatron_extra_metrics(loss_func: Callable[..., Any]) -> Callable[...,
 
 def _explicit_teacher(trainer: Any) -> bool:
     # A method on the HF mixin, a plain attribute on the Megatron mixin.
-    explicit = getattr(trainer, '_has_teacher_explicit', False)
+    explicit = getattr(trainer, layout.TEACHER_EXPLICIT_ATTRIBUTE, False)
     return bool(explicit() if callable(explicit) else explicit)
 
 
@@ -168,8 +168,8 @@ def _without_implicit_teacher(setup_teacher: Callable[..., None]) -> Callable[..
     def setup_teacher_for_fipo(self: Any, *args: Any, **kwargs: Any) -> None:
         setup_teacher(self, *args, **kwargs)
         if getattr(self.args, 'loss_type', None) == 'fipo' and not _explicit_teacher(self):
-            self._is_dynamic_self_distillation = False
-            self._has_teacher = False
+            setattr(self, layout.SELF_DISTILLATION_ATTRIBUTE, False)
+            setattr(self, layout.TEACHER_ATTRIBUTE, False)
 
     return setup_teacher_for_fipo
 

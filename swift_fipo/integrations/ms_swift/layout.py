@@ -43,6 +43,11 @@ MEGATRON_LOSS_METHOD = 'loss_func'
 MEGATRON_REDUCE_METHOD = '_all_reduce_metric'
 AGGREGATE_METHOD = '_aggregate_and_update_metrics'
 TEACHER_METHOD = '_setup_teacher'
+# What _setup_teacher sets (ms-swift >= 4.4): whether a teacher was configured (a method on the HF mixin, a
+# plain attribute on the Megatron one), and the flags of the implicit "dynamic self-distillation" teacher.
+TEACHER_EXPLICIT_ATTRIBUTE = '_has_teacher_explicit'
+TEACHER_ATTRIBUTE = '_has_teacher'
+SELF_DISTILLATION_ATTRIBUTE = '_is_dynamic_self_distillation'
 # FIPOConfig field -> its ms-swift flag (without the dashes). ms-swift's native flags keep their names
 # (``--fipo_decay_rate``, ``--delta``); the fields ms-swift lacks get plugin flags in the same style.
 FLAG_NAMES = {
@@ -59,6 +64,19 @@ FLAG_NAMES = {
 # ms-swift 3.11 - 4.2.1 (the legacy hook): the loss, and the log-prob method it calls first.
 LOSS_METHOD = '_compute_loss_and_metrics'
 LOGPS_METHOD = '_get_per_token_logps_and_entropies'
+# Source markers of that loss (``source_is_servable``): it reads the advantages after the log-probs, builds
+# the clipped surrogate from advantages.unsqueeze(1) and has the DAPO normalisation branch.
+LEGACY_ADVANTAGES_READ = "inputs['advantages']"
+LEGACY_LOSS_MARKERS = ('advantages.unsqueeze(1)', "'dapo']", 'per_token_loss1')
+# The loss branch a legacy FIPO run takes: native FIPO shares DAPO's normalisation and KL handling.
+DAPO_LOSS_TYPE = 'dapo'
+# The batch keys and trainer attributes the legacy hook reads beside the advantages.
+COMPLETION_MASK_KEY = 'completion_mask'
+TRUNCATED_MASK_KEY = 'truncated_mask'
+OVERLONG_FILTER_ATTRIBUTE = 'overlong_filter'  # --overlong_filter: truncated completions leave the loss
+IMPORTANCE_SAMPLING_ATTRIBUTE = 'importance_sampling_level'
+# The importance-sampling levels at which ms-swift's loss clips one ratio per response (coef_1 is [B, 1]).
+SEQUENCE_LEVELS = ('sequence', 'sequence_token')
 
 
 def _package_root(name: str) -> Optional[Path]:
@@ -109,24 +127,14 @@ def native_fipo_installed() -> bool:
     return f'def {FIPO_HOOK}(' in trainer_source(megatron=False)
 
 
-def _method_source(source: str, name: str) -> str:
-    """The text of method ``name`` in a module's source ('' if it has none)."""
-    start = source.find(f'def {name}(')
-    if start < 0:
-        return ''
-    end = source.find('\n    def ', start + 1)
-    return source[start:end if end > 0 else len(source)]
-
-
 def source_is_servable(source: str) -> bool:
     """True if a GRPO trainer module's source (read, not imported) has what the legacy hook needs:
     a ``_compute_loss_and_metrics`` that reads the advantages after the current log-probs, a clipped
     surrogate built from ``advantages.unsqueeze(1)`` and a DAPO normalisation branch."""
-    body = _method_source(source, LOSS_METHOD)
-    logps_at = body.find(f'self.{LOGPS_METHOD}(')
-    advantages_at = body.find("inputs['advantages']")
-    return (0 <= logps_at < advantages_at and 'advantages.unsqueeze(1)' in body
-            and "'dapo']" in body and 'per_token_loss1' in body)
+    from swift_fipo.integrations.sources import method_text, missing_markers, reads_in_order
+    body = method_text(source, LOSS_METHOD)
+    return reads_in_order(body, f'self.{LOGPS_METHOD}(', LEGACY_ADVANTAGES_READ) and not missing_markers(
+        body, LEGACY_LOSS_MARKERS)
 
 
 _STEP_ADVANCE = 'self._step += 1'
@@ -146,8 +154,9 @@ def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[P
         trl_source = (trl_root / 'trainer' / 'grpo_trainer.py').read_text()
     except OSError:
         return None
-    swift_advances = _STEP_ADVANCE in _method_source(trainer_source(False, swift_root), '_prepare_inputs')
-    trl_advances = _STEP_ADVANCE in _method_source(trl_source, 'training_step')
+    from swift_fipo.integrations.sources import method_text
+    swift_advances = _STEP_ADVANCE in method_text(trainer_source(False, swift_root), '_prepare_inputs')
+    trl_advances = _STEP_ADVANCE in method_text(trl_source, 'training_step')
     if not (swift_advances and trl_advances):
         return None
     return ("both ms-swift's GRPOTrainer._prepare_inputs and TRL's GRPOTrainer.training_step advance the step "

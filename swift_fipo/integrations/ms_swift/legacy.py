@@ -43,6 +43,7 @@ from swift_fipo.integrations.interception import (
     record_summaries,
     sequence_ratio,
 )
+from swift_fipo.integrations.ms_swift import layout
 from swift_fipo.integrations.ms_swift.arguments import run_settings
 from swift_fipo.integrations.ms_swift.layout import FIPO_HOOK, LOGPS_METHOD, LOSS_METHOD, source_is_servable
 from swift_fipo.integrations.patches import Patch, is_patch
@@ -51,7 +52,7 @@ from swift_fipo.ops.loss import reweight_advantages
 
 FIRST_NATIVE = '4.2.2'
 # The loss branch a legacy FIPO run takes: native FIPO shares DAPO's normalisation and KL handling.
-SERVING_LOSS_TYPE = 'dapo'
+SERVING_LOSS_TYPE = layout.DAPO_LOSS_TYPE
 
 
 class LegacyHookError(RuntimeError):
@@ -111,15 +112,11 @@ class ReweightedAdvantages(torch.Tensor):
 
 def _loss_mask(trainer: Any, batch: InterceptedBatch) -> torch.Tensor:
     """The completion mask the loss uses for FIPO: ``--overlong_filter`` removes truncated completions."""
-    mask = batch.peek('completion_mask').bool()
-    truncated = batch.peek('truncated_mask')
-    if getattr(trainer, 'overlong_filter', False) and truncated is not None and bool(truncated.any()):
+    mask = batch.peek(layout.COMPLETION_MASK_KEY).bool()
+    truncated = batch.peek(layout.TRUNCATED_MASK_KEY)
+    if getattr(trainer, layout.OVERLONG_FILTER_ATTRIBUTE, False) and truncated is not None and bool(truncated.any()):
         mask = mask & ~truncated.bool().unsqueeze(-1)
     return mask
-
-
-# The importance-sampling levels at which ms-swift's loss clips one ratio per response (coef_1 is [B, 1]).
-SEQUENCE_LEVELS = ('sequence', 'sequence_token')
 
 
 def reweight_batch(trainer: Any, batch: InterceptedBatch, per_token_logps: torch.Tensor) -> FIPOStats:
@@ -127,8 +124,8 @@ def reweight_batch(trainer: Any, batch: InterceptedBatch, per_token_logps: torch
     ratios = log_ratio(per_token_logps, batch.peek(OLD_LOGPS))
     mask = _loss_mask(trainer, batch)
     # The sequence-level ratio the loss clips, which native FIPO's filter and safety rule test.
-    level = getattr(trainer, 'importance_sampling_level', 'token')
-    ratio = sequence_ratio(ratios, mask) if level in SEQUENCE_LEVELS else None
+    level = getattr(trainer, layout.IMPORTANCE_SAMPLING_ATTRIBUTE, 'token')
+    ratio = sequence_ratio(ratios, mask) if level in layout.SEQUENCE_LEVELS else None
     advantages = batch.peek(ADVANTAGES)
     if advantages.dim() != 1:
         raise LegacyHookError(f'swift-fipo: expected [B] advantages in this ms-swift GRPO trainer; got shape '

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 from swift_fipo.integrations import diagnosis as doctor
 from swift_fipo.integrations.openrlhf import arguments, layout
 from swift_fipo.integrations.patches import Patch, PatchSet, original_of
+from swift_fipo.integrations.sources import missing_markers, source_of
 from swift_fipo.integrations.versions import installed_version
 
 ARGPARSE = 'argparse'
@@ -33,13 +34,6 @@ _VERDICT = f'openrlhf `{layout.LOSS_TYPE_OPTION} {layout.LOSS_TYPE}`'
 
 # ---------------------------------------------------------------------------------------------------
 # Capabilities
-
-
-def _source(function: Any) -> str:
-    try:
-        return inspect.getsource(function)
-    except (OSError, TypeError):
-        return ''
 
 
 def _lacks(function: Any, parameters: tuple[str, ...], markers: tuple[str, ...], what: str) -> Optional[str]:
@@ -52,8 +46,7 @@ def _lacks(function: Any, parameters: tuple[str, ...], markers: tuple[str, ...],
     missing = [name for name in parameters if name not in known]
     if missing:
         return f'{what} lacks the parameter(s) {", ".join(missing)}'
-    source = _source(function)
-    absent = [marker for marker in markers if marker not in source]
+    absent = missing_markers(source_of(function) or '', markers)
     if absent:
         return f'{what} no longer contains {absent[0]!r}'
     return None

@@ -42,8 +42,8 @@ from swift_fipo.integrations.interception import (
 )
 from swift_fipo.integrations.messages import warn
 from swift_fipo.integrations.refusals import liger_refusal, on_policy_reason
-from swift_fipo.integrations.sources import reads_in_order
 from swift_fipo.integrations.settings import check_ratio_thresholds, config_error
+from swift_fipo.integrations.sources import reads_in_order
 from swift_fipo.integrations.trl import layout
 from swift_fipo.integrations.versions import installed_version
 from swift_fipo.ops.influence import FIPOStats

@@ -37,13 +37,20 @@ from swift_fipo.integrations.patches import Patch, PatchSet
 from swift_fipo.integrations.refusals import on_policy_reason
 from swift_fipo.integrations.settings import check_ratio_thresholds, resolve_config
 from swift_fipo.integrations.verl.layout import (
+    ACTOR_CONFIG_CLASS,
+    ACTOR_VALIDATE_METHOD,
     CLIP_HIGH_OPTION,
     CONFIG_MODULE,
     CORE_ALGOS_MODULE,
     DUAL_CLIP_OPTION,
+    GET_LOSS_FUNCTION,
     LOSS_MODE,
     NAME,
     OPTION_PREFIX,
+    POLICY_LOSS_CONFIG_CLASS,
+    REGISTER_FUNCTION,
+    REGISTRY,
+    STOCK_LOSS_MODE,
 )
 
 if TYPE_CHECKING:
@@ -178,24 +185,24 @@ def _with_fipo(mapping: dict, value: Any) -> _Extended:
 
 def config_patches(module: Any) -> PatchSet:
     """The patches that give ``module.PolicyLossConfig`` the field ``fipo`` and validate it."""
-    policy_loss, actor = module.PolicyLossConfig, module.ActorConfig
+    policy_loss, actor = getattr(module, POLICY_LOSS_CONFIG_CLASS), getattr(module, ACTOR_CONFIG_CLASS)
     fipo_field = dataclasses.fields(_FIPOField)[0]
     return PatchSet([
         # OmegaConf.structured reads the type hints and dataclasses.fields; hydra and to_object call __init__.
         Patch(policy_loss, '__annotations__', lambda hints: _with_fipo(hints, dict), 'fipo type hint'),
         Patch(policy_loss, '__dataclass_fields__', lambda fields: _with_fipo(fields, fipo_field), 'fipo field'),
         Patch(policy_loss, '__init__', _accept_fipo_options, 'accept and validate policy_loss.fipo'),
-        Patch(actor, 'validate', _validate_fipo_too, 'FIPO with clip_ratio_c; the no-op warning'),
+        Patch(actor, ACTOR_VALIDATE_METHOD, _validate_fipo_too, 'FIPO with clip_ratio_c; the no-op warning'),
     ])
 
 
 def patch_config_module(module: Any) -> dict[str, Any]:
     """Extend verl's PolicyLossConfig (``verl.workers.config.actor``) with ``fipo``; idempotent."""
-    for name in ('PolicyLossConfig', 'ActorConfig'):
+    for name in (POLICY_LOSS_CONFIG_CLASS, ACTOR_CONFIG_CLASS):
         if not dataclasses.is_dataclass(getattr(module, name, None)):
             return {'fipo_options': f'no dataclass {name} in {module.__name__}'}
     patches = config_patches(module)
-    declared = {field.name for field in dataclasses.fields(module.PolicyLossConfig)}
+    declared = {field.name for field in dataclasses.fields(getattr(module, POLICY_LOSS_CONFIG_CLASS))}
     if 'fipo' in declared and not patches.patches[1].is_applied():  # [1]: the field patch
         return {'fipo_options': 'verl defines policy_loss.fipo itself; left alone'}
     patches.apply()
@@ -219,7 +226,7 @@ def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
     from swift_fipo.ops.loss import reweight_advantages  # torch: only once verl computes a loss
     fipo = config_of_actor(config)
     weighted, stats = reweight_advantages(advantages, log_prob - old_log_prob, response_mask, fipo)
-    vanilla = importlib.import_module(CORE_ALGOS_MODULE).get_policy_loss_fn('vanilla')
+    vanilla = getattr(importlib.import_module(CORE_ALGOS_MODULE), GET_LOSS_FUNCTION)(STOCK_LOSS_MODE)
     loss, metrics = vanilla(old_log_prob=old_log_prob, log_prob=log_prob, advantages=weighted,
                             response_mask=response_mask, loss_agg_mode=loss_agg_mode, config=config,
                             rollout_is_weights=rollout_is_weights)
@@ -235,10 +242,10 @@ def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
 def serves(core_algos: Any) -> Optional[str]:
     """Why this verl's policy-loss registry cannot take FIPO, or None if it can (checked by
     capability: the registry, and a vanilla loss taking the arguments FIPO passes through)."""
-    for name in ('POLICY_LOSS_REGISTRY', 'register_policy_loss', 'get_policy_loss_fn'):
+    for name in (REGISTRY, REGISTER_FUNCTION, GET_LOSS_FUNCTION):
         if not hasattr(core_algos, name):
             return f'{core_algos.__name__} has no {name} (verl < 0.6.1)'
-    vanilla = core_algos.POLICY_LOSS_REGISTRY.get('vanilla')
+    vanilla = getattr(core_algos, REGISTRY).get(STOCK_LOSS_MODE)
     if vanilla is None:
         return 'verl has no vanilla policy loss to build FIPO on'
     parameters = inspect.signature(vanilla).parameters
@@ -256,10 +263,10 @@ def patch_core_algos(module: Any) -> dict[str, Any]:
     reason = serves(module)
     if reason is not None:
         return {LOSS_MODE: f'not registered: {reason}'}
-    registered = module.POLICY_LOSS_REGISTRY.get(LOSS_MODE)
+    registered = getattr(module, REGISTRY).get(LOSS_MODE)
     if registered is not None and registered is not compute_policy_loss_fipo:
         return {LOSS_MODE: 'verl registers its own fipo loss; left alone'}
-    module.register_policy_loss(LOSS_MODE)(compute_policy_loss_fipo)
+    getattr(module, REGISTER_FUNCTION)(LOSS_MODE)(compute_policy_loss_fipo)
     return {LOSS_MODE: True}
 
 
@@ -273,8 +280,9 @@ def install() -> dict[str, Any]:
 def uninstall() -> None:
     """Undo ``install()`` / the activation in this process."""
     core_algos = sys.modules.get(CORE_ALGOS_MODULE)
-    if core_algos is not None and core_algos.POLICY_LOSS_REGISTRY.get(LOSS_MODE) is compute_policy_loss_fipo:
-        del core_algos.POLICY_LOSS_REGISTRY[LOSS_MODE]
+    registry = getattr(core_algos, REGISTRY, {}) if core_algos is not None else {}
+    if registry.get(LOSS_MODE) is compute_policy_loss_fipo:
+        del registry[LOSS_MODE]
     config_module = sys.modules.get(CONFIG_MODULE)
     if config_module is not None:
         config_patches(config_module).revert()
@@ -290,7 +298,7 @@ def diagnose() -> Diagnosis:
         diagnosis.say(f'verl: cannot import it: {core_error or config_error}')
         diagnosis.judge(f'verl `policy_loss.loss_mode={LOSS_MODE}`', False)
         return diagnosis
-    registered = getattr(core, 'POLICY_LOSS_REGISTRY', {}).get(LOSS_MODE)
+    registered = getattr(core, REGISTRY, {}).get(LOSS_MODE)
     if registered is compute_policy_loss_fipo:
         loss_state = f'{LOSS_MODE} registered (loss_mode={LOSS_MODE})'
     elif serves(core) is not None:
@@ -306,7 +314,7 @@ def diagnose() -> Diagnosis:
         options, reason = False, str(error)
     else:
         reason = why_not_hooked()
-    diagnosis.say(f'{CONFIG_MODULE}: ' + (f'PolicyLossConfig takes the {LOSS_MODE} options' if options
+    diagnosis.say(f'{CONFIG_MODULE}: ' + (f'{POLICY_LOSS_CONFIG_CLASS} takes the {LOSS_MODE} options' if options
                                           else f'{LOSS_MODE} options not hooked: {reason}'))
     diagnosis.judge(f'verl `policy_loss.loss_mode={LOSS_MODE}`', registered is compute_policy_loss_fipo and options)
     return diagnosis

@@ -20,3 +20,13 @@ OPTION_PREFIX = 'actor_rollout_ref.actor.policy_loss.fipo'
 DUAL_CLIP_OPTION = 'actor_rollout_ref.actor.clip_ratio_c'
 # verl's epsilon_high: vanilla clips the ratio at 1 + clip_ratio_high (clip_ratio when that is None).
 CLIP_HIGH_OPTION = 'actor_rollout_ref.actor.clip_ratio_high'
+
+# The config classes patch_config_module extends, and the method that validates the actor's settings.
+POLICY_LOSS_CONFIG_CLASS = 'PolicyLossConfig'
+ACTOR_CONFIG_CLASS = 'ActorConfig'
+ACTOR_VALIDATE_METHOD = 'validate'
+# core_algos: the policy-loss registry, its decorator and look-up, and the loss FIPO reweights the advantages of.
+REGISTRY = 'POLICY_LOSS_REGISTRY'
+REGISTER_FUNCTION = 'register_policy_loss'
+GET_LOSS_FUNCTION = 'get_policy_loss_fn'
+STOCK_LOSS_MODE = 'vanilla'
