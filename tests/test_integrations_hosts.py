@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,72 @@ def test_only_the_layout_record_spells_a_watched_module():
                 continue
             spelled = _string_constants(path) & (set(host.watched) | set(host.watched.values()))
             assert not spelled, f'{path.relative_to(PACKAGE)} spells {sorted(spelled)}: read it from the layout'
+
+
+# What makes a string of a layout record a host identifier: a dotted module path, a class name, a private
+# name, a module constant, a command-line option, or a source marker (a snippet of the host's code a capability check reads).
+# Plain words (an option's dest, a metric key, 'fipo') are not: FIPO's own vocabulary spells them too.
+_DOTTED = re.compile(r'^[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)+$')
+_CLASS = re.compile(r'^_?[A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*$')
+_PRIVATE = re.compile(r'^_[a-z]\w*$')
+_CONSTANT = re.compile(r'^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$')
+_CODE = re.compile(r'[()\[\]"\'=]')  # a snippet of code, e.g. inputs["advantages"]
+
+
+def _host_identifiers() -> dict[str, str]:
+    """Every host identifier a layout record holds -> the constant that holds it (``ms_swift.FIPO_HOOK``)."""
+    found: dict[str, str] = {}
+    for host in hosts.HOSTS:
+        tree = ast.parse(Path(host.layout.__file__).read_text())
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            names = [target.id for target in targets if isinstance(target, ast.Name)]
+            if not names or names[0] in ('NAME', 'DISTRIBUTION') or node.value is None:
+                continue
+            for value in ast.walk(node.value):
+                if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                    continue
+                text = value.value
+                if (_DOTTED.match(text) or _CLASS.match(text) or _PRIVATE.match(text) or _CONSTANT.match(text)
+                        or _CODE.search(text) or text.startswith('--') or 'MARKER' in names[0]):
+                    found.setdefault(text, f'{host.package.rpartition(".")[2]}.{names[0]}')
+    return found
+
+
+def _overrides_calling_their_parent(tree: ast.AST) -> set[int]:
+    """The ``super().name`` attributes inside a method called ``name``: an override must spell its own name."""
+    calls = set()
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if (isinstance(node, ast.Attribute) and node.attr == function.name and isinstance(node.value, ast.Call)
+                        and isinstance(node.value.func, ast.Name) and node.value.func.id == 'super'):
+                    calls.add(id(node))
+    return calls
+
+
+def test_only_the_layout_records_spell_a_host_identifier():
+    """A host's module paths, classes, private attributes, options and source markers are spelled in its
+    layout record only: no string and no attribute of another swift_fipo module names one (imports aside: an
+    import that a rename breaks fails at once, by name). A rename upstream is then one edit, in one place."""
+    identifiers = _host_identifiers()
+    assert {'swift.pipelines.base', '_has_teacher_explicit', 'POLICY_LOSS_REGISTRY', 'PolicyLossConfig',
+            'inputs["advantages"]', '--actor.policy_loss_type'} <= set(identifiers)  # the rule sees them
+    spelled = []
+    for path in sorted(PACKAGE.parent.rglob('*.py')):
+        if path.name == 'layout.py' and path.parent.parent == PACKAGE:
+            continue
+        tree = ast.parse(path.read_text())
+        overrides = _overrides_calling_their_parent(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in identifiers:
+                spelled.append(f'{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r} '
+                               f'(layout: {identifiers[node.value]})')
+            elif isinstance(node, ast.Attribute) and node.attr in identifiers and id(node) not in overrides:
+                spelled.append(f'{path.relative_to(PACKAGE.parent)}:{node.lineno} .{node.attr} '
+                               f'(layout: {identifiers[node.attr]})')
+    assert not spelled, 'host identifiers spelled outside their layout record:\n' + '\n'.join(spelled)
 
 
 def test_every_host_offers_the_interface():

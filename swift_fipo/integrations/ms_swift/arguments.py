@@ -369,7 +369,7 @@ def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) ->
     """
     source = layout.trainer_source(megatron, swift_root)
     if f'def {layout.FIPO_HOOK}(' not in source and (megatron or not layout.source_is_servable(source)):
-        raise RuntimeError(unsupported_message('MegatronGRPOTrainer' if megatron else 'GRPOTrainer'))
+        raise RuntimeError(unsupported_message(layout.MEGATRON_TRAINER_CLASS if megatron else layout.HF_TRAINER_CLASS))
     broken = None if megatron else layout.rollout_reuse_broken(swift_root)
     if broken:
         raise RuntimeError(f"{HOST}: --loss_type fipo cannot act with ms-swift {installed_version('ms-swift')} and "

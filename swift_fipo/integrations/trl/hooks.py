@@ -27,18 +27,19 @@ def diagnose() -> Diagnosis:
         return diagnosis
     from swift_fipo.integrations.trl.trainer import (SUPPORTED_RANGE, UnsupportedTRLError, check_trl_support,
                                                      init_deleted_by_ms_swift, lost_init_refusal)
+    trainer_class = getattr(module, layout.TRAINER_CLASS)
     try:
-        check_trl_support(module.GRPOTrainer)
+        check_trl_support(trainer_class)
     except UnsupportedTRLError as refusal:
         diagnosis.say(f'{layout.GRPO_MODULE}.GRPOTrainer: FIPOGRPOTrainer refused: {refusal}')
         diagnosis.judge(what, False)
         return diagnosis
     served = f'{layout.GRPO_MODULE}.GRPOTrainer: served by swift_fipo.FIPOGRPOTrainer ({SUPPORTED_RANGE}; nothing is ' \
              'patched on import)'
-    lost_init = lost_init_refusal(module.GRPOTrainer)
+    lost_init = lost_init_refusal(trainer_class)
     if lost_init is None:
         diagnosis.say(served)
-    elif init_deleted_by_ms_swift(module.GRPOTrainer) is not None:
+    elif init_deleted_by_ms_swift(trainer_class) is not None:
         # Doctor itself imported ms-swift's GRPO trainer to look at it: a TRL program that does not is served.
         diagnosis.say(f"{served}, in a process that does not import ms-swift's GRPO trainer (this one did, for "
                       "ms-swift's check; a program that does is refused with a clear message)")

@@ -9,6 +9,7 @@ DISTRIBUTION = 'trl'
 WATCHED: dict = {}
 
 GRPO_MODULE = 'trl.trainer.grpo_trainer'
+TRAINER_CLASS = 'GRPOTrainer'
 LOGPS_METHOD = '_get_per_token_logps_and_entropies'
 LOSS_METHOD = '_compute_loss'
 
