@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -343,13 +344,14 @@ function dump() {
 """
 
 
-def run_page_script(page: str, hash_: str = '', then: str = '') -> dict:
-    """Run the page's own script under MINIMAL_DOM; returns what it drew (and, after ``then``, again)."""
+def run_page_script(page: str, hash_: str = '', then: str = '', extra: str = '') -> dict:
+    """Run the page's own script under MINIMAL_DOM; returns what it drew (and, after ``then``, again), plus
+    the fields of the JavaScript object literal body ``extra``."""
     script = re.findall(r'<script>(.*?)</script>', page, re.S)[-1]
     data = re.search(r'<script id="fipo-data" type="application/json">(.*?)</script>', page, re.S).group(1)
     program = (MINIMAL_DOM.replace('HASH', json.dumps(hash_)).replace('DATA', json.dumps(data)) + script
-               + f'\nconst before = dump();\n{then}\nconsole.log(JSON.stringify({{before, after: dump(), '
-               'source: byId.source.textContent}));\n')
+               + f'\nconst before = dump();\nconst more = {{{extra}}};\n{then}\n'
+               'console.log(JSON.stringify({before, after: dump(), source: byId.source.textContent, ...more}));\n')
     result = subprocess.run([NODE, '-e', program], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
@@ -404,3 +406,114 @@ def test_integers_are_accepted_up_to_what_the_page_holds_exactly(tmp_path, capsy
     assert cli.main(['inspect', str(tmp_path), '-o', str(tmp_path / 'page.html')]) == 2
     err = capsys.readouterr().err
     assert f'"{field}" must be an integer, got an integer of 54 bits' in err and len(err.splitlines()) == 1
+
+
+# --- what the page tells a user: the labels of the values, the colour scale -----------------------------
+
+def page_view(rows: list[dict], hash_: str = '') -> dict:
+    """What the page's own script drew (under node): the token spans, the scale's ends and the step list."""
+    return run_page_script(render(rows, 't', 's'), hash_, then='', extra='scale: [byId.low.textContent, '
+                           'byId.high.textContent], steps: byId.step.children.map(option => option.textContent)')
+
+
+@needs_node
+def test_hover_details_name_each_value_for_what_it_is():
+    """The clipped weight the loss applied, the raw exp(Future-KL) and the Future-KL differ here on every
+    token (a clip bound and the safety rule acted): each number must stand beside its own name."""
+    tokens = [{'id': 1, 'text': 'a', 'weight': 1.2, 'raw_weight': 1.5, 'future_kl': 0.405465},
+              {'id': 2, 'text': 'b', 'weight': 0.8, 'raw_weight': 1.3, 'future_kl': 0.262364, 'safety': True},
+              {'id': 3, 'text': 'c', 'weight': 1.0, 'raw_weight': 0.9, 'future_kl': -0.105361}]
+    rows = [{'step': 2, 'index': 0, 'advantage': -0.75, 'num_tokens': 3, 'truncated': False, 'tokens': tokens}]
+    drawn = page_view(rows)['before']
+    for token, shown in zip(tokens, drawn):
+        lines = shown['details'].splitlines()
+        assert shown['details'] == shown['title']
+        assert lines[1] == (f'influence weight (applied, clipped) {token["weight"]:.4f}   '
+                            f'exp(Future-KL) (raw, before clipping) {token["raw_weight"]:.4f}')
+        assert lines[2] == f'Future-KL {token["future_kl"]:.4f}   advantage (completion) -0.7500'
+    assert drawn[1]['details'].splitlines()[-1] == 'safety rule fired'
+
+
+def documented_span(values: list[float], centre: float, weights: list[float]) -> float:
+    """docs/visualize.md: one scale per file, the 95th percentile of the tokens' non-zero distances from the
+    centre, dropped responses (weight 0) left out: the sorted distances' element at floor(0.95 n)."""
+    distances = sorted(abs(value - centre) for value, weight in zip(values, weights)
+                       if weight != 0 and value != centre)
+    return distances[min(len(distances) - 1, int(0.95 * len(distances)))]
+
+
+def alpha(background: str) -> float:
+    return float(re.fullmatch(r'rgba\(\d+,\d+,\d+,([\d.]+)\)', background).group(1))
+
+
+@needs_node
+@pytest.mark.parametrize('mode', ['weight', 'future_kl'])
+def test_the_colour_scale_is_the_documented_percentile_not_the_largest_value(mode):
+    """Step 1 holds one far outlier (and a dropped response, whose distance would be 1): the scale is the 95th
+    percentile of the whole file's distances, the same on step 2, where the outlier is not even shown."""
+    first = [1.0 + 0.01 * k for k in range(1, 21)] + [6.0, 1.0]
+    second = [1.05, 0.9, 0.97, 1.0]
+    rows = [{'step': 1, 'index': 0, 'advantage': 0.5, 'num_tokens': len(first), 'truncated': False,
+             'tokens': [{'id': k, 'text': f't{k}', 'weight': w, 'future_kl': math.log(w), 'raw_weight': w}
+                        for k, w in enumerate(first)]},
+            {'step': 1, 'index': 1, 'advantage': -0.5, 'num_tokens': 2, 'truncated': False,
+             'tokens': [{'id': 0, 'text': 'x', 'weight': 0.0, 'future_kl': -3.0, 'raw_weight': 0.05}] * 2},
+            {'step': 2, 'index': 0, 'advantage': 0.5, 'num_tokens': len(second), 'truncated': False,
+             'tokens': [{'id': k, 'text': f's{k}', 'weight': w, 'future_kl': math.log(w), 'raw_weight': w}
+                        for k, w in enumerate(second)]}]
+    tokens = [token for row in rows for token in row['tokens']]
+    centre = 1.0 if mode == 'weight' else 0.0
+    span = documented_span([token[mode] for token in tokens], centre, [token['weight'] for token in tokens])
+    largest = max(abs(token[mode] - centre) for token in tokens if token['weight'] != 0)
+    assert span < largest / 5  # the rule and the single largest value give different scales here
+    for step in (1, 2):
+        view = page_view(rows, f'#step={step}&mode={mode}')
+        assert view['scale'] == [f'{centre - span:.3f}', f'{centre + span:.3f}'], (step, view['scale'])
+        shown = [token for row in rows if row['step'] == step for token in row['tokens']]
+        for token, drawn in zip(shown, view['before']):
+            distance = abs(token[mode] - centre)
+            if token['weight'] == 0:
+                assert drawn['background'] == '#e5e5e5'  # dropped: grey whatever its value
+            elif distance == 0:
+                assert drawn['background'] == '#fff'
+            else:  # 0.12 at the centre's edge to 0.9 at the scale's end and beyond
+                assert alpha(drawn['background']) == pytest.approx(0.12 + 0.78 * min(1.0, distance / span), abs=1e-3)
+
+
+# --- a run resumed into the same output directory ---------------------------------------------------------
+
+def captured(step: int, index: int, word: str) -> dict:
+    return {'step': step, 'index': index, 'advantage': 0.5, 'num_tokens': 1, 'truncated': False,
+            'tokens': [{'id': 1, 'text': word, 'weight': 1.1, 'future_kl': 0.09531, 'raw_weight': 1.1}]}
+
+
+@pytest.mark.parametrize('first_run, resumed', [
+    # --fipo_log_tokens 1, steps 1-4, resumed from checkpoint-2: steps 3 and 4 appended again.
+    ([captured(step, 0, 'first') for step in range(1, 5)], [captured(step, 0, 'again') for step in (3, 4)]),
+    # --fipo_log_tokens 2, killed during step 3 after its first completion was captured, resumed from
+    # checkpoint-2: step 3 starts again at completion 0, the same step as the last record.
+    ([captured(step, index, 'first') for step in (1, 2) for index in (0, 1)] + [captured(3, 0, 'first')],
+     [captured(step, index, 'again') for step in (3, 4) for index in (0, 1)]),
+    # The same with both completions of step 3 captured before the kill.
+    ([captured(step, index, 'first') for step in (1, 2, 3) for index in (0, 1)],
+     [captured(step, index, 'again') for step in (3, 4) for index in (0, 1)]),
+])
+def test_a_resumed_runs_records_supersede_the_earlier_ones(tmp_path, first_run, resumed):
+    write_tokens(tmp_path, first_run + resumed)
+    restart = resumed[0]['step']
+    expected = [row for row in first_run if row['step'] < restart] + resumed
+    page = (inspect(tmp_path, tmp_path / 'page.html')).read_text()
+    assert embedded(page)['records'] == expected
+    if NODE is not None:  # the step list counts each step's completions once
+        per_step = {row['step']: sum(other['step'] == row['step'] for other in expected) for row in expected}
+        steps = page_view(expected)['steps']
+        assert [step.split('  (')[1].split(',')[0] for step in steps] == [
+            f'{count} completion{"s" if count > 1 else ""}' for count in per_step.values()]
+
+
+def test_records_without_an_index_restart_only_at_an_earlier_step(tmp_path):
+    rows = [{key: value for key, value in captured(step, 0, word).items() if key != 'index'}
+            for step, word in ((1, 'a'), (1, 'b'), (2, 'c'), (2, 'd'), (2, 'e'), (1, 'f'), (2, 'g'))]
+    write_tokens(tmp_path, rows)
+    records = embedded(inspect(tmp_path).read_text())['records']
+    assert [record['tokens'][0]['text'] for record in records] == ['f', 'g']

@@ -492,6 +492,16 @@ def test_eval_jsonl_outside_the_directory_given_is_not_read(tmp_path):
     assert 'heldout/greedy_accuracy' in viz_plot.load_run(tmp_path).series
 
 
+def test_eval_jsonl_beside_a_symlinked_logging_jsonl_is_the_links_neighbour(tmp_path):
+    elsewhere = write_run(tmp_path / 'elsewhere', [fipo_row(1)])
+    write_eval(elsewhere.parent, [{'global_step': 1, 'heldout/greedy_accuracy': 0.9}])
+    link = tmp_path / 'run' / 'logging.jsonl'
+    link.parent.mkdir()
+    link.symlink_to(elsewhere)
+    write_eval(link.parent, [{'global_step': 1, 'heldout/greedy_accuracy': 0.1}])
+    assert viz_plot.load_run(tmp_path / 'run').series['heldout/greedy_accuracy'] == ([1], [0.1])
+
+
 def test_eval_jsonl_of_a_resumed_run_is_superseded_like_logging_jsonl(tmp_path):
     write_run(tmp_path, [fipo_row(step) for step in range(1, 5)])
     first = [{'global_step': step, 'heldout/greedy_accuracy': 0.1 * step} for step in (0, 2, 4)]

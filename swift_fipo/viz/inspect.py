@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from swift_fipo.viz.rundir import TOKENS_FILE, RunDirError, find_run_file, finite_number, read_jsonl, run_label
+from swift_fipo.viz.rundir import (TOKENS_FILE, RunDirError, find_run_file, finite_number, read_jsonl, run_label,
+                                  supersede_resumed)
 
 TEMPLATE = 'inspect_template.html'
 _NUMBER_FIELDS = ('weight', 'future_kl', 'raw_weight')
@@ -28,7 +29,22 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     records = read_jsonl(path)
     if not records:
         raise RunDirError(f'{path}: empty; no logging step has been captured yet.')
-    return [_record(record, f'{path}: record {number}') for number, record in enumerate(records, start=1)]
+    checked = [_record(record, f'{path}: record {number}') for number, record in enumerate(records, start=1)]
+    # A run resumed into the same output directory appends its steps again: from the step it restarts at
+    # (an earlier step, or completion 0 of a step again) its records replace the earlier run's.
+    positioned = supersede_resumed(list(zip(_positions(checked), checked)), lambda pair: pair[0],
+                                   repeat_restarts=True)
+    return [record for _, record in positioned]
+
+
+def _positions(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(step, index) per record: the capture numbers a step's completions from 0. A record without an index
+    takes the next number after the record before it at the same step, so it orders by step alone."""
+    positions: list[tuple[int, int]] = []
+    for record in records:
+        follows = positions[-1][1] + 1 if positions and positions[-1][0] == record['step'] else 0
+        positions.append((record['step'], follows if record['index'] is None else record['index']))
+    return positions
 
 
 def _record(record: dict[str, Any], where: str) -> dict[str, Any]:

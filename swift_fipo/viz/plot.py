@@ -100,18 +100,15 @@ def _add_row(series: dict[str, tuple[list[int], list[float]]], step: Optional[in
 def eval_file(run_dir: str | Path, logging_file: Path) -> Optional[Path]:
     """The eval.jsonl of the run whose logging.jsonl is ``logging_file``: beside it, else in the nearest
     directory above it up to ``run_dir`` (a user's script may write to ms-swift's --output_dir)."""
-    top = Path(run_dir)
+    # Paths as found, made absolute but not resolved: a symlinked logging.jsonl counts where its link is.
+    top = Path(os.path.abspath(run_dir))
     top = top.parent if top.is_file() else top
-    try:
-        top = top.resolve()
-        directory = logging_file.parent.resolve()
-    except (OSError, RuntimeError):
-        return None
+    directory = Path(os.path.abspath(logging_file)).parent
     while True:
         candidate = directory / EVAL_FILE
         if candidate.is_file():
             return candidate
-        if directory == top or top not in directory.parents:
+        if directory == top or top not in directory.parents:  # the second: never climb past the file system root
             return None
         directory = directory.parent
 
