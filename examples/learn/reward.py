@@ -34,12 +34,10 @@ def mod10_answer_reward(completions: list[Any], solution: list[str], **kwargs: A
     return [reward(_text(completion), answer) for completion, answer in zip(completions, solution)]
 
 
-try:
+# Registered only where ms-swift is already loaded (it imports this file from --external_plugins): importing ms-swift
+# here would, among others, delete trl.GRPOTrainer.__init__ in a TRL process.
+if 'swift' in sys.modules:
     from swift.rewards import ORM, orms
-except ImportError:  # not under ms-swift (TRL, tests): the plain function above is the reward
-    ORM, orms = None, None
-
-if ORM is not None:
 
     class Mod10AnswerReward(ORM):
 

@@ -232,7 +232,7 @@ def run_one(args: argparse.Namespace, sft: dict[str, Any], algorithm: str, seed:
     eval_file.write_text(json.dumps({**sft['eval'], 'global_step': 0}) + '\n')
     if run_logged(evaluate_command(args, [output], eval_file), run_dir / 'eval.log', ENV) != 0:
         raise RuntimeError(f'evaluation failed; see {run_dir / "eval.log"}')
-    result = {'algorithm': algorithm, 'seed': seed, 'command': shlex.join(command),
+    result = {'algorithm': algorithm, 'seed': seed, 'command': shlex.join(command), 'source_commit': args.source_commit,
               'env': {key: ENV[key] for key in ('OMP_NUM_THREADS', )}, 'versions': versions(), 'machine': machine(),
               'load_average_at_start': load_before, 'train_seconds': round(train_seconds, 1),
               'total_seconds': round(time.time() - began, 1), 'eval': read_jsonl(eval_file),
@@ -417,6 +417,9 @@ def main() -> None:
     parser.add_argument('--threshold', type=float, default=None,
                         help='held-out greedy accuracy for "steps to reach" (default: SFT accuracy + 0.10)')
     parser.add_argument('--sft_only', action='store_true', help='stop after SFT and its evaluation')
+    parser.add_argument('--summarize_only', action='store_true',
+                        help='no training: summary and figures of the runs already done')
+    parser.add_argument('--source_commit', default=None, help='recorded in every result: the swift-fipo commit')
     args = parser.parse_args()
     for name in ('seeds', 'jobs', 'rl_steps', 'eval_every', 'prompts_per_step', 'sft_steps', 'sft_batch',
                  'steps_per_generation', 'sft_threads'):
@@ -430,6 +433,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / 'study.log'
     say(log, f'study {args.out}: {shlex.join(sys.argv)}')
+    if args.summarize_only:
+        sft = json.loads((args.out / 'sft' / 'sft.json').read_text())
+        done = sorted(args.out.glob('runs/*/result.json'))
+        results = [json.loads(path.read_text()) for path in done]
+        results = [r for r in results if r['algorithm'] in args.algorithms]
+        results.sort(key=lambda result: (result['seed'], args.algorithms.index(result['algorithm'])))
+        summarize(args, sft, results, log)
+        figures(args, results, log)
+        return
     sft = prepare(args, log)
     if args.sft_only:
         return
