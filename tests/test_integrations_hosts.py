@@ -4,6 +4,7 @@ activation, each host's integration and every patcher named there agree with it.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import re
@@ -221,3 +222,120 @@ def test_doctor_judges_the_installed_hosts_wherever_they_stand_in_the_table(monk
     assert cli.doctor() == 1
     assert '  no host is installed: swift-fipo serves alpha, beta; install the one you train with' in \
         capsys.readouterr().out
+
+
+# --- uninstall() reverts swift-fipo's own patches only (issue 27 item 6) ------------------------------------
+
+
+class _Greeter:
+    def greet(self) -> str:
+        return 'hello'
+
+
+def _shout(original):
+    @functools.wraps(original)
+    def shout(self) -> str:
+        return original(self).upper()
+
+    return shout
+
+
+def _exclaim(function):
+    """Someone else's wrapper, made the usual way: functools.wraps copies the wrapped function's attributes."""
+    @functools.wraps(function)
+    def exclaim(self) -> str:
+        return function(self) + '!'
+
+    return exclaim
+
+
+def test_a_wrapper_around_a_patch_is_not_taken_for_the_patch():
+    from swift_fipo.integrations.patches import Patch, PatchConflict, PatchSet, is_patch
+    original = _Greeter.greet
+    patch_set = PatchSet([Patch(_Greeter, 'greet', _shout, 'shouting')])
+    patch_set.apply()
+    patched = _Greeter.greet
+    _Greeter.greet = _exclaim(patched)  # someone wraps swift-fipo's patch, copying its marks
+    try:
+        assert is_patch(patched) and not is_patch(_Greeter.greet)
+        patch_set.apply()  # ours is underneath: not wrapped a second time
+        assert _Greeter().greet() == 'HELLO!'
+        with pytest.raises(PatchConflict, match=rf"_Greeter\.greet is now exclaim \({re.escape(__file__)}:\d+\), a "
+                                                r"wrapper someone set around swift-fipo's patch \(shouting\)"):
+            patch_set.revert()
+        assert _Greeter().greet() == 'HELLO!'  # left as it was: their wrapper and, under it, the patch
+        _Greeter.greet = patched  # they take their wrapper off: now it reverts, exactly
+        patch_set.revert()
+        assert _Greeter.greet is original and _Greeter().greet() == 'hello'
+    finally:
+        _Greeter.greet = original
+
+
+@pytest.mark.ms_swift
+def test_uninstall_leaves_a_wrapper_around_ms_swifts_patched_trainer_and_says_why():
+    """On ms-swift's real GRPO trainer class: a user's functools.wraps wrapper around the patched FIPO hook
+    survives uninstall(), which refuses naming it; without the wrapper, uninstall restores ms-swift's own."""
+    from conftest import need
+    need('swift', 'ms-swift')
+    import swift_fipo
+    from swift_fipo.integrations.ms_swift import hooks as ms_swift_hooks
+    from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
+    from swift_fipo.integrations.patches import PatchConflict, is_patch
+    swift_fipo.install('ms-swift')
+    module = sys.modules[ms_swift_layout.module_path(ms_swift_layout.HF_TRAINER_MODULE)]
+    trainer = next(cls for cls in ms_swift_hooks.trainer_classes(module) if ms_swift_layout.FIPO_HOOK in vars(cls))
+    hook = ms_swift_layout.FIPO_HOOK
+    patched = vars(trainer)[hook]
+    native = ms_swift_hooks.native_fipo_influence(trainer)
+    assert is_patch(patched) and not is_patch(native)
+
+    @functools.wraps(patched)
+    def users_wrapper(*args, **kwargs):
+        return patched(*args, **kwargs)
+
+    setattr(trainer, hook, users_wrapper)
+    try:
+        with pytest.raises(PatchConflict, match=f'{trainer.__qualname__}.{hook} is now users_wrapper '
+                                                rf"\({re.escape(__file__)}:\d+\), a wrapper someone set around "
+                                                "swift-fipo's patch"):
+            swift_fipo.uninstall('ms-swift')
+        assert vars(trainer)[hook] is users_wrapper  # not replaced by ms-swift's original
+        setattr(trainer, hook, patched)
+        swift_fipo.uninstall('ms-swift')
+        assert vars(trainer)[hook] is native and not ms_swift_hooks.is_patched(trainer)
+    finally:
+        swift_fipo.install('ms-swift')  # the activation had patched this process: leave it so for other tests
+    assert ms_swift_hooks.is_patched(trainer)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mutation_targets(monkeypatch) -> dict[str, tuple[str, ...]]:
+    """scripts/mutate.py's target files -> the test files their mutants run against."""
+    monkeypatch.setattr(sys, 'path', list(sys.path))  # the script puts the repository first; undone after
+    spec = importlib.util.spec_from_file_location('swift_fipo_mutate', REPO / 'scripts' / 'mutate.py')
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up by name
+    spec.loader.exec_module(script)
+    return script.target_files([])
+
+
+def test_every_host_of_the_table_is_mutation_tested(monkeypatch):
+    targets = _mutation_targets(monkeypatch)
+    for host in hosts.HOSTS:
+        code = sorted(str(path.relative_to(REPO)) for path in (PACKAGE / host.package.rpartition('.')[2]).glob('*.py')
+                      if path.name != '__init__.py')
+        untested = [path for path in code if path not in targets]
+        assert code and not untested, f'{host.name}: scripts/mutate.py has no tests for {untested}'
+        for path in code:
+            assert all((REPO / test).is_file() for test in targets[path]), (path, targets[path])
+
+
+def test_every_host_of_the_table_has_its_pyproject_extra():
+    import tomllib
+    extras = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['optional-dependencies']
+    for host in hosts.HOSTS:
+        requirements = extras.get(host.distribution, [])
+        assert any(re.match(rf'{re.escape(host.distribution)}\b', requirement) for requirement in requirements), \
+            f'pyproject.toml: no extra {host.distribution!r} that installs {host.distribution} ({host.name})'

@@ -151,7 +151,8 @@ def test_uninstall_restores_every_patched_attribute():
     ms_swift.uninstall()
     try:
         for (cls, name), value in patched.items():
-            original = vars(getattr(value, '__func__', value)).get('__swift_fipo_original__')  # a staticmethod's
+            mark = vars(getattr(value, '__func__', value)).get('__swift_fipo_patch__')  # a staticmethod's function
+            original = getattr(mark, 'original', None)
             assert not is_patch(vars(cls).get(name)), (cls, name)
             # ms-swift's own function is back where it was, or the attribute is inherited again.
             assert vars(cls).get(name, None) is (None if original is None or not callable(original) else original)
