@@ -1,6 +1,6 @@
 """Fuzzing the files `swift-fipo plot` and `inspect` read: generated and byte-mutated run directories.
 
-Any bytes in logging.jsonl or fipo_tokens.jsonl are input, and bad input must end in ``RunDirError``
+Any bytes in logging.jsonl, eval.jsonl or fipo_tokens.jsonl are input, and bad input must end in ``RunDirError``
 (the command's one-line error, exit 2), never another exception; what is accepted must be drawable:
 only finite numbers reach the chart, and the page's embedded JSON parses. Most cases call the readers
 in-process (fast); a few go through the real ``swift-fipo`` command to show that no traceback reaches
@@ -32,7 +32,7 @@ from hypothesis import strategies as st  # noqa: E402
 from swift_fipo import cli  # noqa: E402
 from swift_fipo.viz import inspect as viz_inspect  # noqa: E402
 from swift_fipo.viz import plot as viz_plot  # noqa: E402
-from swift_fipo.viz.rundir import RunDirError  # noqa: E402
+from swift_fipo.viz.rundir import RunDirError, supersede_resumed  # noqa: E402
 
 VERSION_DIR = 'v0-20260101-120000'
 METRIC_KEYS = ['reward', 'completions/mean_length', 'fipo/future_kl_mean', 'fipo/influence_weight_mean',
@@ -164,6 +164,50 @@ def test_fuzz_plot_reader(tmp_path_factory: pytest.TempPathFactory, rows: list[A
 def test_fuzz_inspect_reader(tmp_path_factory: pytest.TempPathFactory, records: list[Any], data: Any) -> None:
     content = data.draw(mutated(serialise(records)))
     check_inspect_reader(write(fresh_dir(tmp_path_factory), 'fipo_tokens.jsonl', content))
+
+
+@st.composite
+def eval_rows(draw: Any) -> list[Any]:
+    """eval.jsonl rows: a global_step (sometimes hostile, sometimes going back as a resumed run's do) and
+    held-out metrics."""
+    rows: list[Any] = []
+    for _ in range(draw(st.integers(0, 6))):
+        row: dict[str, Any] = {'global_step': draw(st.integers(0, 8) | JSON_VALUE)}
+        for key in draw(st.lists(st.sampled_from(['heldout/greedy_accuracy', 'heldout/pass@1', 'heldout/x',
+                                                  'reward', 'global_step/max_steps', '$\\frac$']), max_size=4)):
+            row[key] = draw(st.floats(0, 1) | JSON_VALUE)
+        rows.append(row)
+    return rows
+
+
+@given(rows=eval_rows(), data=st.data())
+def test_fuzz_eval_jsonl_beside_a_valid_run(tmp_path_factory: pytest.TempPathFactory, rows: list[Any],
+                                            data: Any) -> None:
+    root = write(fresh_dir(tmp_path_factory), 'logging.jsonl',
+                 b'{"global_step/max_steps": "1/2", "fipo/future_kl_mean": 0.1}\n')
+    write(root, 'eval.jsonl', data.draw(mutated(serialise(rows))))
+    check_plot_reader(root)
+
+
+def superseded_by_hand(rows: list[tuple[int, int]], repeat_restarts: bool) -> list[tuple[int, int]]:
+    """The rule stated plainly: a row going back (or repeating, with ``repeat_restarts``) removes every earlier
+    row at its step or after it."""
+    kept: list[tuple[int, int]] = []
+    for row in rows:
+        if kept and (row < kept[-1] or (repeat_restarts and row == kept[-1])):
+            kept = [earlier for earlier in kept if earlier[0] < row[0]]
+        kept.append(row)
+    return kept
+
+
+@given(rows=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 2)), max_size=30), repeat_restarts=st.booleans())
+def test_supersede_resumed_keeps_the_latest_run_of_every_step(rows: list[tuple[int, int]],
+                                                              repeat_restarts: bool) -> None:
+    kept = supersede_resumed(rows, lambda row: row, repeat_restarts=repeat_restarts)
+    assert kept == superseded_by_hand(rows, repeat_restarts)
+    assert kept == sorted(kept) and (not repeat_restarts or len(set(kept)) == len(kept))
+    if rows:  # the last row written always stands, and so does every row after the last restart
+        assert kept[-1] == rows[-1]
 
 
 @pytest.mark.parametrize('command', ['plot', 'inspect'])
