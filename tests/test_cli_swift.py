@@ -178,6 +178,9 @@ def test_bad_settings_fail_before_the_model_loads(tiny_run_dir, tmp_path, flags,
     assert result.returncode != 0 and rows == []
     assert message in result.stderr, _tail(result)
     assert 'model_parameter_info' not in result.stdout + result.stderr
+    # One line, as verl and OpenRLHF print theirs; before: a 20-line traceback through ms-swift's pipeline.
+    assert 'Traceback' not in result.stderr, _tail(result)
+    assert [line for line in result.stderr.splitlines() if message in line][0].startswith('ValueError: swift-fipo: ')
 
 
 @trains_fipo

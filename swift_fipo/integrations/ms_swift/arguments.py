@@ -24,6 +24,7 @@ This module imports no torch: it runs while ms-swift is still parsing its argume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,10 +34,11 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from swift_fipo.config import PRESETS, FIPOConfig
 from swift_fipo.integrations.messages import warn
+from swift_fipo.integrations.ms_swift import layout
 from swift_fipo.integrations.ms_swift.gloo_exit import settle_gloo_workers_at_exit
 from swift_fipo.integrations.refusals import liger_refusal, on_policy_reason
 from swift_fipo.integrations.settings import (
@@ -47,7 +49,6 @@ from swift_fipo.integrations.settings import (
     settings_of,
 )
 from swift_fipo.integrations.versions import installed_version
-from swift_fipo.integrations.ms_swift import layout
 
 HOST = 'swift-fipo'
 SUPPORTED_RANGE = 'ms-swift >= 3.11 (megatron rlhf: >= 4.2.2)'
@@ -395,6 +396,32 @@ def check_rlhf_type(args: Any) -> None:
                          f'{rlhf_type} (ms-swift\'s default is dpo).')
 
 
+@contextlib.contextmanager
+def refusals_in_one_line() -> Iterator[None]:
+    """Let a refusal raised inside (a ``ValueError`` or ``RuntimeError`` of the plugin's checks) end the program
+    as one line, ``ValueError: swift-fipo: --flag must be ...``, if nothing catches it.
+
+    ms-swift's entry point (``swift/cli/rlhf.py``, run by ``swift rlhf`` and torchrun) has no error handler, so
+    Python would print a 20-line traceback through ms-swift's pipeline for a bad flag; verl (Hydra) and OpenRLHF
+    (argparse) print one line. The exception itself is raised unchanged (a caller can still catch it), and only
+    that very exception object is shortened at exit (``sys.excepthook`` compares identity): any other error,
+    ms-swift's own included, keeps its traceback.
+    """
+    try:
+        yield
+    except (ValueError, RuntimeError) as error:
+        previous, refusal = sys.excepthook, error  # `error` is unbound once the except block ends
+
+        def excepthook(kind: type, value: BaseException, traceback: Any) -> None:
+            if value is refusal:
+                print(f'{kind.__name__}: {value}', file=sys.stderr, flush=True)
+            else:
+                previous(kind, value, traceback)
+
+        sys.excepthook = excepthook
+        raise
+
+
 def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``SwiftPipeline._parse_args`` as the module docstring describes."""
 
@@ -408,8 +435,9 @@ def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
         argv = json.loads(ray_argv) if ray_argv else list(sys.argv[1:] if args is None else args)
         swift_fields = _argument_names(args_class)
         swift_options = ParserOptions.for_class(args_class)
-        precheck_argv(argv, swift_fields, swift_options)
-        command_line = split_argv(argv, swift_fields, swift_options)
+        with refusals_in_one_line():
+            precheck_argv(argv, swift_fields, swift_options)
+            command_line = split_argv(argv, swift_fields, swift_options)
         if ray_argv:
             os.environ[_RAY_ARGV_ENV] = json.dumps(command_line.argv)
         try:
@@ -418,10 +446,11 @@ def with_fipo_flags(parse_args: Callable[..., Any]) -> Callable[..., Any]:
             if ray_argv:
                 os.environ[_RAY_ARGV_ENV] = ray_argv
         if _parsed_asks_for_fipo(parsed):
-            check_rlhf_type(parsed)
-            check_trainer_has_hook(megatron='megatron' in type(parsed).__module__)
-            settings = command_line.settings()
-            validate_run(parsed, settings.config)
+            with refusals_in_one_line():
+                check_rlhf_type(parsed)
+                check_trainer_has_hook(megatron='megatron' in type(parsed).__module__)
+                settings = command_line.settings()
+                validate_run(parsed, settings.config)
             for arguments in (parsed, getattr(parsed, 'training_args', None)):
                 if arguments is not None:
                     attach_settings(arguments, settings)
@@ -443,9 +472,10 @@ def with_run_validation(compat_dsw_gradio: Callable[[Any], None]) -> staticmetho
     @functools.wraps(compat_dsw_gradio)
     def validate_then_compat(args: Any) -> None:
         if _parsed_asks_for_fipo(args) and settings_of(args) is None:
-            check_rlhf_type(args)
-            check_trainer_has_hook(megatron='megatron' in type(args).__module__)
-            validate_run(args, config_from_arguments(args))
+            with refusals_in_one_line():
+                check_rlhf_type(args)
+                check_trainer_has_hook(megatron='megatron' in type(args).__module__)
+                validate_run(args, config_from_arguments(args))
         return compat_dsw_gradio(args)
 
     return staticmethod(validate_then_compat)
