@@ -42,17 +42,31 @@ from typing import Iterator, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
+sys.path.insert(0, str(ROOT))
+from swift_fipo.integrations.hosts import HOSTS  # noqa: E402  (the table of hosts: torch-free, imports no host)
+
 # Modules mutated, and the fast test files run against each, quickest and most telling first (pytest
 # stops at the first failure). `swift rlhf` runs (marker `cli`) are left out: they take minutes.
 OPS_TESTS = ('tests/test_config.py', 'tests/test_ops_paper.py', 'tests/test_ops_loss.py', 'tests/test_ops_influence.py',
              'tests/test_ops_future_kl.py')
-MS_SWIFT_TESTS = ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift_gloo.py',
-                  'tests/test_integrations_interception.py',
-                  'tests/test_integrations_hosts.py', 'tests/test_integrations_ms_swift_cli.py',
-                  'tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py',
-                  'tests/test_token_capture.py', 'tests/test_ops_influence.py')
-TRL_TESTS = ('tests/test_integrations_trl.py', )
-VERL_TESTS = ('tests/test_integrations_verl.py', )  # needs a venv with verl: --python .venv-verl/bin/python
+SHARED_TESTS = ('tests/test_integrations_shared.py', 'tests/test_integrations_interception.py',
+                'tests/test_integrations_hosts.py')
+# Every host of the table is mutated, its subpackage against tests/test_integrations_<package>.py unless it
+# needs more (the test files of a host run in a venv that has the host: --python .venv-verl/bin/python, ...).
+HOST_TESTS: dict[str, tuple[str, ...]] = {
+    'ms_swift': SHARED_TESTS + ('tests/test_integrations_ms_swift_gloo.py', 'tests/test_integrations_ms_swift_cli.py',
+                                'tests/test_integrations_ms_swift.py', 'tests/test_integrations_megatron.py',
+                                'tests/test_token_capture.py', 'tests/test_ops_influence.py'),
+}
+
+
+def host_tests(package: str) -> tuple[str, ...]:
+    """The fast test files a host's code is mutated against."""
+    return HOST_TESTS.get(package, (f'tests/test_integrations_{package}.py', ))
+
+
+HOST_PACKAGES = tuple(host.package.rpartition('.')[2] for host in HOSTS)
+MS_SWIFT_TESTS = host_tests('ms_swift')
 # ms-swift 3.11 - 4.2.1 (no native FIPO): --python .venv-ms-swift-3.11.3/bin/python
 LEGACY_TESTS = ('tests/test_integrations_ms_swift_layout.py', 'tests/test_integrations_ms_swift_legacy.py')
 VIZ_TESTS = ('tests/test_viz_inspect.py', 'tests/test_viz_plot.py', 'tests/test_viz_fuzz.py')
@@ -61,9 +75,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift.py',
                                         'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
-    'swift_fipo/integrations/ms_swift/*.py': MS_SWIFT_TESTS,
-    'swift_fipo/integrations/trl/trainer.py': TRL_TESTS,
-    'swift_fipo/integrations/verl/hooks.py': VERL_TESTS,
+    **{f'swift_fipo/integrations/{package}/*.py': host_tests(package) for package in HOST_PACKAGES},
     'swift_fipo/integrations/ms_swift/legacy.py': LEGACY_TESTS,
     'swift_fipo/integrations/ms_swift/layout.py': LEGACY_TESTS,
     'swift_fipo/activation.py': ('tests/test_activation.py', ),
@@ -73,16 +85,16 @@ TARGETS: dict[str, tuple[str, ...]] = {
 PYTEST_ARGS = ('-x', '-q', '-p', 'no:cacheprovider', '--no-header', '-m', 'not cli')
 # Imported once by the fork server of a test group, before any mutant: the slow third-party imports.
 # ms-swift's GRPO trainer module deletes trl.GRPOTrainer.__init__, so the TRL group must not preload it.
-PRELOAD = {'ms-swift': ('torch', 'pytest', 'swift.pipelines.base', 'swift.rlhf_trainers.grpo_trainer'),
+PRELOAD = {'ms_swift': ('torch', 'pytest', 'swift.pipelines.base', 'swift.rlhf_trainers.grpo_trainer'),
            'ms-swift-3': ('torch', 'pytest', 'swift.llm.base', 'swift.trainers.rlhf_trainer.grpo_trainer'),
-           'trl': ('torch', 'pytest', 'transformers', 'datasets', 'trl'),
-           'verl': ('torch', 'pytest')}
+           'trl': ('torch', 'pytest', 'transformers', 'datasets', 'trl')}
 
 
 def preload_for(tests: tuple[str, ...]) -> tuple[str, ...]:
     if tests == LEGACY_TESTS:  # ms-swift 3.x keeps the pipeline and trainer elsewhere (a 4.0 / 4.1 venv: --no-fork)
         return PRELOAD['ms-swift-3']
-    return PRELOAD['trl'] if tests == TRL_TESTS else PRELOAD['verl'] if tests == VERL_TESTS else PRELOAD['ms-swift']
+    host = next((package for package in HOST_PACKAGES if host_tests(package) == tests), 'ms_swift')
+    return PRELOAD.get(host, ('torch', 'pytest'))
 
 
 # Mutants judged equivalent after reading them: `file:enclosing function:stripped line:original->replacement`

@@ -306,3 +306,37 @@ def test_uninstall_leaves_a_wrapper_around_ms_swifts_patched_trainer_and_says_wh
     finally:
         swift_fipo.install('ms-swift')  # the activation had patched this process: leave it so for other tests
     assert ms_swift_hooks.is_patched(trainer)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mutation_targets(monkeypatch) -> dict[str, tuple[str, ...]]:
+    """scripts/mutate.py's target files -> the test files their mutants run against."""
+    monkeypatch.setattr(sys, 'path', list(sys.path))  # the script puts the repository first; undone after
+    spec = importlib.util.spec_from_file_location('swift_fipo_mutate', REPO / 'scripts' / 'mutate.py')
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up by name
+    spec.loader.exec_module(script)
+    return script.target_files([])
+
+
+def test_every_host_of_the_table_is_mutation_tested(monkeypatch):
+    targets = _mutation_targets(monkeypatch)
+    for host in hosts.HOSTS:
+        source = REPO / 'swift_fipo' / 'integrations' / host.package.rpartition('.')[2]
+        code = sorted(str(path.relative_to(REPO)) for path in source.glob('*.py')
+                      if path.name != '__init__.py')
+        untested = [path for path in code if path not in targets]
+        assert code and not untested, f'{host.name}: scripts/mutate.py has no tests for {untested}'
+        for path in code:
+            assert all((REPO / test).is_file() for test in targets[path]), (path, targets[path])
+
+
+def test_every_host_of_the_table_has_its_pyproject_extra():
+    import tomllib
+    extras = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['optional-dependencies']
+    for host in hosts.HOSTS:
+        requirements = extras.get(host.distribution, [])
+        assert any(re.match(rf'{re.escape(host.distribution)}\b', requirement) for requirement in requirements), \
+            f'pyproject.toml: no extra {host.distribution!r} that installs {host.distribution} ({host.name})'

@@ -74,7 +74,6 @@ class Host:
 
 HOSTS = tuple(Host(importlib.import_module(f'{__name__.rpartition(".")[0]}.{package}.layout'))
               for package in HOST_PACKAGES)
-MS_SWIFT, VERL, TRL, OPENRLHF = HOSTS
 
 
 def host(name: str) -> Host:
