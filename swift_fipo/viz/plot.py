@@ -44,6 +44,7 @@ _LINE_STYLES = ('-', '--', ':', '-.')
 _EVAL_STEP = 'global_step'
 _LARGEST_STEP = 2**53
 _BAND_ALPHA = 0.18
+_MARKED_POINTS = 40
 BAND_MEANING = "mean over each group's runs per step, band +-1 std across them"
 
 
@@ -228,7 +229,9 @@ def plot_group_runs(groups: Sequence[Group], output: Path) -> Path:
                 high = [mean + std for mean, std in zip(band.mean, band.std)]
                 axes.fill_between(band.steps, low, high, color=colour, alpha=_BAND_ALPHA, linewidth=0,
                                   gid=f'band {group_index} {key}')
-                axes.plot(band.steps, band.mean, style, color=colour, marker='o', markersize=2.5, linewidth=1.4,
+                # Markers show where the points are; on a long run they would only blot the line.
+                marker = 'o' if len(band.steps) <= _MARKED_POINTS else ''
+                axes.plot(band.steps, band.mean, style, color=colour, marker=marker, markersize=2.5, linewidth=1.4,
                           label=_text(name if len(keys) == 1 else f'{name}: {_short(key)}'),
                           gid=f'mean {group_index} {key}')
 
