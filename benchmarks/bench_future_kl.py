@@ -38,8 +38,9 @@ import sys
 import time
 import types
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 DISABLE_ENV = 'SWIFT_FIPO_DISABLE'
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def _reexec_unpatched() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8])
@@ -102,7 +103,7 @@ def native_method():
     from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
     method = GRPOTrainer.__dict__['_compute_fipo_influence']
     if getattr(method, '__swift_fipo_original__', None) is not None:  # a swift-fipo patch remembers its original
-        raise SystemExit(f'ms-swift\'s _compute_fipo_influence is patched by swift-fipo although {DISABLE_ENV}=1; '
+        raise SystemExit(f"ms-swift's _compute_fipo_influence is patched by swift-fipo although {DISABLE_ENV}=1; "
                          'refusing to benchmark the plugin against itself.')
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(delta=None), fipo_gamma=2**(-1 / 32),
                                     fipo_clip_range=0.2, fipo_clip_high_only=True, fipo_safety_threshold=4.0)
@@ -227,7 +228,7 @@ def _allocation_tracker(torch):
 # --- the loss step --------------------------------------------------------------------------------
 
 
-def loss_step(torch, inputs: dict[str, Any], weight_fn: Optional[Callable]) -> Callable[[], Any]:
+def loss_step(torch, inputs: dict[str, Any], weight_fn: Callable | None) -> Callable[[], Any]:
     """ms-swift's token-level clipped objective (DAPO normalization) over [B, T] log-probs, forward and
     backward, optionally multiplied by a FIPO weight computed from the same log-ratio."""
     old_logps = inputs['log_ratio'].float() * 0 - 2.0
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for batch in args.batches:
-            native_single: Optional[tuple[int, float]] = None  # (T, seconds) of the last native call
+            native_single: tuple[int, float] | None = None  # (T, seconds) of the last native call
             for length in args.lengths:
                 data = make_inputs(torch, batch, length, dtype, device)
                 x, m, a, r = data['log_ratio'], data['mask'], data['advantages'], data['coef_1']
@@ -355,13 +356,13 @@ def _row_line(row: dict[str, Any]) -> str:
 # --- reporting ------------------------------------------------------------------------------------
 
 
-def _ms(stats: Optional[dict[str, float]]) -> str:
+def _ms(stats: dict[str, float] | None) -> str:
     if stats is None:
         return 'skipped'
     return f'{stats["median_ms"]:.3f} ({stats["q1_ms"]:.3f}-{stats["q3_ms"]:.3f})'
 
 
-def _mib(value: Optional[int]) -> str:
+def _mib(value: int | None) -> str:
     return '-' if value is None else f'{value / 2**20:.2f}'
 
 
@@ -421,7 +422,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     _reexec_unpatched()
     args = parse_args(argv)
     started = time.time()

@@ -37,8 +37,8 @@ import sys
 import tempfile
 import time
 import tokenize
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,8 +158,8 @@ EQUIVALENT: dict[str, str] = {
         'with the quota reached the mutant goes on with zero rows and appends an empty payload: the file is '
         'unchanged',
     "swift_fipo/integrations/sources.py:method_text:end = module_source.find('\\n    def ', start + 1):+->-":
-        "searching from the character before `def` (an indentation space, or a newline followed by `def`, not by "
-        "four spaces) cannot match there, so the same next method is found",
+        'searching from the character before `def` (an indentation space, or a newline followed by `def`, not by '
+        'four spaces) cannot match there, so the same next method is found',
     'swift_fipo/integrations/ms_swift/legacy.py:_loss_mask:mask = mask & ~truncated.bool().unsqueeze(-1):-->':
         "ms-swift's truncated_mask is [B]: unsqueeze(1) is unsqueeze(-1)",
 }
@@ -227,7 +227,7 @@ def _excluded_spans(tree: ast.AST, lines: list[str]) -> list[tuple[tuple[int, in
     """Annotations (not evaluated under `from __future__ import annotations`), docstrings and f-strings."""
     spans = []
 
-    def add(node: Optional[ast.AST]) -> None:
+    def add(node: ast.AST | None) -> None:
         if node is not None and hasattr(node, 'end_lineno'):
             spans.append((_position(lines, node.lineno, node.col_offset),
                           _position(lines, node.end_lineno, node.end_col_offset)))
@@ -275,7 +275,7 @@ def _tokens(source: str) -> list[tokenize.TokenInfo]:
 
 
 def _operator_token(tokens: list[tokenize.TokenInfo], after: tuple[int, int], before: tuple[int, int],
-                    texts: set[str]) -> Optional[tokenize.TokenInfo]:
+                    texts: set[str]) -> tokenize.TokenInfo | None:
     """The first operator token between two positions (skipping closing brackets)."""
     for token in tokens:
         if after <= token.start and token.end <= before and token.string in texts:
@@ -289,7 +289,7 @@ def find_mutants(path: str, source: str) -> Iterator[Mutant]:
     lines = source.splitlines(keepends=True)
     excluded = _excluded_spans(tree, lines)
 
-    def make(start, end, original, replacement, kind) -> Optional[Mutant]:
+    def make(start, end, original, replacement, kind) -> Mutant | None:
         if _inside(start, excluded):
             return None
         return Mutant(path, start, end, original, replacement, kind)
@@ -301,7 +301,7 @@ def find_mutants(path: str, source: str) -> Iterator[Mutant]:
         return _position(lines, node.lineno, node.col_offset)
 
     for node in ast.walk(tree):
-        found: list[Optional[Mutant]] = []
+        found: list[Mutant | None] = []
         if isinstance(node, ast.Compare):
             left = node.left
             for op, right in zip(node.ops, node.comparators):
@@ -520,6 +520,7 @@ def serve(preload: list[str]) -> None:
                 for name in [name for name in sys.modules if name == 'swift_fipo' or name.startswith('swift_fipo.')]:
                     del sys.modules[name]
                 import pytest
+
                 import swift_fipo.activation
                 swift_fipo.activation.activate()
                 code = pytest.main(request['args'])
@@ -549,7 +550,7 @@ def serve(preload: list[str]) -> None:
         print(json.dumps({'returncode': status, 'seconds': seconds, 'output': output}), flush=True)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--python', default=sys.executable, help='interpreter of the test venv (default: this one)')
     parser.add_argument('--files', nargs='*', default=[], help='only these target files (paths or globs)')

@@ -30,13 +30,17 @@ __all__ = sorted(_EXPORTS) + ['__version__']
 if TYPE_CHECKING:  # typing itself is not imported at runtime: this package loads at interpreter start
     from typing import Any
 
-    from swift_fipo.config import PRESETS, FIPOConfig
-    from swift_fipo.integrations.trl import FIPOGRPOTrainer
-    from swift_fipo.integrations.hosts import install, uninstall
-    from swift_fipo.ops.loss import apply_fipo, reweight_advantages
-    from swift_fipo.ops.future_kl import discounted_future_sum
-    from swift_fipo.ops.influence import FIPOStats, compute_fipo_influence
-
+    # `name as name`: re-exported for type checkers (the names load lazily at run time, through __getattr__).
+    from swift_fipo.config import PRESETS as PRESETS
+    from swift_fipo.config import FIPOConfig as FIPOConfig
+    from swift_fipo.integrations.hosts import install as install
+    from swift_fipo.integrations.hosts import uninstall as uninstall
+    from swift_fipo.integrations.trl import FIPOGRPOTrainer as FIPOGRPOTrainer
+    from swift_fipo.ops.future_kl import discounted_future_sum as discounted_future_sum
+    from swift_fipo.ops.influence import FIPOStats as FIPOStats
+    from swift_fipo.ops.influence import compute_fipo_influence as compute_fipo_influence
+    from swift_fipo.ops.loss import apply_fipo as apply_fipo
+    from swift_fipo.ops.loss import reweight_advantages as reweight_advantages
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

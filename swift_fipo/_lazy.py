@@ -6,7 +6,8 @@ import importlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at every interpreter start
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 
 def lazy_exports(namespace: dict, modules: dict) -> Callable[[str], Any]:

@@ -21,10 +21,11 @@ from swift_fipo.integrations.hosts import watched_modules
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and importlib.abc cost milliseconds at every interpreter start
+    from collections.abc import Sequence
     from importlib.abc import Loader
     from importlib.machinery import ModuleSpec
     from types import ModuleType
-    from typing import Any, Optional, Sequence
+    from typing import Any
 
 DISABLE_ENV = 'SWIFT_FIPO_DISABLE'
 # Host module -> 'plugin module:function' that patches it right after it is first imported, for every
@@ -60,7 +61,7 @@ class _PatchingLoader:
     def __init__(self, loader: Loader) -> None:
         self._loader = loader
 
-    def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
@@ -74,8 +75,8 @@ class _PatchingLoader:
 class TrainerImportWatcher:
     """Meta-path finder that only reacts to the host modules in ``WATCHED_MODULES``."""
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
-                  ) -> Optional[ModuleSpec]:
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+                  ) -> ModuleSpec | None:
         # Read when the host module loads, not only at start: a program may set the variable before importing its
         # host. One environment lookup, only for the few watched names.
         if fullname not in WATCHED_MODULES or is_disabled():

@@ -9,8 +9,9 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import TextIO
 
 import swift_fipo
 from swift_fipo import __version__
@@ -22,7 +23,7 @@ _PTH_NAME = 'swift_fipo.pth'
 _DISTRIBUTION = 'swift-fipo'
 
 
-def _distribution() -> Optional[importlib.metadata.Distribution]:
+def _distribution() -> importlib.metadata.Distribution | None:
     try:
         return importlib.metadata.distribution(_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -35,7 +36,7 @@ def _site_directories() -> list[Path]:
     return [Path(entry) for entry in (*site.getsitepackages(), site.getusersitepackages())]
 
 
-def _pth_file() -> Optional[Path]:
+def _pth_file() -> Path | None:
     """The installed activation file: from the distribution's file list (found on sys.path even where
     the interpreter processed no site-packages, ``python -S``), else looked for in the site directories."""
     distribution = _distribution()
@@ -58,7 +59,7 @@ def _editable() -> bool:
         return False
 
 
-def _pth_state(pth: Optional[Path]) -> str:
+def _pth_state(pth: Path | None) -> str:
     """The `.pth file` line: where it is, or why there is none."""
     if pth is not None:
         return str(pth)
@@ -69,7 +70,7 @@ def _pth_state(pth: Optional[Path]) -> str:
     return 'missing (installed editable or not via pip?)'
 
 
-def _why_inactive(pth: Optional[Path]) -> str:
+def _why_inactive(pth: Path | None) -> str:
     """Why the watcher is not in this interpreter although nothing disabled it."""
     if sys.flags.no_site:
         return 'python -S: no site-packages directory was processed, so no .pth file ran'
@@ -78,7 +79,7 @@ def _why_inactive(pth: Optional[Path]) -> str:
     return 'the .pth file did not run'
 
 
-def _shadowing() -> Optional[str]:
+def _shadowing() -> str | None:
     """A note when the swift_fipo imported here is not the installed one (another is ahead on sys.path)."""
     imported = Path(swift_fipo.__file__ or '').resolve().parent
     distribution = _distribution()
@@ -156,7 +157,7 @@ def plugin_path() -> int:
     return 0
 
 
-def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str],
+def plot(run_dirs: Sequence[str], output: str | None, labels: Sequence[str],
          groups: Sequence[Sequence[str]] = ()) -> int:
     """Write the metric charts of one run, of several on shared axes, or of groups of runs (mean and band)."""
     from swift_fipo.viz.plot import plot as plot_runs  # matplotlib only for this command
@@ -177,7 +178,7 @@ def plot(run_dirs: Sequence[str], output: Optional[str], labels: Sequence[str],
     return 0
 
 
-def inspect(run_dir: str, output: Optional[str]) -> int:
+def inspect(run_dir: str, output: str | None) -> int:
     """Write the per-token HTML page of a run captured with --fipo_log_tokens."""
     from swift_fipo.viz.inspect import inspect as inspect_run
     written = inspect_run(run_dir, output)
@@ -202,7 +203,7 @@ def _fail(command: str, message: str, code: int) -> int:
     return code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='swift-fipo', description='FIPO for ms-swift, TRL and custom loops.')
     commands = parser.add_subparsers(dest='command', required=True)
     commands.add_parser('doctor', help='report ms-swift version, which hooks are active, and why not')
@@ -210,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plot_parser = commands.add_parser(
         'plot', help="PNG charts of a run's fipo/* metrics, reward, completion length and held-out results; "
         'several runs: compared; --group: mean and band per group of runs',
-        description='RUN_DIR: ms-swift\'s --output_dir, one of its v*-* subdirectories, or a logging.jsonl; '
+        description="RUN_DIR: ms-swift's --output_dir, one of its v*-* subdirectories, or a logging.jsonl; "
         'the newest logging.jsonl under it is read, with an eval.jsonl beside or above it. Several RUN_DIRs '
         'are drawn on shared axes; groups (--group, repeated) as the mean over their runs at each step with a '
         'band of +-1 standard deviation across them.')
@@ -224,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              'band; repeat per group')
     inspect_parser = commands.add_parser(
         'inspect', help='self-contained HTML page of the tokens captured with --fipo_log_tokens, coloured by weight',
-        description='RUN_DIR: ms-swift\'s --output_dir, one of its v*-* subdirectories, or a fipo_tokens.jsonl; '
+        description="RUN_DIR: ms-swift's --output_dir, one of its v*-* subdirectories, or a fipo_tokens.jsonl; "
         'the newest fipo_tokens.jsonl under it is read.')
     inspect_parser.add_argument('run_dir', metavar='RUN_DIR')
     inspect_parser.add_argument('-o', '--output', help='HTML to write (default: fipo_tokens.html beside the input)')

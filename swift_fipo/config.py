@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional
+from typing import Any
 
 # float32 facts the bounds below derive from (this module imports neither numpy nor torch).
 FLOAT32_MAX = 3.4028234663852886e38
@@ -52,7 +53,7 @@ class FIPOConfig:
         metadata={'help': 'Half-life of the Future-KL window, in tokens: a log-ratio k tokens ahead counts '
                           'with weight gamma**k, gamma = 2**(-1/decay_rate). Must be in [1/126, 2**24] '
                           '(gamma a float32 number in [2**-126, 1)).'})
-    clip_range: Optional[float] = field(
+    clip_range: float | None = field(
         default=0.2,
         metadata={'help': 'Influence weights are clipped to [1, 1+clip_range] (high-only) or '
                           '[1-clip_range, 1+clip_range]. 0 or None disables clipping (the weight is then '
@@ -62,21 +63,21 @@ class FIPOConfig:
         default=True,
         metadata={'help': 'Clip only from above ([1, 1+clip_range]), so FIPO can amplify but never '
                           'attenuate a token. False uses the symmetric clip.'})
-    safety_threshold: Optional[float] = field(
+    safety_threshold: float | None = field(
         default=4.0,
         metadata={'help': 'Tokens with a negative advantage whose importance ratio exceeds this value get '
                           'their weight clamped into [0.8, 1.0], so a runaway negative sample is never '
                           'amplified. None disables the rule. Must be in (0, 3.4e38].'})
-    delta: Optional[float] = field(
+    delta: float | None = field(
         default=None,
         metadata={'help': "ms-swift's dual-clip --delta. When set, tokens whose importance ratio exceeds it "
                           'do not contribute to Future-KL (the participation filter). Must be in (1, 3.4e38].'})
-    filter_threshold: Optional[float] = field(
+    filter_threshold: float | None = field(
         default=None,
         metadata={'help': "The authors' participation filter c, independent of delta: tokens whose importance "
                           'ratio exceeds it do not contribute to Future-KL, whatever their advantage sign. '
                           'None: filter only by delta (ms-swift). Must be in (1, 3.4e38].'})
-    log_ratio_clamp: Optional[float] = field(
+    log_ratio_clamp: float | None = field(
         default=None,
         metadata={'help': 'Clamp per-token log-ratios into [-x, x] before the ratio tests and Future-KL (the '
                           'authors use 20). None: no clamp (ms-swift). Must be in (0, 88] (exp(x) finite in float32).'})
@@ -85,7 +86,7 @@ class FIPOConfig:
         metadata={'help': 'Give weight 0 to every token of a response that has more than one negative-'
                           'advantage completion token whose ratio exceeds the dual-clip threshold (delta, '
                           "else filter_threshold), as the authors' code drops such responses. Needs one of them."})
-    unclipped_weight_cap: Optional[float] = field(
+    unclipped_weight_cap: float | None = field(
         default=None,
         metadata={'help': 'Upper cap of the weight when clipping is disabled (the authors use 10). None: only '
                           'the largest finite float32 (ms-swift leaves it unbounded). Must be in [2**-126, 3.4e38].'})
@@ -120,18 +121,18 @@ class FIPOConfig:
         return 2.0**(-1.0 / self.decay_rate)
 
     @property
-    def participation_threshold(self) -> Optional[float]:
+    def participation_threshold(self) -> float | None:
         """Ratio above which a token is kept out of Future-KL: the smaller of delta and filter_threshold."""
         thresholds = [value for value in (self.delta, self.filter_threshold) if value is not None]
         return min(thresholds) if thresholds else None
 
     @property
-    def dual_clip_threshold(self) -> Optional[float]:
+    def dual_clip_threshold(self) -> float | None:
         """The c of the sequence drop: delta (ms-swift's dual clip) if set, else filter_threshold."""
         return self.delta if self.delta is not None else self.filter_threshold
 
     @property
-    def weight_bounds(self) -> Optional[tuple[float, float]]:
+    def weight_bounds(self) -> tuple[float, float] | None:
         """(low, high) clip of the influence weight, or None when clipping is disabled."""
         if not self.clip_range:
             return None
@@ -139,7 +140,7 @@ class FIPOConfig:
         return low, 1.0 + self.clip_range
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> 'FIPOConfig':
+    def from_preset(cls, name: str, **overrides: Any) -> FIPOConfig:
         """A named preset (see ``PRESETS``), with explicit values overriding it."""
         if name not in PRESETS:
             raise ValueError(f'FIPOConfig preset must be one of {", ".join(PRESETS)}; got {name!r}.')
@@ -151,7 +152,7 @@ class FIPOConfig:
         return {f.name: f.metadata['help'] for f in fields(cls)}
 
 
-def real_number(value: Any) -> Optional[float]:
+def real_number(value: Any) -> float | None:
     """``value`` as a Python float if it is a real number, else None.
 
     Python ints and floats, ``numbers.Real`` (numpy's scalars included) and 0-dim array or tensor
@@ -177,7 +178,7 @@ def real_number(value: Any) -> Optional[float]:
         return math.inf if value > 0 else -math.inf
 
 
-def _as_bool(value: Any) -> Optional[bool]:
+def _as_bool(value: Any) -> bool | None:
     """``value`` as a Python bool if it is a bool, numpy bool or 0-dim bool tensor, else None (1 is not)."""
     if isinstance(value, bool):
         return value

@@ -18,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
 
 import pytest
 
@@ -95,7 +94,7 @@ def not_applicable_here(reason: str) -> None:
     pytest.skip(_NOT_APPLICABLE_PREFIX + reason, allow_module_level=True)
 
 
-def need(module: str, distribution: Optional[str] = None) -> ModuleType:
+def need(module: str, distribution: str | None = None) -> ModuleType:
     """Import a test dependency. Where its distribution is installed the import is plain, so a broken
     install fails the run; only where the environment lacks the distribution altogether (a suite for
     another host) is the test skipped (at module level: the file is left out, see pytest_ignore_collect)."""
@@ -135,7 +134,7 @@ def _not_run(config: pytest.Config, reason: str) -> None:
     config.stash.setdefault(_NOT_RUN, collections.Counter())[reason] += 1
 
 
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """A test file that needs, at module level, a distribution this environment does not have at all is
     not collected (a suite for another host), rather than reported as skipped."""
     if collection_path.suffix != '.py' or not collection_path.name.startswith('test_'):

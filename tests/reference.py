@@ -4,7 +4,6 @@ positions, no scan, no blocking, nothing shared with the library."""
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -26,15 +25,15 @@ def brute_fipo(log_ratio: torch.Tensor,
                advantages: torch.Tensor,
                *,
                decay_rate: float = 32.0,
-               clip_range: Optional[float] = 0.2,
+               clip_range: float | None = 0.2,
                clip_high_only: bool = True,
-               safety_threshold: Optional[float] = 4.0,
-               delta: Optional[float] = None,
-               ratio: Optional[torch.Tensor] = None,
-               filter_threshold: Optional[float] = None,
-               log_ratio_clamp: Optional[float] = None,
-               unclipped_weight_cap: Optional[float] = None,
-               drop_threshold: Optional[float] = None) -> dict[str, torch.Tensor]:
+               safety_threshold: float | None = 4.0,
+               delta: float | None = None,
+               ratio: torch.Tensor | None = None,
+               filter_threshold: float | None = None,
+               log_ratio_clamp: float | None = None,
+               unclipped_weight_cap: float | None = None,
+               drop_threshold: float | None = None) -> dict[str, torch.Tensor]:
     """Every per-token FIPO quantity, float64/bool: weight, future_kl, raw_weight ([B, T], exp of
     future_kl), safety (False where the rule fired), participation (True where a log-ratio entered
     the Future-KL), dropped ([B]).
@@ -107,7 +106,7 @@ def random_inputs(batch: int, length: int, seed: int, scale: float = 0.3, holes:
 
 
 def is_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5,
-             scale: Optional[torch.Tensor] = None) -> bool:
+             scale: torch.Tensor | None = None) -> bool:
     """|actual - expected| <= tol * max(1, scale), elementwise, in float64.
 
     ``scale`` defaults to |expected|; for a sum, pass the same sum over |terms|: float32 rounding is

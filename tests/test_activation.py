@@ -11,7 +11,6 @@ import sys
 import types
 
 import pytest
-
 from conftest import need
 
 from swift_fipo import activation

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import need, not_applicable_here
+
 from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 
 need('swift', 'ms-swift')

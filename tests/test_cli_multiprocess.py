@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, need
 
 pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, ms_swift_version, need, only_where
+
 from swift_fipo.integrations.ms_swift.layout import module_path, native_fipo_installed, rollout_reuse_broken
 
 pytestmark = [pytest.mark.ms_swift, pytest.mark.cli]
@@ -123,7 +123,7 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
 
 
 @trains_fipo
-@only_where(native_fipo_installed(), 'without native FIPO the --fipo_* flags of the example are the plugin\'s own, and '
+@only_where(native_fipo_installed(), "without native FIPO the --fipo_* flags of the example are the plugin's own, and "
             '--external_plugins loads only after ms-swift has parsed (and rejected) them')
 def test_external_plugins_route_works_without_activation(tiny_run_dir, tmp_path):
     plugin = subprocess.run([str(Path(sys.executable).parent / 'swift-fipo'), 'plugin-path'], capture_output=True,

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import need
 from test_cli_swift import _tail, run_tiny, trains_fipo
 

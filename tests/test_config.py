@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from conftest import need
 
 from swift_fipo import FIPOConfig

@@ -25,10 +25,9 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import REPO, need, not_applicable_here
 
 from swift_fipo.integrations.ms_swift import arguments as cli
-
-from conftest import REPO, need, not_applicable_here
 
 pytestmark = [pytest.mark.ms_swift]
 need('swift', 'ms-swift')
@@ -75,8 +74,8 @@ def _dry_run(script: str, tmp_path: Path) -> list[dict]:
 
 
 def _parser(cls: type):
-    from transformers import HfArgumentParser
     from swift.utils.utils import _patch_get_type_hints
+    from transformers import HfArgumentParser
     with _patch_get_type_hints():
         return HfArgumentParser([cls])
 

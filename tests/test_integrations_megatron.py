@@ -185,7 +185,7 @@ class _FakeMpu:
         return 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _megatron_argument_names() -> frozenset[str]:
     """Every field of ms-swift's Megatron argument classes, read from their source (not importable here)."""
     names = set()

@@ -162,7 +162,7 @@ def _swift_parser_with_plugin_options():
     except ImportError:
         from swift.llm import RLHFArguments
     del args_class
-    patch = getattr(sys.modules[swift.utils.parse_args.__module__], '_patch_get_type_hints')
+    patch = sys.modules[swift.utils.parse_args.__module__]._patch_get_type_hints
     with patch():
         parser = HfArgumentParser([RLHFArguments])
     own = set(parser._option_string_actions)

@@ -16,7 +16,7 @@ from swift_fipo.integrations.ms_swift import gloo_exit
 
 # Prints how long the exit handlers registered after the marker took: atexit runs last in, first out, so
 # the handler registered first runs after the plugin's, and the one registered last runs before it.
-_EXIT_PROBE = textwrap.dedent('''
+_EXIT_PROBE = textwrap.dedent("""
     import atexit, sys, time, torch, torch.distributed as dist
     from swift_fipo.integrations.ms_swift import gloo_exit
     marks = {}
@@ -27,7 +27,7 @@ _EXIT_PROBE = textwrap.dedent('''
     for _ in range(int(sys.argv[3])):  # a host may ask more than once
         gloo_exit.settle_gloo_workers_at_exit()
     atexit.register(lambda: marks.setdefault('start', time.monotonic()))
-''')
+""")
 
 
 def _held_back(tmp_path, backend: str, requests: int) -> float:

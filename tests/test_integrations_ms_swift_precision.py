@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import need, only_where
 from reference import random_inputs
+
 from swift_fipo.integrations.ms_swift import hooks as ms_swift
 from swift_fipo.integrations.ms_swift.layout import module_path, native_fipo_installed
 

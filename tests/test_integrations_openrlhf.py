@@ -235,7 +235,7 @@ def _ppo_train_status(micro_batches: list, peer_steps: list | None = None) -> tu
     the status OpenRLHF's training_step returns). ``peer_steps``: what another rank contributes to each step's
     all_reduce (a sum, as DeepSpeed's strategy does). Returns ppo_train's status and this rank's contributions."""
     loss_fn = PolicyLoss(policy_loss_type='fipo', dual_clip=10.0)
-    setattr(loss_fn, 'fipo_config', FIPOConfig.from_preset('paper-32b'))
+    loss_fn.fipo_config = FIPOConfig.from_preset('paper-32b')
     contributions: list = []
 
     def all_reduce(data: dict, op: str = 'mean') -> dict:
@@ -592,7 +592,7 @@ def test_help_lists_the_fipo_options():
                             capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert '--actor.fipo.preset NAME' in result.stdout and '--actor.fipo.decay_rate X' in result.stdout
-    assert "{ppo,gspo,fipo}" in result.stdout and '--actor.fipo.delta' not in result.stdout
+    assert '{ppo,gspo,fipo}' in result.stdout and '--actor.fipo.delta' not in result.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -652,7 +652,7 @@ def test_the_actors_first_pass_is_ppo_and_later_steps_are_reweighted(actor_runs)
 @needs_registration
 def test_a_ray_worker_gets_fipo_from_the_pth_activation():
     """OpenRLHF's actors are Ray workers, fresh interpreters: the .pth activation alone hooks them."""
-    code = '''
+    code = """
 import json, sys
 import ray
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -666,7 +666,7 @@ def probe():
 
 print(json.dumps({'worker': ray.get(probe.remote()), 'driver_imported_openrlhf': 'openrlhf' in sys.modules}))
 ray.shutdown()
-'''
+"""
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])

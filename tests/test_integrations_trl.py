@@ -512,7 +512,7 @@ def test_capability_check_names_the_trl_version() -> None:
 
         def _compute_loss(self, model: Any, inputs: Any) -> Any:  # the TRL < 0.26 shape handling
             logps = self._get_per_token_logps_and_entropies()
-            return logps, inputs["advantages"].unsqueeze(1)
+            return logps, inputs['advantages'].unsqueeze(1)
 
     for cls, reason in ((NoLogpsHook, '_get_per_token_logps_and_entropies'), (UnsqueezesAdvantages, r'\[B, T\]')):
         with pytest.raises(UnsupportedTRLError, match=reason) as error:
@@ -797,7 +797,7 @@ def test_a_logps_override_without_super_is_refused_at_construction_naming_the_su
     with pytest.raises(UnsupportedTRLError) as refused:
         make_trainer(MISSING_MODEL, grpo_args(tmp_path), cls=LogpsWithoutSuper)
     message = str(refused.value)
-    assert f'LogpsWithoutSuper.{fipo_trl.layout.LOGPS_METHOD}) overrides FIPOGRPOTrainer\'s and never calls super()' \
+    assert f"LogpsWithoutSuper.{fipo_trl.layout.LOGPS_METHOD}) overrides FIPOGRPOTrainer's and never calls super()" \
         in message, message
     assert 'would train without FIPO' in message
     assert 'pip install' not in message and 'cannot hook this TRL' not in message  # the TRL version is not to blame

@@ -9,12 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import transformers.trainer
-
 from test_integrations_trl import FIPOGRPOTrainer, grpo_args, make_trainer, model_dir  # noqa: F401 (fixture)
-
 
 # transformers 4.x's Trainer runs compute_loss under CPU autocast when bf16 is on (its use_cpu_amp);
 # transformers 5 leaves autocast to accelerate, around the model's forward only.

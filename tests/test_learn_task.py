@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, ms_swift_version, only_where
 
 LEARN = REPO / 'examples' / 'learn'

@@ -9,12 +9,10 @@ import math
 
 import pytest
 import torch
-
 from conftest import need
 
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.ops.future_kl import discounted_future_sum
-from swift_fipo.ops.influence import FIPOStats
 from swift_fipo.ops.loss import apply_fipo, reweight_advantages
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from reference import brute_future_kl, is_close
+
 from swift_fipo import discounted_future_sum
 
 

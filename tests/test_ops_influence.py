@@ -6,14 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import SimpleNamespace
-from typing import Optional
 
 import pytest
 import torch
-
 from conftest import need, only_where
-
 from reference import brute_fipo, brute_fipo_weight, is_close, random_inputs
+
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 
@@ -294,7 +292,7 @@ def _stand_in(config: FIPOConfig) -> SimpleNamespace:
 def test_matches_native_ms_swift(native_fipo, name, ratio_level, length):
     config = CONFIGS[name]
     log_ratio, mask, advantages = random_inputs(6, length, seed=length, scale=0.6)
-    ratio: Optional[torch.Tensor] = None
+    ratio: torch.Tensor | None = None
     if ratio_level == 'sequence':
         ratio = torch.exp((log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1))
     coef_1 = torch.exp(log_ratio) if ratio is None else ratio
@@ -309,7 +307,7 @@ def test_matches_native_ms_swift(native_fipo, name, ratio_level, length):
     assert torch.equal(stats.safety_mask, native_metrics['safety_mask'].expand(6, length))
 
 
-def meta_stats(ratio_shape: tuple[int, int], weight_bounds: Optional[tuple[float, float]]):
+def meta_stats(ratio_shape: tuple[int, int], weight_bounds: tuple[float, float] | None):
     """FIPOStats built on the meta device by hand: compute_fipo_influence itself cannot run there
     (torch.nonzero has no meta kernel), but a host may trace or size its metrics on meta tensors."""
     from swift_fipo.ops.influence import FIPOStats

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from reference import brute_fipo_weight
+
 from swift_fipo.config import FIPOConfig
 from swift_fipo.ops.loss import apply_fipo
 

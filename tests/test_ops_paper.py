@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from reference import authors_weight, is_close, random_inputs
+
 from swift_fipo import FIPOConfig, compute_fipo_influence
 from swift_fipo.config import PRESETS
 

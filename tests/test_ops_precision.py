@@ -9,10 +9,11 @@ Future-KL matmuls in half precision: the weights must be the float32 ones whatev
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
-
 from reference import random_inputs
+
 from swift_fipo import FIPOConfig, apply_fipo, compute_fipo_influence, reweight_advantages
 from swift_fipo.config import PRESETS
 from swift_fipo.ops.future_kl import discounted_future_sum

@@ -14,21 +14,19 @@ derandomized in CI; ``HYPOTHESIS_PROFILE=search`` runs a longer random search.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
-
 from conftest import need
 
 hypothesis = need('hypothesis')
 from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from reference import brute_fipo_weight, brute_future_kl, is_close  # noqa: E402
+
 from swift_fipo import FIPOConfig, compute_fipo_influence  # noqa: E402
-from swift_fipo.config import (FLOAT32_MAX, FLOAT32_TINY, MAX_DECAY_RATE, MAX_LOG_RATIO_CLAMP,  # noqa: E402
-                               MIN_DECAY_RATE)
+from swift_fipo.config import FLOAT32_MAX, FLOAT32_TINY, MAX_DECAY_RATE, MAX_LOG_RATIO_CLAMP, MIN_DECAY_RATE  # noqa: E402
 from swift_fipo.ops.future_kl import discounted_future_sum  # noqa: E402
 from swift_fipo.ops.influence import SAFETY_WEIGHT_BOUNDS  # noqa: E402
 
@@ -101,7 +99,7 @@ def batches(draw: Any, moderate: bool, max_length: int = 40) -> dict[str, Any]:
     return dict(log_ratio=log_ratio, mask=mask, advantages=advantages, ratio=ratio)
 
 
-def ratio_thresholds() -> st.SearchStrategy[Optional[float]]:
+def ratio_thresholds() -> st.SearchStrategy[float | None]:
     return st.none() | st.floats(1.0, 40.0, exclude_min=True, width=32)
 
 

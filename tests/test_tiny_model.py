@@ -15,7 +15,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from conftest import TINY_BUILDER, ms_swift_version, need
 
 pytestmark = [pytest.mark.ms_swift]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import need, not_applicable_here
 
 verl = need('verl')

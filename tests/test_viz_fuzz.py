@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import need  # noqa: E402
 
 hypothesis = need('hypothesis')

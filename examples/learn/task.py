@@ -19,9 +19,10 @@ import argparse
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SYSTEM_PROMPT = 'Compute left to right, mod 10.'
 MODULUS = 10

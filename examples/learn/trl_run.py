@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=None, help='default: STUDY/trl/<algorithm>-s<seed>')
     args = parser.parse_args()
     if 'swift' in sys.modules:
-        raise SystemExit('ms-swift is imported in this process: TRL\'s GRPOTrainer lost its __init__; run this alone')
+        raise SystemExit("ms-swift is imported in this process: TRL's GRPOTrainer lost its __init__; run this alone")
     study = args.study.resolve()
     flags = settings_of(study)
     out = (args.out or study / 'trl' / f'{args.algorithm}-s{args.seed}').resolve()

@@ -12,7 +12,6 @@ import dataclasses
 import importlib
 import io
 from types import ModuleType
-from typing import Optional
 
 try:
     from swift_fipo import activation
@@ -38,7 +37,7 @@ class Diagnosis:
         return served
 
 
-def import_observed(name: str, diagnosis: Optional[Diagnosis] = None) -> tuple[Optional[ModuleType], str]:
+def import_observed(name: str, diagnosis: Diagnosis | None = None) -> tuple[ModuleType | None, str]:
     """``(module or None, error)``: import ``name`` as a training run would. Whatever the import raises
     (``import swift`` itself may fail, some packages even exit) becomes one line; what it writes to stderr
     is kept back, except the activation's own reports, shortened to their first line and added to

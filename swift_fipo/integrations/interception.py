@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping, Optional
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from swift_fipo.integrations.metrics import record_metric
 from swift_fipo.integrations.ranks import combine_over_ranks
@@ -60,9 +61,9 @@ class InterceptedBatch(dict):
 class Interception:
     """One trainer's FIPO state across loss calls (instead of loose attributes on the trainer)."""
 
-    batch: Optional[InterceptedBatch] = None
+    batch: InterceptedBatch | None = None
     """The loss call in progress, while its advantages are not reweighted yet; None otherwise."""
-    last_stats: Optional['FIPOStats'] = None
+    last_stats: FIPOStats | None = None
     loss_calls: int = 0
     """Loss calls whose advantages FIPO reweighted (a training step that adds none trained without FIPO)."""
 
@@ -76,12 +77,12 @@ class Interception:
         finally:
             self.batch = None
 
-    def pending(self) -> Optional[InterceptedBatch]:
+    def pending(self) -> InterceptedBatch | None:
         """The batch to reweight now: inside a loss call, once. The log-prob method also runs while the
         host generates (old and reference log-probs), where there is nothing to reweight."""
         return self.batch if self.batch is not None and not self.batch.weighted else None
 
-    def failure(self, batch: InterceptedBatch) -> Optional[str]:
+    def failure(self, batch: InterceptedBatch) -> str | None:
         """Why the loss call just made did not train on the reweighted advantages; None when it did."""
         if not batch.weighted:
             return 'the log-prob hook was not reached before the loss read the advantages'
@@ -89,7 +90,7 @@ class Interception:
             return 'the loss read the advantages before the log-prob hook reweighted them'
         return None
 
-    def finish(self, batch: InterceptedBatch) -> Optional[str]:
+    def finish(self, batch: InterceptedBatch) -> str | None:
         """Close a loss call: count it when it trained with FIPO; else why not (see ``failure``)."""
         reason = self.failure(batch)
         if reason is None:
@@ -100,7 +101,7 @@ class Interception:
 _STATE_ATTRIBUTE = '_swift_fipo_interception'
 
 
-def interception_of(trainer: Any, create: bool = True) -> Optional[Interception]:
+def interception_of(trainer: Any, create: bool = True) -> Interception | None:
     """The trainer's ``Interception``, made on first use unless ``create`` is False (a patched host class has
     no ``__init__`` of ours to make it in)."""
     state = vars(trainer).get(_STATE_ATTRIBUTE)
@@ -110,14 +111,14 @@ def interception_of(trainer: Any, create: bool = True) -> Optional[Interception]
     return state
 
 
-def log_ratio(per_token_logps: 'torch.Tensor', old_per_token_logps: Optional['torch.Tensor']) -> 'torch.Tensor':
+def log_ratio(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor | None) -> torch.Tensor:
     """``log pi_new - log pi_old``, detached. TRL's and ms-swift's convention: no stored old log-probs means
     the rollout is on-policy (the log-ratio is 0)."""
     current = per_token_logps.detach()
     return current - (current if old_per_token_logps is None else old_per_token_logps)
 
 
-def sequence_ratio(log_ratio: 'torch.Tensor', mask: 'torch.Tensor') -> 'torch.Tensor':
+def sequence_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The ``[B, 1]`` sequence-level ratio ``exp(mean of the masked log-ratio)`` a sequence-level loss clips,
     which FIPO's filter and safety rule then test (a response without tokens: ratio 1)."""
     import torch
@@ -127,8 +128,8 @@ def sequence_ratio(log_ratio: 'torch.Tensor', mask: 'torch.Tensor') -> 'torch.Te
     return torch.exp(mean).unsqueeze(-1)
 
 
-def record_summaries(metrics: MutableMapping[str, list], stats: 'FIPOStats',
-                     gather: Callable[['torch.Tensor'], 'torch.Tensor'], device: Optional['torch.device'] = None
+def record_summaries(metrics: MutableMapping[str, list], stats: FIPOStats,
+                     gather: Callable[[torch.Tensor], torch.Tensor], device: torch.device | None = None
                      ) -> None:
     """Add one loss call's summaries, reduced over ranks in one collective, to ``metrics`` (a host's
     ``{name: values of this logging step}``, which it averages when it logs): min/max keys keep one entry,

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ['Patch', 'PatchConflict', 'PatchSet', 'is_patch', 'original_of']
 
@@ -27,7 +28,7 @@ class _Mark:
     original: Any
 
 
-def _mark_of(value: Any) -> Optional[_Mark]:
+def _mark_of(value: Any) -> _Mark | None:
     """The mark of ``value`` if ``value`` is itself a replacement a ``Patch`` installed; None otherwise (a copied
     mark included)."""
     function = _unwrap_descriptor(value)
@@ -83,13 +84,13 @@ class Patch:
         setattr(function, _MARK, _Mark(function, own))
         setattr(self.owner, self.attribute, replacement)
 
-    def conflict(self) -> Optional[str]:
+    def conflict(self) -> str | None:
         """Why reverting would remove someone else's wrapper set on top of this patch; None when it would not."""
         own = self.own_value()
         if own is _MISSING or is_patch(own) or _patch_under(own) is None:
             return None
         where = f'{getattr(self.owner, "__qualname__", self.owner)}.{self.attribute}'
-        return (f'{where} is now {_defined_at(own)}, a wrapper someone set around swift-fipo\'s patch '
+        return (f"{where} is now {_defined_at(own)}, a wrapper someone set around swift-fipo's patch "
                 f'({self.why or "FIPO"}); '
                 f'reverting would remove that wrapper too, so swift-fipo leaves it. Put back what that wrapper '
                 f'wraps first (or set {where} to what you want it to be).')

@@ -6,7 +6,8 @@ Importing this module imports no torch; ``combine_over_ranks`` loads it when cal
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from swift_fipo.integrations.metrics import combine_metric
 
@@ -23,7 +24,7 @@ def on_rank_zero() -> bool:
 
 
 def combine_over_ranks(summary: Mapping[str, torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor],
-                       device: Optional[torch.device] = None) -> dict[str, float]:
+                       device: torch.device | None = None) -> dict[str, float]:
     """Combine this rank's ``FIPOStats.summary`` values with every other rank's, each key as
     ``metrics.METRICS`` says, in one collective: ``gather`` (e.g. an accelerate ``Accelerator.gather``)
     takes this rank's ``[1, n]`` row and returns the ``[world, n]`` rows; ``device``, where the row must be."""

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 __all__ = ['liger_refusal', 'on_policy_reason']
 
 
@@ -14,8 +12,8 @@ def liger_refusal(host: str, option: str) -> str:
             f'calls FIPO, so training would silently be the unweighted loss. Turn {option} off.')
 
 
-def on_policy_reason(num_iterations: Optional[int], steps_per_generation: Optional[int],
-                     gradient_accumulation_steps: Optional[int]) -> Optional[str]:
+def on_policy_reason(num_iterations: int | None, steps_per_generation: int | None,
+                     gradient_accumulation_steps: int | None) -> str | None:
     """Why FIPO would be a no-op with this schedule, or None when some rollout is reused off-policy.
 
     A rollout is generated every ``steps_per_generation * num_iterations`` micro-steps (TRL's and

@@ -13,7 +13,8 @@ Imports no torch: hosts validate while their command line is still being parsed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from swift_fipo.config import PRESETS, FIPOConfig, FIPOConfigError
 
@@ -40,7 +41,7 @@ def attach_settings(arguments: Any, settings: RunSettings) -> None:
     object.__setattr__(arguments, _SETTINGS_ATTRIBUTE, settings)
 
 
-def settings_of(arguments: Any) -> Optional[RunSettings]:
+def settings_of(arguments: Any) -> RunSettings | None:
     """The settings a host attached to a trainer's arguments, or None."""
     return getattr(arguments, _SETTINGS_ATTRIBUTE, None)
 
@@ -72,7 +73,7 @@ def config_error(error: FIPOConfigError, option: str, host: str) -> ValueError:
 RATIO_THRESHOLD_FIELDS = ('delta', 'filter_threshold')
 
 
-def check_ratio_thresholds(config: FIPOConfig, epsilon_high: Optional[float], option_name: Callable[[str], str],
+def check_ratio_thresholds(config: FIPOConfig, epsilon_high: float | None, option_name: Callable[[str], str],
                            host: str, epsilon_option: str) -> None:
     """Refuse a dual clip or filter threshold at or inside the PPO clip ``1 + epsilon_high``, on every host.
 

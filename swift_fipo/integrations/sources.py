@@ -7,12 +7,13 @@ snippets) live in its ``layout``; these helpers are how every host reads them.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ['method_text', 'missing_markers', 'reads_in_order', 'source_of']
 
 
-def source_of(function: Any) -> Optional[str]:
+def source_of(function: Any) -> str | None:
     """The source text of ``function`` (a function, method or class), or None where there is none to read
     (a frozen install, a builtin, code made at run time)."""
     try:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Optional
 
 __all__ = ['installed_version']
 
 
-def installed_version(distribution: str) -> Optional[str]:
+def installed_version(distribution: str) -> str | None:
     """The installed version of a distribution (e.g. ``ms-swift``), or None."""
     try:
         return importlib.metadata.version(distribution)

@@ -10,7 +10,7 @@ import fractions
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -48,7 +48,7 @@ class FIPOStats:
     """bool; advantage < 0, ``[B, 1]`` or ``[B, T]``."""
     dropped: torch.Tensor
     """bool ``[B]``; responses the sequence drop zeroed (all False when it is off)."""
-    weight_bounds: Optional[tuple[float, float]]
+    weight_bounds: tuple[float, float] | None
     """The clip interval that was applied, or None."""
 
     @functools.cached_property
@@ -154,8 +154,8 @@ class FIPOStats:
 def compute_fipo_influence(log_ratio: torch.Tensor,
                            completion_mask: torch.Tensor,
                            advantages: torch.Tensor,
-                           config: Optional[FIPOConfig] = None,
-                           ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, FIPOStats]:
+                           config: FIPOConfig | None = None,
+                           ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, FIPOStats]:
     """Per-token FIPO influence weights.
 
     Args:
@@ -189,8 +189,8 @@ def compute_fipo_influence(log_ratio: torch.Tensor,
 def fipo_influence(log_ratio: torch.Tensor,
                    completion_mask: torch.Tensor,
                    advantages: torch.Tensor,
-                   config: Optional[FIPOConfig] = None,
-                   ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, FIPOStats]:
+                   config: FIPOConfig | None = None,
+                   ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, FIPOStats]:
     """``compute_fipo_influence`` whose returned weight IS ``stats.weight`` (saves a copy): for
     callers in this package that only read it, e.g. to build a new tensor from it."""
     device = log_ratio.device if isinstance(log_ratio, torch.Tensor) else None
@@ -205,8 +205,8 @@ def fipo_influence(log_ratio: torch.Tensor,
 def _fipo_influence(log_ratio: torch.Tensor,
                     completion_mask: torch.Tensor,
                     advantages: torch.Tensor,
-                    config: Optional[FIPOConfig],
-                    ratio: Optional[torch.Tensor]) -> tuple[torch.Tensor, FIPOStats]:
+                    config: FIPOConfig | None,
+                    ratio: torch.Tensor | None) -> tuple[torch.Tensor, FIPOStats]:
     config = _check_config(config)
     _check_tensor(log_ratio, 'log_ratio', 'a [B, T] floating-point', floating=True)
     if log_ratio.dim() != 2:
@@ -309,7 +309,7 @@ def _as_bool(indicator: torch.Tensor) -> torch.Tensor:
     return indicator.to(torch.uint8).view(torch.bool)
 
 
-def _safety_target(weight: torch.Tensor, bounds: Optional[tuple[float, float]]) -> torch.Tensor:
+def _safety_target(weight: torch.Tensor, bounds: tuple[float, float] | None) -> torch.Tensor:
     """What a flagged token's weight becomes: ``weight.clamp(*SAFETY_WEIGHT_BOUNDS)``.
 
     Clamping into [a, b] and then into [c, d] is clamping into [clamp(a, c, d), clamp(b, c, d)].
@@ -339,7 +339,7 @@ def _check_config(config: Any) -> FIPOConfig:
 
 
 def _check_tensor(value: Any, name: str, expected: str, *, floating: bool = False, boolean: bool = True,
-                  device: Optional[torch.device] = None) -> None:
+                  device: torch.device | None = None) -> None:
     """Metadata checks only (type, dtype, device): no pass over the values."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f'{name} must be {expected} torch.Tensor; got {type(value).__name__}.')

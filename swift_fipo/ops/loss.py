@@ -8,7 +8,7 @@ loss reads them (``reweight_advantages``) or multiply the per-token loss it alre
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -22,9 +22,9 @@ _REDUCTIONS = ('none', 'token_mean', 'sum')
 def reweight_advantages(advantages: torch.Tensor,
                         log_ratio: torch.Tensor,
                         completion_mask: torch.Tensor,
-                        config: Optional[FIPOConfig] = None,
+                        config: FIPOConfig | None = None,
                         *,
-                        ratio: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, FIPOStats]:
+                        ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, FIPOStats]:
     """Advantages multiplied by FIPO's influence weights, for a loss that reads advantages.
 
     Since f_t > 0, ``A_t * f_t`` keeps every sign the clipped surrogate branches on (the dual clip of
@@ -49,9 +49,9 @@ def apply_fipo(per_token_loss: torch.Tensor,
                log_ratio: torch.Tensor,
                completion_mask: torch.Tensor,
                advantages: torch.Tensor,
-               config: Optional[FIPOConfig] = None,
+               config: FIPOConfig | None = None,
                *,
-               ratio: Optional[torch.Tensor] = None,
+               ratio: torch.Tensor | None = None,
                reduction: Reduction = 'none') -> tuple[torch.Tensor, FIPOStats]:
     """Multiply a per-token policy loss by FIPO's influence weights.
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
 
 import torch
 
 
-def autocast_off(device: Optional[torch.device]) -> contextlib.AbstractContextManager:
+def autocast_off(device: torch.device | None) -> contextlib.AbstractContextManager:
     """A context in which ``device``'s autocast is off, so the maths stays in float32.
 
     Hosts often compute their loss under ``torch.autocast`` (verl's FSDP engine, Accelerate's CPU AMP,

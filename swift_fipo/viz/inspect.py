@@ -13,10 +13,17 @@ import re
 import unicodedata
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from swift_fipo.viz.rundir import (TOKENS_FILE, RunDirError, find_run_file, finite_number, read_jsonl, run_label,
-                                  supersede_resumed)
+from swift_fipo.viz.rundir import (
+    TOKENS_FILE,
+    RunDirError,
+    find_run_file,
+    finite_number,
+    read_jsonl,
+    run_label,
+    supersede_resumed,
+)
 
 TEMPLATE = 'inspect_template.html'
 _NUMBER_FIELDS = ('weight', 'future_kl', 'raw_weight')
@@ -130,7 +137,7 @@ def visible_format_characters(text: str) -> str:
                    for character in text)
 
 
-def inspect(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
+def inspect(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the page for the newest fipo_tokens.jsonl under ``run_dir``; default beside it as
     ``fipo_tokens.html``. Returns the page's path."""
     path = find_run_file(run_dir, TOKENS_FILE,
@@ -159,4 +166,4 @@ def _refuse_a_run_file(target: Path, tokens_file: Path) -> None:
     run_directory = tokens_file.parent.resolve()
     resolved = target.resolve()
     if resolved == tokens_file.resolve() or (run_directory in resolved.parents and resolved.suffix != '.html'):
-        raise RunDirError(f'{target}: is one of the run\'s files; -o needs a new file or an .html page.')
+        raise RunDirError(f"{target}: is one of the run's files; -o needs a new file or an .html page.")

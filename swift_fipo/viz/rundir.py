@@ -6,8 +6,9 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 LOGGING_FILE = 'logging.jsonl'
 TOKENS_FILE = 'fipo_tokens.jsonl'  # the name swift_fipo.integrations.ms_swift.token_capture writes
@@ -82,7 +83,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def step_of(row: dict[str, Any]) -> Optional[int]:
+def step_of(row: dict[str, Any]) -> int | None:
     """The training step a logging.jsonl row belongs to, or None (summary rows, foreign lines)."""
     for key in _STEP_KEYS:
         value = row.get(key)
@@ -93,7 +94,7 @@ def step_of(row: dict[str, Any]) -> Optional[int]:
     return None
 
 
-def supersede_resumed(rows: Sequence[Row], position: Callable[[Row], Optional[tuple[int, ...]]],
+def supersede_resumed(rows: Sequence[Row], position: Callable[[Row], tuple[int, ...] | None],
                       repeat_restarts: bool = False) -> list[Row]:
     """The rows of an appended-to file as the latest run wrote them, in file order.
 
@@ -116,7 +117,7 @@ def supersede_resumed(rows: Sequence[Row], position: Callable[[Row], Optional[tu
     return [row for _, row in kept]
 
 
-def finite_number(value: Any) -> Optional[float]:
+def finite_number(value: Any) -> float | None:
     """A JSON value as a finite float, or None: bool, non-numbers, NaN, +-inf and ints beyond the float
     range (json reads 1e999 as inf and keeps big integers exact) are not plottable numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

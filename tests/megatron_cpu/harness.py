@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import torch
 
@@ -192,7 +193,7 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if parameter.grad is not None}
 
 
-def floats(metrics: dict[str, Any], prefix: Optional[str] = None) -> dict[str, float]:
+def floats(metrics: dict[str, Any], prefix: str | None = None) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if prefix is None or key.startswith(prefix)}
 
 

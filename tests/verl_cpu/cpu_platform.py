@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable, Iterator
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from verl.plugin.platform.platform_base import PlatformBase
@@ -49,7 +50,7 @@ def _one_backend_per_device(init_process_group: Callable[..., Any]) -> Callable[
     # verl asks for f'cpu:gloo,{device}:{backend}', which with this platform reads 'cpu:gloo,cpu:gloo';
     # torch refuses a device named twice. Ask for plain gloo instead.
     @functools.wraps(init_process_group)
-    def init(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+    def init(*args: Any, backend: str | None = None, **kwargs: Any) -> Any:
         if backend == 'cpu:gloo,cpu:gloo':
             backend = 'gloo'
         return init_process_group(*args, backend=backend, **kwargs)
@@ -90,7 +91,7 @@ class PlatformCPU(PlatformBase):
     def set_device(self, device_index: int) -> None:
         return None
 
-    def synchronize(self, device_index: Optional[int] = None) -> None:
+    def synchronize(self, device_index: int | None = None) -> None:
         return None
 
     def manual_seed(self, seed: int) -> None:
@@ -105,7 +106,7 @@ class PlatformCPU(PlatformBase):
     def empty_cache(self) -> None:
         return None
 
-    def get_device_capability(self, device_index: int = 0) -> tuple[Optional[int], Optional[int]]:
+    def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
         return None, None
 
     def communication_backend_name(self) -> str:

@@ -33,8 +33,9 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from swift_fipo.config import PRESETS, FIPOConfig
 from swift_fipo.integrations.messages import warn
@@ -90,8 +91,8 @@ class Flag:
     """An option token as argparse reads it: the argument it sets (None: no such option), and the value
     after ``=`` (None: none written)."""
 
-    argument: Optional[str]
-    inline: Optional[str] = None
+    argument: str | None
+    inline: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ class ParserOptions:
 
     @classmethod
     def for_fields(cls, names: Iterable[str], true_booleans: Iterable[str] = (),
-                   aliases: Mapping[str, Sequence[str]] = types.MappingProxyType({})) -> 'ParserOptions':
+                   aliases: Mapping[str, Sequence[str]] = types.MappingProxyType({})) -> ParserOptions:
         """What HfArgumentParser registers for dataclass fields: ``--name``, ``--name-with-dashes`` where
         the name has an underscore, the field's metadata aliases; for a boolean field defaulting to True
         also ``--no_name`` and ``--no-name-with-dashes``."""
@@ -122,7 +123,7 @@ class ParserOptions:
         return cls(strings)
 
     @classmethod
-    def for_class(cls, args_class: type) -> 'ParserOptions':
+    def for_class(cls, args_class: type) -> ParserOptions:
         """The options HfArgumentParser gives an argument dataclass, ``-h/--help`` included."""
         if not dataclasses.is_dataclass(args_class):
             return cls({})
@@ -141,10 +142,10 @@ class ParserOptions:
         found = cls.for_fields([field.name for field in fields], true_booleans, aliases)
         return cls({'-h': 'help', '--help': 'help', **found.strings})
 
-    def __or__(self, other: 'ParserOptions') -> 'ParserOptions':
+    def __or__(self, other: ParserOptions) -> ParserOptions:
         return ParserOptions({**self.strings, **other.strings})
 
-    def read(self, token: str) -> Optional[Flag]:
+    def read(self, token: str) -> Flag | None:
         """None where argparse reads ``token`` as a value; else the option it names. An ambiguous prefix
         raises ``ValueError`` naming every candidate (argparse itself would stop there)."""
         if not token.startswith('-'):
@@ -184,7 +185,7 @@ def _parse_boolean(flag: str, text: str) -> bool:
     raise ValueError(f'{HOST}: --{flag} must be true or false (also yes/no, 1/0); got {text!r}.')
 
 
-def _parse_number(flag: str, text: str) -> Optional[float]:
+def _parse_number(flag: str, text: str) -> float | None:
     if text.strip().lower() == 'none':
         return None
     try:
@@ -203,7 +204,7 @@ def run_settings(trainer: Any) -> RunSettings:
     return settings
 
 
-def _values_of(argv: Sequence[str], argument: str, options: ParserOptions) -> Optional[list[str]]:
+def _values_of(argv: Sequence[str], argument: str, options: ParserOptions) -> list[str] | None:
     """The values argv gives ``argument`` where it last appears ([] for a bare flag), or None if it does
     not appear; tokens read as argparse reads them."""
     found = None
@@ -229,7 +230,7 @@ def asks_for_fipo(argv: Sequence[str], options: ParserOptions) -> bool:
     return 'fipo' in (_values_of(argv, 'loss_type', options) or [])
 
 
-def split_argv(argv: Sequence[str], swift_fields: set[str], swift_options: Optional[ParserOptions] = None
+def split_argv(argv: Sequence[str], swift_fields: set[str], swift_options: ParserOptions | None = None
                ) -> CommandLine:
     """Take every FIPO flag out of ``argv`` and hand ms-swift the values in force for its own fields.
 
@@ -306,7 +307,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _format_for_swift(field: str, value: Any) -> Optional[str]:
+def _format_for_swift(field: str, value: Any) -> str | None:
     """The value as ms-swift's parser reads it; None where it cannot say it (its parser has no None for
     numbers: ``--delta``'s default is None, and clip range 0 means no clip as None does)."""
     if isinstance(value, bool):
@@ -324,7 +325,7 @@ def config_from_arguments(args: Any) -> FIPOConfig:
 
 
 def precheck_argv(argv: Sequence[str], swift_fields: set[str] = frozenset(),
-                  swift_options: Optional[ParserOptions] = None) -> None:
+                  swift_options: ParserOptions | None = None) -> None:
     """Refuse what argv alone shows to be impossible, before ms-swift's own argument checks run."""
     options = (swift_options or ParserOptions.for_fields(set(swift_fields) | {'loss_type', 'use_liger_kernel'})
                ) | plugin_options()
@@ -363,7 +364,7 @@ def unsupported_message(trainer_name: str) -> str:
             f"Upgrade with: pip install 'ms-swift>=4.2.2'")
 
 
-def check_trainer_has_hook(megatron: bool, swift_root: Optional[Path] = None) -> None:
+def check_trainer_has_hook(megatron: bool, swift_root: Path | None = None) -> None:
     """Refuse fipo at argument-parse time when the GRPO trainer this run will use has no FIPO hook.
 
     The trainer's source file is read, not imported: importing ``swift.megatron`` has side effects.
@@ -393,7 +394,7 @@ def check_rlhf_type(args: Any) -> None:
     rlhf_type = getattr(args, 'rlhf_type', 'grpo')
     if rlhf_type != 'grpo':
         raise ValueError(f'{HOST}: --loss_type fipo is a GRPO loss: it needs --rlhf_type grpo; got --rlhf_type '
-                         f'{rlhf_type} (ms-swift\'s default is dpo).')
+                         f"{rlhf_type} (ms-swift's default is dpo).")
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ def _adapter(native: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _call_collecting_stats(self: Any, loss_call: Callable[..., Any], args: tuple, kwargs: dict
-                           ) -> tuple[Any, Optional[FIPOStats]]:
+                           ) -> tuple[Any, FIPOStats | None]:
     """Run one loss call; return its result and the stats the adapter left during it (None if FIPO
     did not run, e.g. another loss type)."""
     state = interception_of(self)
@@ -251,7 +252,7 @@ def patch_module(module: ModuleType) -> dict[str, bool]:
     return {cls.__name__: patch_trainer_class(cls) for cls in classes}
 
 
-def install(megatron: Optional[bool] = None) -> dict[str, dict[str, bool]]:
+def install(megatron: bool | None = None) -> dict[str, dict[str, bool]]:
     """Hook the plugin into ms-swift in this process; idempotent.
 
     The argument parsing and the HF-style trainer module are imported and patched. Megatron's module is

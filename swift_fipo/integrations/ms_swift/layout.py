@@ -12,7 +12,6 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Optional
 
 NAME = 'ms-swift'
 DISTRIBUTION = 'ms-swift'
@@ -81,7 +80,7 @@ IMPORTANCE_SAMPLING_ATTRIBUTE = 'importance_sampling_level'
 SEQUENCE_LEVELS = ('sequence', 'sequence_token')
 
 
-def _package_root(name: str) -> Optional[Path]:
+def _package_root(name: str) -> Path | None:
     """An installed top-level package's directory (``swift``, ``trl``), found without importing it."""
     import importlib.util
     from pathlib import Path
@@ -111,7 +110,7 @@ _TRAINER_FILES = {False: (('rlhf_trainers', 'grpo_trainer.py'), ('trainers', 'rl
                   True: (('megatron', 'trainers', 'grpo_trainer.py'),)}
 
 
-def trainer_source(megatron: bool, swift_root: Optional[Path] = None) -> str:
+def trainer_source(megatron: bool, swift_root: Path | None = None) -> str:
     """The installed GRPO trainer module's source, read without importing it ('' if absent):
     importing ``swift.megatron`` has side effects, and 4.1/4.2 trainers import vLLM."""
     from pathlib import Path
@@ -142,7 +141,7 @@ def source_is_servable(source: str) -> bool:
 _STEP_ADVANCE = 'self._step += 1'
 
 
-def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[Path] = None) -> Optional[str]:
+def rollout_reuse_broken(swift_root: Path | None = None, trl_root: Path | None = None) -> str | None:
     """Why the installed ms-swift + TRL never reuse a rollout, or None.
 
     ms-swift 4.0 and 4.1 advance the trainer's step counter in their own ``_prepare_inputs``; TRL
@@ -166,7 +165,7 @@ def rollout_reuse_broken(swift_root: Optional[Path] = None, trl_root: Optional[P
             '--steps_per_generation have no effect): FIPO would be DAPO')
 
 
-def doctor_line(class_name: str, hooked: bool) -> Optional[str]:
+def doctor_line(class_name: str, hooked: bool) -> str | None:
     """What ``swift-fipo doctor`` says about a hooked GRPO trainer class of an ms-swift without native
     FIPO (3.11 - 4.2.1); None where the ordinary wording applies."""
     if native_fipo_installed() or not hooked or not class_name.endswith('GRPOTrainer'):

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_map
@@ -86,7 +87,7 @@ class ReweightedAdvantages(torch.Tensor):
     _reads: list[int]
 
     @staticmethod
-    def wrap(advantages: torch.Tensor, weighted: torch.Tensor) -> 'ReweightedAdvantages':
+    def wrap(advantages: torch.Tensor, weighted: torch.Tensor) -> ReweightedAdvantages:
         wrapped = advantages.as_subclass(ReweightedAdvantages)
         wrapped._weighted = weighted
         wrapped._reads = [0]

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ class _CaptureState:
     step: int = -1
     taken: int = 0
     """Completions written for ``step`` so far (a step may span several loss calls)."""
-    bytes_written: Optional[int] = None
+    bytes_written: int | None = None
     disabled: bool = False
 
 
@@ -92,7 +93,7 @@ def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_a
     if token_ids is None:
         state.disabled = True
         report('token capture is off: no completion token ids found among the loss inputs '
-              "(padding-free batches or an unknown ms-swift layout).")
+              '(padding-free batches or an unknown ms-swift layout).')
         return
     mask = _find_tensor(call_args, call_kwargs, 'completion_mask')
     if mask is None or tuple(mask.shape) != (batch, length):
@@ -168,7 +169,7 @@ def _candidates(call_args: Sequence[Any], call_kwargs: Mapping[str, Any]) -> lis
     return [value for value in (*call_args, *call_kwargs.values()) if not isinstance(value, torch.nn.Module)]
 
 
-def _find_tensor(call_args: Sequence[Any], call_kwargs: Mapping[str, Any], name: str) -> Optional[torch.Tensor]:
+def _find_tensor(call_args: Sequence[Any], call_kwargs: Mapping[str, Any], name: str) -> torch.Tensor | None:
     for value in _candidates(call_args, call_kwargs):
         found = value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
         if isinstance(found, torch.Tensor):
@@ -177,7 +178,7 @@ def _find_tensor(call_args: Sequence[Any], call_kwargs: Mapping[str, Any], name:
 
 
 def _completion_ids(call_args: Sequence[Any], call_kwargs: Mapping[str, Any], batch: int,
-                    length: int) -> Optional[torch.Tensor]:
+                    length: int) -> torch.Tensor | None:
     """``[B, T]`` token ids aligned with the loss's completion frame, found by what the inputs hold.
 
     TRL-style inputs carry ``completion_ids`` directly; ms-swift's HF trainers keep the whole sequence
@@ -191,8 +192,8 @@ def _completion_ids(call_args: Sequence[Any], call_kwargs: Mapping[str, Any], ba
     return None
 
 
-def _advantage(advantages: Optional[torch.Tensor], row: int, mask: torch.Tensor, batch: int,
-               length: int) -> Optional[float]:
+def _advantage(advantages: torch.Tensor | None, row: int, mask: torch.Tensor, batch: int,
+               length: int) -> float | None:
     if advantages is None or advantages.shape[0] != batch:
         return None
     values = advantages[row].detach().float().cpu().reshape(-1)
@@ -211,6 +212,6 @@ def _tokenizer(trainer: Any) -> Any:
     return None
 
 
-def _round(value: float) -> Optional[float]:
+def _round(value: float) -> float | None:
     # JSON has no inf/NaN; weights are finite by construction, but a Future-KL may not be.
     return float(f'{value:.{_DIGITS}g}') if math.isfinite(value) else None

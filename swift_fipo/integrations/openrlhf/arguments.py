@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from swift_fipo.config import PRESETS, FIPOConfig, FIPOConfigError
 from swift_fipo.integrations.messages import warn
@@ -58,7 +59,7 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f'expected a number; got {text!r}') from None
 
 
-def _optional_number(text: str) -> Optional[float]:
+def _optional_number(text: str) -> float | None:
     # 'none' sets the field to None explicitly (e.g. no weight clip), overriding the preset.
     return None if text.strip().lower() in ('none', 'null') else _number(text)
 
@@ -112,7 +113,7 @@ def given_options(arguments: Any) -> dict[str, Any]:
     return given
 
 
-def _epsilon_high(arguments: Any) -> tuple[Optional[float], str]:
+def _epsilon_high(arguments: Any) -> tuple[float | None, str]:
     """The upper PPO clip width OpenRLHF's loss uses, and the option it came from."""
     low_high = lookup(arguments, layout.dest(layout.EPS_CLIP_LOW_HIGH_OPTION))
     if low_high is not None:
@@ -146,7 +147,7 @@ def config_of_arguments(arguments: Any) -> FIPOConfig:
     return settings.config if settings is not None else fipo_config(arguments)
 
 
-def on_policy_warning(arguments: Any) -> Optional[str]:
+def on_policy_warning(arguments: Any) -> str | None:
     """Why FIPO would be a no-op with this OpenRLHF schedule, or None.
 
     Per rollout, OpenRLHF trains on ``rollout.batch_size * n_samples_per_prompt`` samples in optimizer steps of
@@ -171,7 +172,7 @@ def on_policy_warning(arguments: Any) -> Optional[str]:
 # The parser
 
 
-def _loss_type_action(parser: argparse.ArgumentParser) -> Optional[argparse.Action]:
+def _loss_type_action(parser: argparse.ArgumentParser) -> argparse.Action | None:
     for action in parser._actions:  # argparse keeps no public list of a parser's options
         if action.dest == layout.dest(layout.LOSS_TYPE_OPTION) and action.choices is not None:
             return action

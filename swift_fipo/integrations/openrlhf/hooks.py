@@ -19,8 +19,9 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any
 
 from swift_fipo.integrations import diagnosis as doctor
 from swift_fipo.integrations.openrlhf import arguments, layout
@@ -36,7 +37,7 @@ _VERDICT = f'openrlhf `{layout.LOSS_TYPE_OPTION} {layout.LOSS_TYPE}`'
 # Capabilities
 
 
-def _lacks(function: Any, parameters: tuple[str, ...], markers: tuple[str, ...], what: str) -> Optional[str]:
+def _lacks(function: Any, parameters: tuple[str, ...], markers: tuple[str, ...], what: str) -> str | None:
     """Why ``function`` (unpatched) is not the OpenRLHF code FIPO was written against, or None."""
     function = original_of(function)
     try:
@@ -52,7 +53,7 @@ def _lacks(function: Any, parameters: tuple[str, ...], markers: tuple[str, ...],
     return None
 
 
-def loss_serves(module: ModuleType) -> Optional[str]:
+def loss_serves(module: ModuleType) -> str | None:
     """Why this ``openrlhf.models.loss`` cannot take FIPO, or None if it can."""
     loss = getattr(module, layout.POLICY_LOSS_CLASS, None)
     if not isinstance(loss, type):
@@ -62,7 +63,7 @@ def loss_serves(module: ModuleType) -> Optional[str]:
                       f'{layout.POLICY_LOSS_CLASS}.forward'))
 
 
-def trainer_serves(module: ModuleType) -> Optional[str]:
+def trainer_serves(module: ModuleType) -> str | None:
     """Why this ``openrlhf.trainer.ray.ppo_actor`` cannot take FIPO, or None if it can."""
     trainer = getattr(module, layout.TRAINER_CLASS, None)
     if not isinstance(trainer, type):
@@ -74,7 +75,7 @@ def trainer_serves(module: ModuleType) -> Optional[str]:
             or _lacks(step, (), layout.TRAINING_STEP_MARKERS, f'{layout.TRAINER_CLASS}.{layout.TRAINING_STEP_METHOD}'))
 
 
-def _serves(module: ModuleType) -> Optional[str]:
+def _serves(module: ModuleType) -> str | None:
     if module.__name__ == layout.LOSS_MODULE:
         return loss_serves(module)
     if module.__name__ == layout.ACTOR_MODULE:
@@ -140,7 +141,7 @@ def _configuring_init(original: Callable[..., Any]) -> Callable[..., Any]:
             return
         loss = _fipo_loss_of(self)
         if loss is None:  # the loss module was not hooked: stop here, not at the first step
-            raise RuntimeError(f'swift-fipo: {layout.LOSS_TYPE_OPTION} {layout.LOSS_TYPE}, but OpenRLHF\'s '
+            raise RuntimeError(f"swift-fipo: {layout.LOSS_TYPE_OPTION} {layout.LOSS_TYPE}, but OpenRLHF's "
                                f'{layout.POLICY_LOSS_CLASS} in this process is not hooked '
                                f'({doctor.why_not_hooked()}). Run `swift-fipo doctor`.')
         from swift_fipo.integrations.openrlhf.loss import FIPO_ATTRIBUTE
@@ -185,12 +186,12 @@ def patches_for(module: ModuleType) -> PatchSet:
     if module.__name__ == layout.ACTOR_MODULE:
         trainer = getattr(module, layout.TRAINER_CLASS)
         return PatchSet([
-            Patch(trainer, '__init__', _configuring_init, 'the run\'s FIPO settings into the loss'),
+            Patch(trainer, '__init__', _configuring_init, "the run's FIPO settings into the loss"),
             Patch(trainer, layout.TRAINING_STEP_METHOD, _reporting_training_step, 'fipo_* metrics'),
         ])
     if module.__name__ == ARGPARSE:
         return PatchSet([Patch(module.ArgumentParser, 'parse_known_args', arguments.parse_hook,
-                               '--actor.fipo.* on OpenRLHF\'s parser')])
+                               "--actor.fipo.* on OpenRLHF's parser")])
     raise ValueError(f'swift-fipo does not patch {module.__name__}')
 
 

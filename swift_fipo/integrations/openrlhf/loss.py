@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from openrlhf.models.loss import PolicyLoss
@@ -40,7 +41,7 @@ METRIC_PREFIX = 'fipo_'
 _UNLOGGED = frozenset({'influence_weight_min', 'influence_weight_max', 'neg_adv_ratio_p99', 'dropped_response_ratio'})
 
 
-def with_dual_clip(config: Optional[FIPOConfig], dual_clip: Optional[float]) -> FIPOConfig:
+def with_dual_clip(config: FIPOConfig | None, dual_clip: float | None) -> FIPOConfig:
     """``config`` (default ``FIPOConfig()``) with FIPO's delta set to OpenRLHF's dual clip."""
     return dataclasses.replace(config if config is not None else FIPOConfig(), delta=dual_clip)
 
@@ -71,11 +72,11 @@ class FIPOPolicyLoss(PolicyLoss):
     latest call's ``FIPOStats``.
     """
 
-    def __init__(self, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, dual_clip: Optional[float] = None,
+    def __init__(self, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, dual_clip: float | None = None,
                  token_level_loss: bool = True, policy_loss_type: str = layout.LOSS_TYPE,
-                 fipo_config: Optional[FIPOConfig] = None, **kwargs: Any) -> None:
+                 fipo_config: FIPOConfig | None = None, **kwargs: Any) -> None:
         if policy_loss_type not in (layout.LOSS_TYPE, layout.STOCK_LOSS_TYPE):
-            raise ValueError(f'FIPOPolicyLoss runs OpenRLHF\'s token-level {layout.STOCK_LOSS_TYPE!r} loss; '
+            raise ValueError(f"FIPOPolicyLoss runs OpenRLHF's token-level {layout.STOCK_LOSS_TYPE!r} loss; "
                              f'policy_loss_type must be {layout.LOSS_TYPE!r}; got {policy_loss_type!r}.')
         # The stock __init__ even where the class is patched: this class needs no patch.
         original_of(PolicyLoss.__init__)(self, clip_eps_low, clip_eps_high, dual_clip, token_level_loss,

@@ -25,8 +25,13 @@ def diagnose() -> Diagnosis:
         diagnosis.say(f'{layout.GRPO_MODULE}: cannot import it: {error}')
         diagnosis.judge(what, False)
         return diagnosis
-    from swift_fipo.integrations.trl.trainer import (SUPPORTED_RANGE, UnsupportedTRLError, check_trl_support,
-                                                     init_deleted_by_ms_swift, lost_init_refusal)
+    from swift_fipo.integrations.trl.trainer import (
+        SUPPORTED_RANGE,
+        UnsupportedTRLError,
+        check_trl_support,
+        init_deleted_by_ms_swift,
+        lost_init_refusal,
+    )
     trainer_class = getattr(module, layout.TRAINER_CLASS)
     try:
         check_trl_support(trainer_class)

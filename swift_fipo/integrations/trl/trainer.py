@@ -26,7 +26,7 @@ import inspect
 import re
 import sys
 import textwrap
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from trl import GRPOTrainer
@@ -91,7 +91,7 @@ def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
     if missing:
         raise UnsupportedTRLError(_unsupported(f'{host.__name__} has no {", ".join(missing)}'))
     try:
-        source: Optional[str] = inspect.getsource(getattr(host, _LOSS_METHOD))
+        source: str | None = inspect.getsource(getattr(host, _LOSS_METHOD))
     except (OSError, TypeError):
         # No source (e.g. a frozen install): the run-time check in every loss call still guards us.
         warn('cannot read the source of GRPOTrainer._compute_loss to verify the FIPO hook; relying on the '
@@ -121,7 +121,7 @@ def _host_class(trainer_cls: type) -> type:
     return trainer_cls
 
 
-def _self_calls(function: Any) -> Optional[frozenset[str]]:
+def _self_calls(function: Any) -> frozenset[str] | None:
     """The methods ``function`` calls on its first argument (``name``) or through ``super()`` (``super().name``),
     read from its source; None when there is no source to read (dynamic code, a frozen install, a callable
     object)."""
@@ -157,7 +157,7 @@ def _logps_overrides(trainer_cls: type) -> list[type]:
             if klass is not fipo_cls and issubclass(klass, fipo_cls) and _LOGPS_METHOD in vars(klass)]
 
 
-def logps_override_skipping_hook(trainer_cls: type) -> Optional[type]:
+def logps_override_skipping_hook(trainer_cls: type) -> type | None:
     """The subclass whose override of the log-prob method never calls ``super()`` (FIPO reweights the advantages
     in FIPOGRPOTrainer's, which then never runs); None otherwise, or where a source cannot be read (the check
     in every loss call then decides)."""
@@ -177,7 +177,7 @@ def _logps_override_refusal(trainer_cls: type, owner: type) -> str:
             f'Call super().{_LOGPS_METHOD}(...) in the override and change its result instead.')
 
 
-def compute_loss_reaches_hook(trainer_cls: type) -> tuple[Optional[bool], Optional[type]]:
+def compute_loss_reaches_hook(trainer_cls: type) -> tuple[bool | None, type | None]:
     """Whether ``trainer_cls.compute_loss`` calls ``self._compute_loss`` (where FIPO acts), following
     ``super().compute_loss`` up the MRO; None when a source on the way cannot be read (the per-step count
     then decides). Also returns the class whose ``compute_loss`` decided."""
@@ -195,7 +195,7 @@ def compute_loss_reaches_hook(trainer_cls: type) -> tuple[Optional[bool], Option
     return False, None
 
 
-def unsloth_trainer(trainer_cls: type) -> Optional[type]:
+def unsloth_trainer(trainer_cls: type) -> type | None:
     """The Unsloth-generated class ``trainer_cls`` is built on, if any.
 
     Importing unsloth replaces ``trl.GRPOTrainer`` with ``UnslothGRPOTrainer``, generated from TRL's source
@@ -225,7 +225,7 @@ def _unsloth_refusal(trainer_cls: type, unsloth: type) -> str:
             'loop of your own.')
 
 
-def _bypass_refusal(trainer_cls: type, owner: Optional[type]) -> str:
+def _bypass_refusal(trainer_cls: type, owner: type | None) -> str:
     where = 'it has no compute_loss' if owner is None else \
         f'its compute_loss ({owner.__module__}.{owner.__qualname__}.compute_loss) never calls self._compute_loss'
     return (f'swift-fipo: {trainer_cls.__qualname__} would train without FIPO: {where}, where FIPO reweights the '
@@ -233,7 +233,7 @@ def _bypass_refusal(trainer_cls: type, owner: Optional[type]) -> str:
             'or customise _compute_loss instead and call super()._compute_loss there.')
 
 
-def lost_init_refusal(trainer_cls: type) -> Optional[str]:
+def lost_init_refusal(trainer_cls: type) -> str | None:
     """Why ``trainer_cls.__init__`` is not a GRPO trainer's own any more; None when it is.
 
     ms-swift's GRPO trainer module runs ``del trl.GRPOTrainer.__init__`` on import, and then
@@ -254,10 +254,10 @@ def lost_init_refusal(trainer_cls: type) -> Optional[str]:
                 "Use FIPOGRPOTrainer in a process that does not import ms-swift's GRPO trainer (for ms-swift, "
                 'use swift rlhf --loss_type fipo instead).')
     return (f'swift-fipo: {name} has no __init__ of its own (it was deleted at run time), so '
-            f'{trainer_cls.__qualname__}() would run {below}.__init__, which is not a GRPO trainer\'s.')
+            f"{trainer_cls.__qualname__}() would run {below}.__init__, which is not a GRPO trainer's.")
 
 
-def init_deleted_by_ms_swift(trainer_cls: type) -> Optional[str]:
+def init_deleted_by_ms_swift(trainer_cls: type) -> str | None:
     """The ms-swift GRPO trainer module, loaded in this process, that holds the TRL class whose ``__init__`` is
     missing from ``trainer_cls`` (ms-swift deletes it on import); None when ms-swift is not to blame."""
     loss_classes = [klass for klass in trainer_cls.__mro__ if _LOSS_METHOD in vars(klass)]
@@ -277,7 +277,7 @@ def _unsupported(reason: str) -> str:
             f"install one with: pip install 'trl>=0.26'")
 
 
-def trl_loss_types(trainer_cls: type = GRPOTrainer) -> Optional[frozenset[str]]:
+def trl_loss_types(trainer_cls: type = GRPOTrainer) -> frozenset[str] | None:
     """The ``loss_type`` values ``trainer_cls._compute_loss`` handles, read from its source; None if unreadable.
 
     TRL's ``GRPOConfig`` accepts any string, so a name the installed TRL lacks would only fail at the first
@@ -332,7 +332,7 @@ def _loss_type_refusal(loss_type: Any, served: tuple[str, ...], trainer_cls: typ
             f"('dapo' is the paper's and ms-swift's choice); got loss_type={loss_type!r} ({why}).")
 
 
-def _loss_source(trainer_cls: type) -> Optional[str]:
+def _loss_source(trainer_cls: type) -> str | None:
     try:
         return inspect.getsource(getattr(trainer_cls, _LOSS_METHOD))
     except (AttributeError, OSError, TypeError):
@@ -358,7 +358,7 @@ def validate_grpo_args(args: Any, trainer_cls: type = GRPOTrainer) -> None:
         warn(reason, stacklevel=3)
 
 
-def _config_for(args: Any, fipo: Optional[FIPOConfig]) -> FIPOConfig:
+def _config_for(args: Any, fipo: FIPOConfig | None) -> FIPOConfig:
     trl_delta = getattr(args, 'delta', None)
     if fipo is None:
         # TRL's --delta is the same dual clip as ms-swift's, which FIPOConfig.delta mirrors.
@@ -401,7 +401,7 @@ class FIPOGRPOTrainer(GRPOTrainer):
     FIPO only acts on rollouts reused off-policy: use ``num_iterations > 1``.
     """
 
-    def __init__(self, *args: Any, fipo: Optional[FIPOConfig] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fipo: FIPOConfig | None = None, **kwargs: Any) -> None:
         # type(self): a subclass's compute_loss must reach _compute_loss too.
         check_trl_support(type(self))
         lost_init = lost_init_refusal(GRPOTrainer)
@@ -423,7 +423,7 @@ class FIPOGRPOTrainer(GRPOTrainer):
             check_ratio_rule(self.args, self.fipo_config, explicit=fipo is not None)
 
     @property
-    def last_fipo_stats(self) -> Optional[FIPOStats]:
+    def last_fipo_stats(self) -> FIPOStats | None:
         """The FIPO stats of the last loss call (None before the first)."""
         return interception_of(self).last_stats
 

@@ -27,7 +27,8 @@ import importlib
 import inspect
 import sys
 import typing
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from swift_fipo.config import FIPOConfig
 from swift_fipo.integrations.diagnosis import Diagnosis, import_observed, why_not_hooked
@@ -85,8 +86,8 @@ class _FIPOField:
 # Configuration
 
 
-def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[float] = None,
-                clip_ratio_high: Optional[float] = None) -> FIPOConfig:
+def fipo_config(options: Mapping[str, Any] | None, clip_ratio_c: float | None = None,
+                clip_ratio_high: float | None = None) -> FIPOConfig:
     """The FIPOConfig of ``policy_loss.fipo`` (``preset`` plus explicit fields; explicit wins).
 
     ``clip_ratio_c`` (verl's dual clip) becomes FIPO's ``delta`` when given. With ``clip_ratio_high``
@@ -114,7 +115,7 @@ def fipo_config(options: Optional[Mapping[str, Any]], clip_ratio_c: Optional[flo
     return config
 
 
-def _clip_ratio_high(actor_config: Any) -> Optional[float]:
+def _clip_ratio_high(actor_config: Any) -> float | None:
     """The upper PPO clip width vanilla uses: ``clip_ratio_high``, else ``clip_ratio`` (None if neither)."""
     high = actor_config.get('clip_ratio_high', None)
     return actor_config.get('clip_ratio', None) if high is None else high
@@ -153,7 +154,7 @@ def _accept_fipo_options(original_init: Any) -> Any:
     """PolicyLossConfig.__init__ that also takes ``fipo`` and validates it (verl validates in its
     config dataclasses; this one is built on the driver before any worker starts)."""
 
-    def __init__(self: Any, *args: Any, fipo: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
+    def __init__(self: Any, *args: Any, fipo: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         # Set first: verl's __post_init__ runs inside the original __init__, and fields freeze after it.
         object.__setattr__(self, 'fipo', dict(fipo) if isinstance(fipo, Mapping) else {} if fipo is None else fipo)
         original_init(self, *args, **kwargs)
@@ -213,13 +214,13 @@ def patch_config_module(module: Any) -> dict[str, Any]:
 # The loss
 
 
-def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
-                             log_prob: 'torch.Tensor',
-                             advantages: 'torch.Tensor',
-                             response_mask: 'torch.Tensor',
+def compute_policy_loss_fipo(old_log_prob: torch.Tensor,
+                             log_prob: torch.Tensor,
+                             advantages: torch.Tensor,
+                             response_mask: torch.Tensor,
                              loss_agg_mode: str = 'token-mean',
                              config: Any = None,
-                             rollout_is_weights: Optional['torch.Tensor'] = None) -> tuple['torch.Tensor', dict]:
+                             rollout_is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """verl's vanilla PPO loss with the advantages multiplied by FIPO's influence weights."""
     if config is None:
         raise ValueError(f'{HOST}: the {LOSS_MODE} policy loss needs the actor config.')
@@ -239,7 +240,7 @@ def compute_policy_loss_fipo(old_log_prob: 'torch.Tensor',
     return loss, {**metrics, **{f'actor/fipo/{key}': value for key, value in zip(summary, values)}}
 
 
-def serves(core_algos: Any) -> Optional[str]:
+def serves(core_algos: Any) -> str | None:
     """Why this verl's policy-loss registry cannot take FIPO, or None if it can (checked by
     capability: the registry, and a vanilla loss taking the arguments FIPO passes through)."""
     for name in (REGISTRY, REGISTER_FUNCTION, GET_LOSS_FUNCTION):
@@ -254,7 +255,7 @@ def serves(core_algos: Any) -> Optional[str]:
         return f'verl\'s vanilla policy loss lacks {", ".join(missing)} (verl < 0.6.1)'
     returned = typing.get_args(inspect.signature(vanilla).return_annotation)
     if len(returned) != 2 or typing.get_origin(returned[1]) is not dict:
-        return 'verl\'s vanilla policy loss does not return (loss, metrics) (verl < 0.6.1)'
+        return "verl's vanilla policy loss does not return (loss, metrics) (verl < 0.6.1)"
     return None
 
 
