@@ -162,7 +162,7 @@ def _swift_parser_with_plugin_options():
     except ImportError:
         from swift.llm import RLHFArguments
     del args_class
-    patch = sys.modules[swift.utils.parse_args.__module__]._patch_get_type_hints
+    patch = getattr(sys.modules[swift.utils.parse_args.__module__], '_patch_get_type_hints')
     with patch():
         parser = HfArgumentParser([RLHFArguments])
     own = set(parser._option_string_actions)
@@ -499,3 +499,30 @@ def test_fipo_flags_without_the_fipo_loss_warn(monkeypatch, argv, warned):
         cli.with_fipo_flags(lambda self, argv: parsed)(SimpleNamespace(args_class=arguments), argv)
     messages = [str(warning.message) for warning in caught if issubclass(warning.category, FIPOWarning)]
     assert any('--fipo_* flags are ignored' in message for message in messages) is warned
+
+
+ONE_LINE_PROGRAM = '''
+import sys
+from swift_fipo.integrations.ms_swift.arguments import refusals_in_one_line
+try:
+    with refusals_in_one_line():
+        raise ValueError('swift-fipo: --fipo_x must be caught')
+except ValueError:
+    pass  # caught by the caller: shortens nothing later
+if sys.argv[1] == 'refusal':
+    with refusals_in_one_line():
+        raise ValueError('swift-fipo: --fipo_decay_rate must be a number')
+raise ValueError('a real error of ms-swift')
+'''
+
+
+@pytest.mark.parametrize('case', ['refusal', 'other'])
+def test_only_the_plugins_uncaught_refusal_is_shortened_to_one_line(case):
+    import subprocess
+    result = subprocess.run([sys.executable, '-c', ONE_LINE_PROGRAM, case], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    if case == 'refusal':
+        assert result.stderr == 'ValueError: swift-fipo: --fipo_decay_rate must be a number\n'
+    else:  # any other error keeps its traceback
+        assert 'Traceback' in result.stderr and result.stderr.endswith('ValueError: a real error of ms-swift\n')
