@@ -118,7 +118,7 @@ class FIPOConfig:
     @property
     def gamma(self) -> float:
         """Per-token decay of the Future-KL sum, 2**(-1/decay_rate), in float64."""
-        return 2.0**(-1.0 / self.decay_rate)
+        return float(2.0**(-1.0 / self.decay_rate))
 
     @property
     def participation_threshold(self) -> float | None:
@@ -175,7 +175,7 @@ def real_number(value: Any) -> float | None:
     try:
         return float(value)
     except OverflowError:  # an int beyond the float range
-        return math.inf if value > 0 else -math.inf
+        return -math.inf if value < 0 else math.inf
 
 
 def _as_bool(value: Any) -> bool | None:
@@ -247,8 +247,8 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else f'{text[:60]}... ({len(text)} characters)'
 
 
-_PAPER = dict(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0, log_ratio_clamp=20.0,
-              sequence_drop=True, unclipped_weight_cap=10.0)
+_PAPER: dict[str, Any] = dict(decay_rate=32.0, clip_range=0.2, delta=10.0, filter_threshold=10.0,
+                              log_ratio_clamp=20.0, sequence_drop=True, unclipped_weight_cap=10.0)
 
 PRESETS: dict[str, FIPOConfig] = {
     # ms-swift's native semantics and defaults.

@@ -37,15 +37,18 @@ class Host:
 
     @property
     def name(self) -> str:
-        return self.layout.NAME
+        name: str = self.layout.NAME
+        return name
 
     @property
     def distribution(self) -> str:
-        return self.layout.DISTRIBUTION
+        distribution: str = self.layout.DISTRIBUTION
+        return distribution
 
     @property
-    def watched(self) -> dict:
-        return self.layout.WATCHED
+    def watched(self) -> dict[str, str]:
+        watched: dict[str, str] = self.layout.WATCHED
+        return watched
 
     @property
     def package(self) -> str:
@@ -59,14 +62,16 @@ class Host:
         from swift_fipo.integrations.versions import installed_version
         return installed_version(self.distribution) is not None
 
-    def install(self) -> dict:
-        return self.integration().install()
+    def install(self) -> dict[str, Any]:
+        report: dict[str, Any] = self.integration().install()
+        return report
 
     def uninstall(self) -> None:
         self.integration().uninstall()
 
     def diagnose(self) -> Diagnosis:
-        return self.integration().diagnose()
+        diagnosis: Diagnosis = self.integration().diagnose()
+        return diagnosis
 
     def __repr__(self) -> str:
         return f'Host({self.name!r})'
@@ -84,12 +89,12 @@ def host(name: str) -> Host:
     raise KeyError(f'no host {name!r}; hosts: {", ".join(candidate.name for candidate in HOSTS)}')
 
 
-def watched_modules() -> dict:
+def watched_modules() -> dict[str, str]:
     """``{module: 'plugin module:patcher'}`` over every host."""
     return {module: patcher for host in HOSTS for module, patcher in host.watched.items()}
 
 
-def install(*names: str) -> dict:
+def install(*names: str) -> dict[str, dict[str, Any]]:
     """Hook swift-fipo into the named hosts (default: every installed one) in this process, the explicit
     route where the interpreter-start activation does not run; ``{host: its install() report}``. A host
     that is installed but cannot be hooked raises, naming it."""

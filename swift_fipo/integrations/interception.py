@@ -34,7 +34,7 @@ OLD_LOGPS = 'old_per_token_logps'
 METRIC_PREFIX = 'fipo/'
 
 
-class InterceptedBatch(dict):
+class InterceptedBatch(dict[str, Any]):
     """Shallow copy of one loss call's inputs; notes whether the loss read the advantages too early."""
 
     read_before_weighting = False
@@ -104,7 +104,7 @@ _STATE_ATTRIBUTE = '_swift_fipo_interception'
 def interception_of(trainer: Any, create: bool = True) -> Interception | None:
     """The trainer's ``Interception``, made on first use unless ``create`` is False (a patched host class has
     no ``__init__`` of ours to make it in)."""
-    state = vars(trainer).get(_STATE_ATTRIBUTE)
+    state: Interception | None = vars(trainer).get(_STATE_ATTRIBUTE)
     if state is None and create:
         state = Interception()
         object.__setattr__(trainer, _STATE_ATTRIBUTE, state)
@@ -128,7 +128,7 @@ def sequence_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.exp(mean).unsqueeze(-1)
 
 
-def record_summaries(metrics: MutableMapping[str, list], stats: FIPOStats,
+def record_summaries(metrics: MutableMapping[str, list[float]], stats: FIPOStats,
                      gather: Callable[[torch.Tensor], torch.Tensor], device: torch.device | None = None
                      ) -> None:
     """Add one loss call's summaries, reduced over ranks in one collective, to ``metrics`` (a host's

@@ -101,7 +101,10 @@ class Patch:
             raise PatchConflict(f'swift-fipo: cannot uninstall: {conflict}')
         if not self.is_applied():
             return
-        original = _mark_of(self.own_value()).original
+        mark = _mark_of(self.own_value())
+        if mark is None:  # is_applied() found one: only a concurrent revert could have taken it
+            return
+        original = mark.original
         if original is _MISSING:
             delattr(self.owner, self.attribute)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fractions
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,7 +279,9 @@ def _fipo_influence(log_ratio: torch.Tensor,
     if config.sequence_drop:
         # The authors drop a response when the dual clip binds on more than one of its negative-
         # advantage tokens, i.e. ratio > c where the weighted advantage is still non-zero.
-        bound = negative_advantage & (ratio > config.dual_clip_threshold) & mask & (weight > 0)
+        threshold = config.dual_clip_threshold
+        assert threshold is not None  # FIPOConfig refuses sequence_drop without delta or filter_threshold
+        bound = negative_advantage & (ratio > threshold) & mask & (weight > 0)
         dropped = bound.sum(dim=1) > 1
         weight = torch.where(dropped[:, None], 0.0, weight)
 
@@ -299,7 +302,7 @@ def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torc
     return selected.kthvalue(rank).values
 
 
-def _indicator(compare, values: torch.Tensor, threshold: float) -> torch.Tensor:
+def _indicator(compare: Callable[..., torch.Tensor], values: torch.Tensor, threshold: float) -> torch.Tensor:
     """``compare(values, threshold)`` as float32 1.0/0.0, written straight into a float tensor."""
     return compare(values, threshold, out=torch.empty(values.shape, dtype=torch.float32, device=values.device))
 

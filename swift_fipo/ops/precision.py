@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 
-def autocast_off(device: torch.device | None) -> contextlib.AbstractContextManager:
+def autocast_off(device: torch.device | None) -> contextlib.AbstractContextManager[None]:
     """A context in which ``device``'s autocast is off, so the maths stays in float32.
 
     Hosts often compute their loss under ``torch.autocast`` (verl's FSDP engine, Accelerate's CPU AMP,
