@@ -32,6 +32,19 @@ fi
 # (tests/conftest.py), so a broken install cannot hide as a skip.
 export SWIFT_FIPO_STRICT_SKIPS=1
 start=$(date +%s)
+
+# Lint before any suite (scripts/lint.sh: ruff and mypy): a finding fails the run at once, with what was found.
+# A run of named suites skips it (LINT=1 runs it there too).
+if [ "$#" -eq 0 ] || [ "${LINT:-0}" = 1 ]; then
+    echo "started lint"
+    if bash scripts/lint.sh >"$logs/lint.log" 2>&1; then
+        echo "lint passed in $(( $(date +%s) - start )) s"
+    else
+        echo "lint FAILED in $(( $(date +%s) - start )) s:"
+        cat "$logs/lint.log"
+        exit 1
+    fi
+fi
 declare -A pid_of
 run_suite() {
     local name="$1" began
@@ -43,11 +56,12 @@ run_suite() {
         echo "$name FAILED in $(( $(date +%s) - began )) s (log: .ci-logs/$name.log)"
         echo fail >"$logs/$name.status"
     fi
+    echo $(( $(date +%s) - began )) >"$logs/$name.seconds"
 }
 
 for name in "${suites[@]}"; do
     [ -f "scripts/suites/$name.sh" ] || { echo "no such suite: $name (scripts/suites/$name.sh)"; exit 2; }
-    rm -f "$logs/$name.status"
+    rm -f "$logs/$name.status" "$logs/$name.seconds"
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
     echo "started $name"
     run_suite "$name" &
@@ -63,8 +77,11 @@ for name in "${failed[@]}"; do
     echo "===================== $name (failed) ====================="
     cat "$logs/$name.log"
 done
+suite_seconds=0
 for name in "${suites[@]}"; do
-    printf '%-28s %s\n' "$name" "$(grep -E '(passed|failed|errors?|skipped)[^=]* in [0-9.]+s' "$logs/$name.log" | tr -d '=' | paste -sd ';' -)"
+    seconds="$(cat "$logs/$name.seconds" 2>/dev/null || echo 0)"
+    suite_seconds=$(( suite_seconds + seconds ))
+    printf '%-28s %5s s  %s\n' "$name" "$seconds" "$(grep -E '(passed|failed|errors?|skipped)[^=]* in [0-9.]+s' "$logs/$name.log" | tr -d '=' | paste -sd ';' -)"
 done
 # Every pytest run ends with its skips counted by reason, and the tests written for other environments
 # that it left out (tests/conftest.py); gather both here.
@@ -75,5 +92,5 @@ for section in 'skips by reason' 'not run here: written for another environment'
             on && /^ *[0-9]+  / {print "  " suite ": " $0; next} {on = 0}' "$logs/$name.log"
     done
 done
-echo "all suites: ${#suites[@]}, failed: ${#failed[@]}, wall time $(( $(date +%s) - start )) s"
+echo "all suites: ${#suites[@]}, failed: ${#failed[@]}, suite time ${suite_seconds} s in all, wall time $(( $(date +%s) - start )) s (lint included)"
 [ "${#failed[@]}" -eq 0 ]

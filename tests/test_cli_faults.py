@@ -138,7 +138,13 @@ def test_doctor_with_a_swift_fipo_lacking_activation_ahead_on_the_path(tmp_path:
     state = [line for line in result.stdout.splitlines() if line.startswith('  state ')]
     assert state == [f'  state         unavailable: {copy / "swift_fipo"} has no activation.py; an incomplete or '
                      'foreign swift_fipo is ahead on sys.path: remove it, or reinstall swift-fipo'], result.stdout
-    assert 'computed by swift-fipo' not in result.stdout.replace('NOT computed by swift-fipo', '')
+    served = [line for line in result.stdout.splitlines() if line.endswith(' is computed by swift-fipo')]
+    if any(host.watched and host.is_installed() for host in HOSTS):  # a host the activation hooks: not served
+        assert result.returncode == 1
+        assert all('FIPOGRPOTrainer' in line for line in served), served  # TRL's trainer needs no activation
+    else:  # TRL alone: FIPOGRPOTrainer is a class users pick, served without the activation
+        assert result.returncode == 0 and served == ['verdict: swift_fipo.FIPOGRPOTrainer (trl) is computed by '
+                                                     'swift-fipo'], result.stdout
     if installed_version('swift-fipo') is not None:  # the installed copy is named beside the one imported
         assert f'  package       {copy / "swift_fipo"}, not the installed ' in result.stdout
     # At most the .pth file's own line (it runs in this interpreter and finds the copy first).

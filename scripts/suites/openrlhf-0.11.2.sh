@@ -12,4 +12,4 @@ bash scripts/setup_openrlhf.sh 0.11.2 "$venv"
 export TORCH_EXTENSIONS_DIR="$venv/torch_extensions" DS_ACCELERATOR=cpu
 mkdir -p "$TORCH_EXTENSIONS_DIR"
 find "$TORCH_EXTENSIONS_DIR" -maxdepth 2 -name lock -delete
-"$venv/bin/python" -m pytest tests/test_integrations_openrlhf.py -q -p no:cacheprovider
+"$venv/bin/python" -m pytest tests/test_integrations_openrlhf.py tests/test_one_rule.py -q -p no:cacheprovider

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$ROOT"
 venv="$ROOT/.venv-trl-0.26.2"
 bash scripts/setup_trl.sh 0.26.2 "$venv" 'transformers<5'
-"$venv/bin/python" -m pytest tests/test_integrations_trl.py tests/test_integrations_trl_precision.py tests/test_ops_loss.py tests/test_ops_influence.py tests/test_ops_precision.py \
+"$venv/bin/python" -m pytest tests/test_integrations_trl.py tests/test_integrations_trl_precision.py tests/test_one_rule.py tests/test_ops_loss.py tests/test_ops_influence.py tests/test_ops_precision.py \
     tests/test_ops_future_kl.py tests/test_ops_paper.py tests/test_config.py -q -p no:cacheprovider -m 'not ms_swift'

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$ROOT"
 bash scripts/setup_verl.sh 0.9.1 "$ROOT/.venv-verl" cachetools uvicorn fastapi
-SWIFT_FIPO_REQUIRE_VERL=1 "$ROOT/.venv-verl/bin/python" -m pytest tests/test_integrations_verl.py tests/test_verl_worker.py tests/test_activation.py \
+SWIFT_FIPO_REQUIRE_VERL=1 "$ROOT/.venv-verl/bin/python" -m pytest tests/test_integrations_verl.py tests/test_verl_worker.py tests/test_activation.py tests/test_one_rule.py \
     -q -p no:cacheprovider -m 'not ms_swift'
