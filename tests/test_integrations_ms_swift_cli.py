@@ -501,7 +501,7 @@ def test_fipo_flags_without_the_fipo_loss_warn(monkeypatch, argv, warned):
     assert any('--fipo_* flags are ignored' in message for message in messages) is warned
 
 
-ONE_LINE_PROGRAM = '''
+ONE_LINE_PROGRAM = """
 import sys
 from swift_fipo.integrations.ms_swift.arguments import refusals_in_one_line
 try:
@@ -513,7 +513,7 @@ if sys.argv[1] == 'refusal':
     with refusals_in_one_line():
         raise ValueError('swift-fipo: --fipo_decay_rate must be a number')
 raise ValueError('a real error of ms-swift')
-'''
+"""
 
 
 @pytest.mark.parametrize('case', ['refusal', 'other'])

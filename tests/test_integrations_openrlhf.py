@@ -466,6 +466,7 @@ CASES = {
     'bad_bool': FIPO + ['--actor.fipo.sequence_drop', 'maybe'],
     'bad_preset': FIPO + ['--actor.fipo.preset', 'paper-70b'],
     'bad_drop': FIPO + ['--actor.fipo.sequence_drop', 'true'],
+    'dual_clip_as_drop_c': FIPO + ['--actor.fipo.sequence_drop', 'true', '--actor.dual_clip', '5'],
     'dual_clip_inside_ppo_clip': FIPO + ['--actor.dual_clip', '1.1'],
     'filter_inside_ppo_clip': FIPO + ['--actor.eps_clip_low_high', '0.2', '0.28', '--actor.fipo.filter_threshold',
                                       '1.25'],
@@ -480,7 +481,8 @@ REFUSALS = {
     'bad_symmetric_clip': '--actor.fipo.clip_range must be [0, 1) when clip_high_only is False',
     'bad_bool': "argument --actor.fipo.sequence_drop: expected true or false; got 'maybe'",
     'bad_preset': "argument --actor.fipo.preset: expected one of swift, paper-32b, paper-7b; got 'paper-70b'",
-    'bad_drop': '--actor.fipo.sequence_drop must be False unless delta or filter_threshold is set',
+    'bad_drop': ('--actor.fipo.sequence_drop must be False unless --actor.dual_clip or --actor.fipo.filter_threshold '
+                 'is set'),
     'dual_clip_inside_ppo_clip': '--actor.dual_clip must be > 1 + --actor.eps_clip = 1.2',
     'filter_inside_ppo_clip': '--actor.fipo.filter_threshold must be > 1 + --actor.eps_clip_low_high[1] = 1.28',
     'delta': '--actor.fipo.delta is not an option: under OpenRLHF, FIPO uses the dual clip --actor.dual_clip',
@@ -555,6 +557,21 @@ def test_a_bad_command_line_is_refused_naming_the_option_and_its_range(command_l
     error = found['stderr'].strip().splitlines()[-1]
     assert error.startswith('train_ppo_ray.py: error: ') and REFUSALS[case] in error, error
     assert 'Traceback' not in found['stderr'] and not found['warnings']  # nothing else said about a refused run
+
+
+def test_the_dual_clip_is_the_sequence_drops_c(command_lines):
+    # Before: refused with "sequence_drop must be False unless delta or filter_threshold is set", although the
+    # dual clip is that c here, and the delta the message named is itself refused under OpenRLHF.
+    found = command_lines['dual_clip_as_drop_c']
+    assert found['status'] == 0, found
+    assert found['values']['settings'] == dataclasses.asdict(FIPOConfig(delta=5.0, sequence_drop=True))
+
+
+def test_refusals_name_only_options_openrlhf_has(command_lines):
+    for case in REFUSALS:
+        error = command_lines[case]['stderr'].strip().splitlines()[-1]
+        bare = [word for word in error.replace(',', ' ').split() if word in ('delta', 'filter_threshold')]
+        assert not bare, (case, error)
 
 
 def test_a_schedule_without_off_policy_updates_warns(command_lines):

@@ -202,6 +202,23 @@ def test_a_fipo_loss_verl_registers_itself_is_left_alone():
     assert fipo_verl.patch_core_algos(core_algos) == {fipo_verl.LOSS_MODE: True}  # ours again: idempotent
 
 
+def test_doctor_does_not_credit_swift_fipo_with_a_fipo_loss_verl_registers_itself(capsys: pytest.CaptureFixture):
+    """verl's own fipo loss, left alone, is verl's code: doctor says so, its verdict is NOT computed by
+    swift-fipo, and it exits 1."""
+    def verls_own(**kwargs):
+        raise AssertionError('never called')
+
+    ours = core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE]
+    core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE] = verls_own
+    try:
+        code, out = _doctor_in_process(capsys)
+    finally:
+        core_algos.POLICY_LOSS_REGISTRY[fipo_verl.LOSS_MODE] = ours
+    assert 'verl.trainer.ppo.core_algos: verl registers its own fipo loss; left alone' in out, out
+    assert 'verdict: verl `policy_loss.loss_mode=fipo` is NOT computed by swift-fipo here' in out, out
+    assert 'verdict: verl `policy_loss.loss_mode=fipo` is computed by swift-fipo' not in out and code == 1, out
+
+
 def test_capability_check_refuses_a_registry_without_the_two_value_loss():
     def four_values(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode='token-mean', config=None,
                     rollout_is_weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -540,6 +557,46 @@ def test_a_command_line_with_a_preset_composes_validates_and_reaches_the_loss():
 def test_a_bad_command_line_is_refused_by_the_driver_check(override, message):
     with pytest.raises(Exception, match=message):
         compose_and_validate(BASE_OVERRIDES + ['actor_rollout_ref.actor.policy_loss.loss_mode=fipo', override])
+
+
+@needs_verl_07
+def test_verls_dual_clip_is_the_sequence_drops_c():
+    # Before: refused with "sequence_drop must be False unless delta or filter_threshold is set", although
+    # clip_ratio_c is that c under verl, and the delta the message named is itself refused here.
+    config = compose_and_validate(BASE_OVERRIDES + [
+        'actor_rollout_ref.actor.policy_loss.loss_mode=fipo', 'actor_rollout_ref.actor.clip_ratio_c=10',
+        '+actor_rollout_ref.actor.policy_loss.fipo.sequence_drop=true'])
+    actor_config = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    assert fipo_verl.config_of_actor(actor_config) == FIPOConfig(delta=10.0, sequence_drop=True)
+
+
+def test_a_refusal_names_only_options_verl_has():
+    with pytest.raises(ValueError) as refused:
+        fipo_verl.fipo_config({'sequence_drop': True})  # no dual clip known (clip_ratio_c None)
+    message = str(refused.value)
+    assert message == ('verl: actor_rollout_ref.actor.policy_loss.fipo.sequence_drop must be False unless '
+                       'actor_rollout_ref.actor.clip_ratio_c or '
+                       'actor_rollout_ref.actor.policy_loss.fipo.filter_threshold is set (it needs a dual-clip '
+                       'threshold); got True.')
+
+
+@needs_verl_07
+@pytest.mark.parametrize('mini_batch, warns', [(4, False), (8, True)])
+def test_the_no_op_warning_counts_prompts_as_verls_validation_does(mini_batch, warns):
+    """data.train_batch_size and ppo_mini_batch_size count prompts on the driver (verl's own check compares
+    them so); rollout.n = 4 must not enter: 8 prompts in mini-batches of 4 are two optimizer steps per rollout,
+    off-policy, while counting the mini-batch in responses (16) would call it a no-op."""
+    overrides = [override for override in BASE_OVERRIDES if not override.startswith(
+        ('actor_rollout_ref.rollout.n=', 'actor_rollout_ref.actor.ppo_mini_batch_size='))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        compose_and_validate(overrides + ['actor_rollout_ref.rollout.n=4',
+                                          'actor_rollout_ref.actor.policy_loss.loss_mode=fipo',
+                                          f'actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch}'])
+    no_op = [str(warning.message) for warning in caught if 'FIPO is a no-op' in str(warning.message)]
+    assert len(no_op) == int(warns), no_op
+    if warns:
+        assert 'data.train_batch_size=8, actor_rollout_ref.actor.ppo_mini_batch_size=8' in no_op[0]
 
 
 RAY_WORKER = """

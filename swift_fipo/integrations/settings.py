@@ -47,26 +47,33 @@ def settings_of(arguments: Any) -> RunSettings | None:
 
 
 def resolve_config(preset: str, explicit: Mapping[str, Any], option_name: Callable[[str], str],
-                   host: str) -> FIPOConfig:
+                   host: str, host_values: Mapping[str, Any] | None = None) -> FIPOConfig:
     """The FIPOConfig of ``preset`` with the ``explicit`` field values on top (explicit always wins).
 
-    A bad value raises ``ValueError`` naming the host's option (``option_name(field)``) and its range.
+    ``host_values``: fields the host takes from its own options (under verl and OpenRLHF, delta is the host's
+    dual clip), set with the explicit values before the config is validated, so that a rule needing one (the
+    sequence drop needs a dual clip) sees it. A bad value raises ``ValueError`` naming the host's option
+    (``option_name(field)``, also for every other field the message mentions) and its range.
     """
     if preset not in PRESETS:
         raise ValueError(f'{host}: the FIPO preset must be one of {", ".join(PRESETS)}; got {preset!r}.')
-    unknown = sorted(set(explicit) - {field.name for field in dataclasses.fields(FIPOConfig)})
+    fields = [field.name for field in dataclasses.fields(FIPOConfig)]
+    unknown = sorted(set(explicit) - set(fields))
     if unknown:
+        known = [field for field in fields if field not in (host_values or {})]
         raise ValueError(f'{host}: unknown FIPO option(s) {", ".join(map(option_name, unknown))}; known: '
-                         f'{", ".join(option_name(field.name) for field in dataclasses.fields(FIPOConfig))}.')
+                         f'{", ".join(map(option_name, known))}.')
     try:
-        return dataclasses.replace(PRESETS[preset], **explicit)
+        return dataclasses.replace(PRESETS[preset], **{**explicit, **(host_values or {})})
     except FIPOConfigError as error:
-        raise config_error(error, option_name(error.field), host) from None
+        raise config_error(error, option_name(error.field), host, option_name) from None
 
 
-def config_error(error: FIPOConfigError, option: str, host: str) -> ValueError:
-    """``error`` re-worded with the host's name for the option, e.g. ``--fipo_clip_range``."""
-    return ValueError(f'{host}: {error.describe(option)}')
+def config_error(error: FIPOConfigError, option: str, host: str,
+                 option_name: Callable[[str], str] | None = None) -> ValueError:
+    """``error`` re-worded with the host's name for the option, e.g. ``--fipo_clip_range``, and
+    ``option_name`` (if given) for the other fields the message names."""
+    return ValueError(f'{host}: {error.describe(option, option_name or str)}')
 
 
 # The FIPOConfig fields that bound the importance ratio from above (the dual clip and the filter c).

@@ -23,7 +23,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from swift_fipo.config import PRESETS, FIPOConfig, FIPOConfigError
+from swift_fipo.config import PRESETS, FIPOConfig
 from swift_fipo.integrations.messages import warn
 from swift_fipo.integrations.openrlhf import layout
 from swift_fipo.integrations.refusals import on_policy_reason
@@ -130,11 +130,10 @@ def fipo_config(arguments: Any) -> FIPOConfig:
     if 'delta' in explicit:
         raise ValueError(f'{HOST}: {layout.DELTA_OPTION} is not an option: under OpenRLHF, FIPO uses the dual clip '
                          f'{layout.DUAL_CLIP_OPTION} as its delta. Set {layout.DUAL_CLIP_OPTION} instead.')
-    config = resolve_config(preset, explicit, option_name, HOST)
-    try:
-        config = dataclasses.replace(config, delta=lookup(arguments, layout.dest(layout.DUAL_CLIP_OPTION)))
-    except FIPOConfigError as error:
-        raise ValueError(f'{HOST}: {error.describe(layout.DUAL_CLIP_OPTION)}') from None
+    # The dual clip is resolved with the options, so that the sequence drop sees its c; every message names
+    # OpenRLHF's options (option_name: delta is --actor.dual_clip).
+    config = resolve_config(preset, explicit, option_name, HOST,
+                            {'delta': lookup(arguments, layout.dest(layout.DUAL_CLIP_OPTION))})
     high, high_option = _epsilon_high(arguments)
     check_ratio_thresholds(config, high, option_name, HOST, high_option)
     return config

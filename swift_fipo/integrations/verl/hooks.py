@@ -30,7 +30,7 @@ import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from swift_fipo.config import FIPOConfig
+from swift_fipo.config import FLOAT32_MAX, FIPOConfig, real_number
 from swift_fipo.integrations.diagnosis import Diagnosis, import_observed, why_not_hooked
 from swift_fipo.integrations.messages import warn
 from swift_fipo.integrations.metrics import METRICS
@@ -43,6 +43,7 @@ from swift_fipo.integrations.verl.layout import (
     CLIP_HIGH_OPTION,
     CONFIG_MODULE,
     CORE_ALGOS_MODULE,
+    DUAL_CLIP_DEFAULT,
     DUAL_CLIP_OPTION,
     GET_LOSS_FUNCTION,
     LOSS_MODE,
@@ -72,8 +73,8 @@ _LOSS_PARAMETERS = ('old_log_prob', 'log_prob', 'advantages', 'response_mask', '
 
 
 def option_name(field: str) -> str:
-    """The Hydra path of a FIPO option, as error messages name it."""
-    return f'{OPTION_PREFIX}.{field}'
+    """The Hydra path of a FIPO option, as error messages name it; FIPO's delta is verl's dual clip."""
+    return DUAL_CLIP_OPTION if field == 'delta' else f'{OPTION_PREFIX}.{field}'
 
 
 @dataclasses.dataclass
@@ -100,18 +101,19 @@ def fipo_config(options: Mapping[str, Any] | None, clip_ratio_c: float | None = 
     explicit = dict(options or {})
     preset = explicit.pop('preset', 'swift')
     if 'delta' in explicit:
-        raise ValueError(f'{HOST}: {option_name("delta")} is not an option under verl: verl always applies its '
+        raise ValueError(f'{HOST}: {OPTION_PREFIX}.delta is not an option under verl: verl always applies its '
                          f'dual clip {DUAL_CLIP_OPTION}, and FIPO uses that value. Set {DUAL_CLIP_OPTION} instead.')
-    config = resolve_config(preset, explicit, option_name, HOST)
+    host_values = {}
     if clip_ratio_c is not None:
-        try:
-            config = dataclasses.replace(config, delta=clip_ratio_c)
-        except ValueError:
+        dual_clip = real_number(clip_ratio_c)
+        if dual_clip is None or not 1 < dual_clip <= FLOAT32_MAX:
             raise ValueError(f'{HOST}: {DUAL_CLIP_OPTION} must be a number > 1 for FIPO (it is the dual clip FIPO '
-                             f'filters and drops by); got {clip_ratio_c!r}.') from None
-    # Under verl, FIPO's delta is the dual clip clip_ratio_c.
-    check_ratio_thresholds(config, clip_ratio_high, lambda field: DUAL_CLIP_OPTION if field == 'delta'
-                           else option_name(field), HOST, CLIP_HIGH_OPTION)
+                             f'filters and drops by); got {clip_ratio_c!r}.')
+        host_values['delta'] = dual_clip
+    # The dual clip is resolved with the options, so that the sequence drop sees its c (a paper preset's
+    # sequence_drop with verl's clip_ratio_c); every message names verl's options (option_name).
+    config = resolve_config(preset, explicit, option_name, HOST, host_values)
+    check_ratio_thresholds(config, clip_ratio_high, option_name, HOST, CLIP_HIGH_OPTION)
     return config
 
 
@@ -123,14 +125,16 @@ def _clip_ratio_high(actor_config: Any) -> float | None:
 
 def config_of_actor(actor_config: Any) -> FIPOConfig:
     """The FIPOConfig of an actor config (verl's ``ActorConfig``, or its DictConfig in older verl)."""
-    return fipo_config(actor_config.policy_loss.get('fipo', None), actor_config.get('clip_ratio_c', 3.0),
-                       _clip_ratio_high(actor_config))
+    return fipo_config(actor_config.policy_loss.get('fipo', None),
+                       actor_config.get('clip_ratio_c', DUAL_CLIP_DEFAULT), _clip_ratio_high(actor_config))
 
 
 def _validate_policy_loss(policy_loss: Any) -> None:
     options = policy_loss.get('fipo', None)
     if policy_loss.get('loss_mode', None) == LOSS_MODE:
-        fipo_config(options)
+        # The actor's clip_ratio_c is not known here: the options are checked with verl's default dual clip,
+        # and again with the actor's own by ActorConfig.validate (config_of_actor).
+        fipo_config(options, DUAL_CLIP_DEFAULT)
     elif options:
         warn(f'{OPTION_PREFIX} is set but actor_rollout_ref.actor.policy_loss.loss_mode is '
              f'{policy_loss.get("loss_mode", None)!r}: the FIPO options do nothing.')

@@ -18,6 +18,8 @@ WATCHED = {
 LOSS_MODE = 'fipo'
 OPTION_PREFIX = 'actor_rollout_ref.actor.policy_loss.fipo'
 DUAL_CLIP_OPTION = 'actor_rollout_ref.actor.clip_ratio_c'
+# ActorConfig's default clip_ratio_c (verl >= 0.6.1): the dual clip of an actor config that does not set it.
+DUAL_CLIP_DEFAULT = 3.0
 # verl's epsilon_high: vanilla clips the ratio at 1 + clip_ratio_high (clip_ratio when that is None).
 CLIP_HIGH_OPTION = 'actor_rollout_ref.actor.clip_ratio_high'
 
