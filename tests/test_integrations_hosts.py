@@ -210,7 +210,8 @@ def test_doctor_reports_every_installed_host_of_the_table(monkeypatch, capsys, s
 def test_doctor_judges_the_installed_hosts_wherever_they_stand_in_the_table(monkeypatch, capsys):
     """The table's first host not installed, a later one served: exit 0, and no advice to install anything."""
     from swift_fipo import cli
-    monkeypatch.setattr(cli, 'HOSTS', (_RecordingHost('alpha', installed=False), _RecordingHost('beta', installed=True)))
+    monkeypatch.setattr(cli, 'HOSTS', (_RecordingHost('alpha', installed=False),
+                                       _RecordingHost('beta', installed=True)))
     code = cli.doctor()
     out = capsys.readouterr().out
     assert code == 0, out
@@ -218,7 +219,8 @@ def test_doctor_judges_the_installed_hosts_wherever_they_stand_in_the_table(monk
     assert 'verdict: beta fipo is computed by swift-fipo' in hooks_part and 'alpha' not in hooks_part
     assert 'install' not in hooks_part, out
     # Nothing installed: the one place doctor names hosts to install, all of them, and exit 1.
-    monkeypatch.setattr(cli, 'HOSTS', (_RecordingHost('alpha', installed=False), _RecordingHost('beta', installed=False)))
+    monkeypatch.setattr(cli, 'HOSTS', (_RecordingHost('alpha', installed=False),
+                                       _RecordingHost('beta', installed=False)))
     assert cli.doctor() == 1
     assert '  no host is installed: swift-fipo serves alpha, beta; install the one you train with' in \
         capsys.readouterr().out

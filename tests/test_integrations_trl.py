@@ -512,7 +512,7 @@ def test_capability_check_names_the_trl_version() -> None:
 
         def _compute_loss(self, model: Any, inputs: Any) -> Any:  # the TRL < 0.26 shape handling
             logps = self._get_per_token_logps_and_entropies()
-            return logps, inputs['advantages'].unsqueeze(1)
+            return logps, inputs["advantages"].unsqueeze(1)  # noqa: Q000 - TRL's spelling, which the check reads
 
     for cls, reason in ((NoLogpsHook, '_get_per_token_logps_and_entropies'), (UnsqueezesAdvantages, r'\[B, T\]')):
         with pytest.raises(UnsupportedTRLError, match=reason) as error:
@@ -861,7 +861,8 @@ def test_a_step_that_bypasses_fipo_after_a_warm_up_is_refused_before_its_optimiz
         trainer.train()
     # The first step trained (with FIPO); the second was refused before its optimizer step.
     assert trainer.state.global_step == 1 and len(snapshots.after_step) == 1
-    assert all(torch.equal(old, new) for old, new in zip(snapshots.after_step[0], trainer.model.parameters()))
+    assert all(torch.equal(old, new) for old, new in zip(snapshots.after_step[0], trainer.model.parameters(),
+                                                         strict=True))
 
 
 def test_fipo_metrics_of_evaluation_are_logged_under_eval_not_train(model_dir: Path, tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from conftest import REPO, only_where
@@ -32,8 +31,8 @@ class Row:
 
     name: str
     epsilon_high: float
-    dual_clip: Optional[float] = None
-    filter_threshold: Optional[float] = None
+    dual_clip: float | None = None
+    filter_threshold: float | None = None
 
     @property
     def bound(self) -> str:
@@ -68,7 +67,7 @@ def installed(distribution: str) -> bool:
     return installed_version(distribution) is not None
 
 
-def run_rows(script: str, payload: object, env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> list:
+def run_rows(script: str, payload: object, env: dict[str, str] | None = None, cwd: Path | None = None) -> list:
     """Run ``script`` in a fresh interpreter of this environment (the .pth activation on) with the rows as JSON;
     it prints ``RESULTS <json list>``: per row the refusal's message, or None where the row was accepted."""
     environment = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
@@ -102,11 +101,11 @@ TRL_SCRIPT = """
 """
 
 
-def trl_refusals() -> list[Optional[str]]:
+def trl_refusals() -> list[str | None]:
     return run_rows(TRL_SCRIPT, [dataclasses.asdict(row) for row in TABLE])
 
 
-def ms_swift_refusals(tiny_run_dir: Path, work: Path) -> list[Optional[str]]:
+def ms_swift_refusals(tiny_run_dir: Path, work: Path) -> list[str | None]:
     from test_integrations_ms_swift_cli import parse_as_swift_rlhf
     argvs = []
     for row in TABLE:
@@ -118,7 +117,7 @@ def ms_swift_refusals(tiny_run_dir: Path, work: Path) -> list[Optional[str]]:
     return [parsed.get('error') for parsed in parse_as_swift_rlhf(tiny_run_dir, work, argvs)]
 
 
-def verl_refusals() -> list[Optional[str]]:
+def verl_refusals() -> list[str | None]:
     from verl.workers.config import ActorConfig, PolicyLossConfig
     results = []
     for row in TABLE:
@@ -141,7 +140,7 @@ OPENRLHF_BASE = ['--algo.advantage.estimator', 'group_norm', '--rollout.n_sample
                  '--actor.policy_loss_type', 'fipo']
 
 
-def openrlhf_refusals(work: Path) -> list[Optional[str]]:
+def openrlhf_refusals(work: Path) -> list[str | None]:
     cases = []
     for row in TABLE:
         argv = OPENRLHF_BASE + ['--actor.eps_clip_low_high', '0.2', str(row.epsilon_high)]
@@ -182,7 +181,7 @@ def refusals(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return of
 
 
-def check_refused(host: str, message: Optional[str], row: Row) -> None:
+def check_refused(host: str, message: str | None, row: Row) -> None:
     assert message is not None, f'{host} accepted {row}'
     option = OPTION_NAMES[host][row.field]
     expected = f'{option} must be > 1 + {EPSILON_NAMES[host]} = {row.bound} (the PPO clip already bounds ratios up to'

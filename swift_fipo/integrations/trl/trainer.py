@@ -472,7 +472,8 @@ class FIPOGRPOTrainer(GRPOTrainer):
             mask = mask * tool_mask
         mask = mask.bool()
         # The same sequence-level ratio TRL's loss clips, for the safety rule and the filter.
-        ratio = sequence_ratio(ratios, mask) if getattr(self, 'importance_sampling_level', 'token') == 'sequence' else None
+        sequence_level = getattr(self, 'importance_sampling_level', 'token') == 'sequence'
+        ratio = sequence_ratio(ratios, mask) if sequence_level else None
         weighted, stats = reweight_advantages(batch.peek('advantages'), ratios, mask, self.fipo_config, ratio=ratio)
         batch.replace_advantages(weighted)
         interception_of(self).last_stats = stats
