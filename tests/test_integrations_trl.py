@@ -175,7 +175,7 @@ def test_training_applies_fipo_on_reuse_steps_only(model_dir: Path, tmp_path: Pa
     assert len(logs) == 4
     expected_keys = {f'fipo/{key}' for key in trainer.last_fipo_stats.summary}
     assert {'fipo/future_kl_mean', 'fipo/influence_weight_mean', 'fipo/safety_keep_ratio'} <= expected_keys
-    for entry, record in zip(logs, trainer.records):
+    for entry, record in zip(logs, trainer.records, strict=True):
         assert expected_keys <= set(entry)
         assert all(math.isfinite(entry[key]) for key in expected_keys)
         mean_weight = record['weight'].mean().item()
@@ -433,7 +433,8 @@ def test_refuses_losses_that_are_not_the_clipped_surrogate(tmp_path: Path, loss_
         make_trainer(MISSING_MODEL, grpo_args(tmp_path, loss_type=loss_type))
 
 
-@pytest.mark.parametrize('loss_type', sorted({'no_such_loss'} | set(fipo_trl.SUPPORTED_LOSS_TYPES) - OFFERED_LOSS_TYPES))
+@pytest.mark.parametrize('loss_type',
+                         sorted({'no_such_loss'} | set(fipo_trl.SUPPORTED_LOSS_TYPES) - OFFERED_LOSS_TYPES))
 def test_refuses_a_loss_type_this_trl_lacks(tmp_path: Path, loss_type: str) -> None:
     # GRPOConfig takes any string; without this check TRL would fail only at the first loss step.
     with pytest.raises(ValueError, match=f"loss_type='{loss_type}'"):
@@ -672,7 +673,7 @@ def test_first_step_refuses_a_step_that_bypassed_fipo(model_dir: Path, tmp_path:
         trainer.train()
     # Refused inside the first step, before the optimizer moved anything.
     assert trainer.state.global_step == 0
-    assert all(torch.equal(old, new) for old, new in zip(before, trainer.model.parameters()))
+    assert all(torch.equal(old, new) for old, new in zip(before, trainer.model.parameters(), strict=True))
 
 
 def unsloth_shaped(name: str, module: str, mark_train: bool) -> type:
