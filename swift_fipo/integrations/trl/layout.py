@@ -14,7 +14,6 @@ LOGPS_METHOD = '_get_per_token_logps_and_entropies'
 LOSS_METHOD = '_compute_loss'
 
 # TRL's names of the settings swift-fipo reads from its GRPOConfig, as messages name them.
-CONFIG_CLASS = 'GRPOConfig'
 DELTA_OPTION = 'GRPOConfig.delta'  # TRL's dual clip (ms-swift's --delta)
 EPSILON_OPTION = 'GRPOConfig.epsilon'
 EPSILON_HIGH_OPTION = 'GRPOConfig.epsilon_high'  # None: TRL's upper clip is epsilon
