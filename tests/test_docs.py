@@ -223,3 +223,25 @@ def test_readme_gives_the_trl_range_and_versions_of_the_trl_trainer():
     assert constants['SUPPORTED_RANGE'] in bullet
     assert set(re.findall(r'\b\d+\.\d+\.\d+\b', bullet)) == set(constants['TESTED_VERSIONS'])
 
+
+
+def _readme_commands_and_flags(name: str) -> tuple[list[str], set[str]]:
+    """A README's shell commands (every line of its ```bash blocks, comments included: they say what the
+    command does) and every ``--flag`` it mentions anywhere."""
+    import re
+    text = (REPO / name).read_text()
+    commands = [line.rstrip() for block in re.findall(r'```bash\n(.*?)```', text, flags=re.S)
+                for line in block.splitlines()]
+    return commands, set(re.findall(r'(?<![\w-])--[a-z][\w.-]*', text))
+
+
+def test_the_chinese_readme_gives_the_english_ones_commands_and_flags():
+    """README.zh-CN.md (linked from the top of README.md) shows the same commands, in the same order, and names
+    the same flags: a command or flag changed in one README and not the other fails here."""
+    english_commands, english_flags = _readme_commands_and_flags('README.md')
+    chinese_commands, chinese_flags = _readme_commands_and_flags('README.zh-CN.md')
+    assert english_commands and english_flags
+    assert chinese_commands == english_commands
+    assert chinese_flags == english_flags, (f'only in README.md: {sorted(english_flags - chinese_flags)}; '
+                                            f'only in README.zh-CN.md: {sorted(chinese_flags - english_flags)}')
+    assert '(README.zh-CN.md)' in (REPO / 'README.md').read_text().split('\n## ')[0]
