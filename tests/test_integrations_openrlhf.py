@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, need, only_where
+from conftest import REPO, need
 
 need('openrlhf')  # not collected without OpenRLHF; where it is installed, an import error fails
 
@@ -49,9 +50,6 @@ pytestmark = pytest.mark.openrlhf
 
 PolicyLoss = openrlhf_loss.PolicyLoss
 TINY_BUILDER = REPO / 'examples' / 'tiny' / 'build_tiny_model.py'
-REGISTERED = any(layout.ACTOR_MODULE in host.watched for host in __import__('swift_fipo.integrations.hosts',
-                                                                             fromlist=['HOSTS']).HOSTS)
-needs_registration = only_where(REGISTERED, 'openrlhf is not in the table of hosts (integrations/hosts.py) yet')
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -348,14 +346,20 @@ def test_install_is_idempotent_and_uninstall_restores_openrlhf_exactly():
     assert not any(is_patch(vars(owner)[name]) for owner, name in _targets())
 
 
-def test_the_argument_hook_goes_in_only_under_an_openrlhf_program(monkeypatch):
+def test_openrlhf_is_in_the_table_of_hosts():
+    """The .pth activation hooks OpenRLHF's processes only through the table: it must stay there."""
+    from swift_fipo.integrations.hosts import HOSTS
+    [host] = [host for host in HOSTS if host.name == layout.NAME]
+    assert {layout.LOSS_MODULE, layout.ACTOR_MODULE} <= set(host.watched)
+
+
+def test_the_argument_hook_goes_in_with_the_actor_module_whatever_the_program(monkeypatch):
+    """A copy of train_ppo_ray.py under another name is served as the installed program is (before: only a
+    program under openrlhf/cli, so the copy said "invalid choice: 'fipo'")."""
     hooks.uninstall()
     main = ModuleType('__main__')
-    main.__spec__ = SimpleNamespace(name='some.other.program')
+    main.__spec__, main.__file__ = None, '/home/user/my_train_ppo_ray.py'
     monkeypatch.setitem(sys.modules, '__main__', main)
-    assert hooks.patch_module(ppo_actor) == {layout.ACTOR_MODULE: True}
-    assert not is_patch(vars(argparse.ArgumentParser)['parse_known_args'])
-    main.__spec__ = SimpleNamespace(name=layout.CLI_MODULE)
     assert hooks.patch_module(ppo_actor) == {layout.ACTOR_MODULE: True, 'argparse': True}
     assert is_patch(vars(argparse.ArgumentParser)['parse_known_args'])
 
@@ -590,18 +594,21 @@ def test_fipo_options_with_another_loss_type_warn_and_change_nothing(command_lin
     assert ppo['values']['settings'] is None
 
 
-def test_the_real_program_refuses_a_bad_value_without_a_traceback():
-    """One real process end to end (not caught in-process): argparse's exit status and its two lines."""
-    if REGISTERED:  # the .pth activation alone, as a user runs it
-        command = [sys.executable, '-m', layout.CLI_MODULE]
-    else:
-        command = [sys.executable, str(CPU_HELPERS / 'openrlhf_cli.py'), 'activation', '--']
+@pytest.mark.parametrize('started', ['module', 'path', 'copy'])
+def test_the_real_program_refuses_a_bad_value_without_a_traceback(started, tmp_path):
+    """A fresh OpenRLHF process hooked by the .pth activation alone, as a user runs it: ``python -m``, the
+    installed train_ppo_ray.py by its path, or a copy of it elsewhere. The FIPO refusal (not argparse's "invalid
+    choice: 'fipo'") shows the hook was in; argparse's exit status and its two lines, no traceback."""
+    program = Path(importlib.util.find_spec(layout.CLI_MODULE).origin)
+    if started == 'copy':
+        program = Path(shutil.copy(program, tmp_path / 'my_train_ppo_ray.py'))
+    command = [sys.executable, '-m', layout.CLI_MODULE] if started == 'module' else [sys.executable, str(program)]
     result = subprocess.run(command + BASE_ARGV + FIPO + ['--actor.fipo.log_ratio_clamp', '100'],
                             capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr
     assert 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
-        'train_ppo_ray.py: error: openrlhf: --actor.fipo.log_ratio_clamp must be None, or a number in (0, 88]')
+        f'{program.name}: error: openrlhf: --actor.fipo.log_ratio_clamp must be None, or a number in (0, 88]')
 
 
 def test_help_lists_the_fipo_options():
@@ -666,7 +673,6 @@ def test_the_actors_first_pass_is_ppo_and_later_steps_are_reweighted(actor_runs)
 # The activation: every process OpenRLHF starts
 # ----------------------------------------------------------------------------------------------------------
 
-@needs_registration
 def test_a_ray_worker_gets_fipo_from_the_pth_activation():
     """OpenRLHF's actors are Ray workers, fresh interpreters: the .pth activation alone hooks them."""
     code = """

@@ -5,7 +5,7 @@
 |---|---|
 | ``openrlhf.models.loss`` | ``PolicyLoss.__init__`` takes ``policy_loss_type='fipo'`` (runs the ppo branch) and ``fipo_config``; ``PolicyLoss.forward`` reweights the advantages when FIPO is on |
 | ``openrlhf.trainer.ray.ppo_actor`` | ``ActorPPOTrainer.__init__`` hands its loss the run's FIPO settings; ``training_step`` adds the ``fipo_*`` metrics |
-| ``argparse`` | ``ArgumentParser.parse_known_args`` serves ``--actor.fipo.*`` on OpenRLHF's parser (``arguments.py``); applied when an ``openrlhf.cli`` program imports the actor module, and by ``install()`` |
+| ``argparse`` | ``ArgumentParser.parse_known_args`` serves ``--actor.fipo.*`` on OpenRLHF's parser (``arguments.py``); applied when the actor module is imported (the command line imports it before it parses), and by ``install()`` |
 
 Hook points are checked by capability (signatures and source markers, ``layout``); a module that lacks one
 is left alone and doctor says why.
@@ -17,7 +17,6 @@ import argparse
 import functools
 import importlib
 import inspect
-import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -195,16 +194,6 @@ def patches_for(module: ModuleType) -> PatchSet:
     raise ValueError(f'swift-fipo does not patch {module.__name__}')
 
 
-def _main_is_openrlhf_cli() -> bool:
-    """Whether this process's program is an OpenRLHF command line (``python -m openrlhf.cli....`` or its file)."""
-    main = sys.modules.get('__main__')
-    spec = getattr(main, '__spec__', None)
-    if spec is not None and (spec.name or '').startswith(f'{layout.CLI_PACKAGE}.'):
-        return True
-    path = os.path.normpath(getattr(main, '__file__', None) or '').replace(os.sep, '/')
-    return f'/{layout.CLI_PACKAGE.replace(".", "/")}/' in path
-
-
 def patch_module(module: ModuleType) -> dict[str, Any]:
     """Patch a watched OpenRLHF module right after it is imported; idempotent. A module that lacks a hook
     point is left alone (the report says why)."""
@@ -213,7 +202,10 @@ def patch_module(module: ModuleType) -> dict[str, Any]:
         return {module.__name__: f'not hooked: {reason}'}
     patches_for(module).apply()
     report: dict[str, Any] = {module.__name__: True}
-    if module.__name__ == layout.ACTOR_MODULE and _main_is_openrlhf_cli():
+    if module.__name__ == layout.ACTOR_MODULE:
+        # Whatever the program: ``python -m openrlhf.cli.train_ppo_ray``, its file by path, or a copy of it under
+        # another name all import the actor module before they parse argv. The parser hook acts only on a
+        # parser with OpenRLHF's --actor.policy_loss_type choices; any other parser is parsed as is.
         patches_for(argparse).apply()
         report[ARGPARSE] = True
     return report

@@ -18,11 +18,10 @@ LOSS_MODULE = 'openrlhf.models.loss'
 ACTOR_MODULE = 'openrlhf.trainer.ray.ppo_actor'
 """Defines ``ActorPPOTrainer`` (builds and calls the loss) in every actor process; the command line
 imports it before it parses argv, so its import is also when the argument hook goes in."""
-CLI_PACKAGE = 'openrlhf.cli'
-"""A ``__main__`` program from this package gets the argument hook (``python -m openrlhf.cli.train_ppo_ray``
-runs as ``__main__``, so it cannot be watched under its own name)."""
 CLI_MODULE = 'openrlhf.cli.train_ppo_ray'
-"""The PPO/GRPO entry point (its parser is built inline under ``if __name__ == '__main__'``)."""
+"""The PPO/GRPO entry point (its parser is built inline under ``if __name__ == '__main__'``). It runs as
+``__main__`` (``-m`` or by path), so it cannot be watched under its own name: the argument hook goes in when it
+imports ACTOR_MODULE."""
 CONFIG_MODULE = 'openrlhf.utils.config'
 """``hierarchize``: turns the parsed flat namespace into ``args.actor.fipo...``."""
 
