@@ -218,3 +218,21 @@ def test_disabling_in_process_before_import_swift_leaves_ms_swift_unpatched_and_
     assert 'hooked (FIPO computed by swift-fipo)' not in result.stdout and ': hooked' not in result.stdout
     assert 'verdict: `swift rlhf --loss_type fipo` is NOT computed by swift-fipo here' in result.stdout
     assert result.stdout.rstrip().endswith('EXIT 1'), result.stdout[-2000:]
+
+
+@pytest.mark.parametrize('name', ['openrlhf.models.loss', 'openrlhf.trainer.ray.ppo_actor'])
+def test_openrlhfs_modules_are_watched_and_handed_to_its_patcher(tmp_path, monkeypatch, name):
+    """A fresh OpenRLHF process (the driver of ``python -m openrlhf.cli.train_ppo_ray`` and each Ray actor) is hooked
+    only through the table of hosts and this watcher; runs where OpenRLHF is not installed (a stand-in module).
+    Fails if OpenRLHF leaves the table. OpenRLHF's own suite runs the real processes."""
+    openrlhf_hooks = importlib.import_module('swift_fipo.integrations.openrlhf.hooks')
+    seen: list = []
+    monkeypatch.setattr(openrlhf_hooks, 'patch_module', seen.append)
+    monkeypatch.delenv(activation.DISABLE_ENV, raising=False)
+    assert activation.WATCHED_MODULES[name] == 'swift_fipo.integrations.openrlhf.hooks:patch_module'
+    (tmp_path / f'{name.rpartition(".")[2]}.py').write_text('VALUE = 1\n')
+    spec = activation.TrainerImportWatcher().find_spec(name, [str(tmp_path)])
+    assert spec is not None and isinstance(spec.loader, activation._PatchingLoader)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert seen == [module] and module.VALUE == 1
