@@ -6,9 +6,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -516,3 +518,46 @@ def test_records_without_an_index_restart_only_at_an_earlier_step(tmp_path):
     write_tokens(tmp_path, rows)
     records = embedded(inspect(tmp_path).read_text())['records']
     assert [record['tokens'][0]['text'] for record in records] == ['f', 'g']
+
+
+@pytest.mark.ms_swift
+@pytest.mark.cli
+def test_a_real_run_resumed_into_its_output_directory_shows_each_step_once(tiny_run_dir, tmp_path):
+    """The real `swift rlhf`: 4 steps saving checkpoint-2, then resumed from it into the same directory
+    (--add_version false). ms-swift appends steps 3-4 again to logging.jsonl and the plugin to
+    fipo_tokens.jsonl; plot and inspect show steps 1-2 of the first run and 3-4 of the resumed one."""
+    need('swift', 'ms-swift')
+    from test_cli_swift import TRAIN_SCRIPT, _tail, run_tiny
+
+    from swift_fipo.viz import plot as viz_plot
+    flags = ('--fipo_log_tokens', '1', '--add_version', 'false', '--save_strategy', 'steps', '--save_steps', '2')
+    work = tmp_path / 'run'
+    first, _ = run_tiny(tiny_run_dir, work, *flags)
+    assert first.returncode == 0, _tail(first)
+    output = work / 'output'
+    tokens_file, logging_file = output / 'fipo_tokens.jsonl', output / 'logging.jsonl'
+    first_tokens, first_logs = tokens_file.read_text(), logging_file.read_text()
+    # The same command again, resumed (run_tiny's environment: this Python's bin first, the plugin on).
+    env = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
+    env['PATH'] = f'{Path(sys.executable).parent}{os.pathsep}{env.get("PATH", "")}'
+    resumed = subprocess.run(['bash', str(TRAIN_SCRIPT), str(work), *flags, '--resume_from_checkpoint',
+                              str(output / 'checkpoint-2')], capture_output=True, text=True, cwd=work, env=env,
+                             timeout=600, check=False)
+    assert resumed.returncode == 0, _tail(resumed)
+    assert tokens_file.read_text().startswith(first_tokens) and logging_file.read_text().startswith(first_logs)
+    before = [json.loads(line) for line in first_tokens.splitlines()]
+    appended = [json.loads(line) for line in tokens_file.read_text()[len(first_tokens):].splitlines()]
+    shape = [(row['step'], row['index']) for row in before + appended]
+    assert shape == [(1, 0), (2, 0), (3, 0), (4, 0), (3, 0), (4, 0)]  # the file as the two runs leave it
+
+    assert cli.main(['inspect', str(output), '-o', str(tmp_path / 'page.html')]) == 0
+    assert embedded((tmp_path / 'page.html').read_text())['records'] == before[:2] + appended
+
+    def future_kl(text: str) -> dict[int, float]:
+        rows = [json.loads(line) for line in text.splitlines()]
+        return {int(row['global_step/max_steps'].split('/')[0]): row['fipo/future_kl_mean'] for row in rows
+                if 'fipo/future_kl_mean' in row}
+    expected = {**{step: value for step, value in future_kl(first_logs).items() if step < 3},
+                **future_kl(logging_file.read_text()[len(first_logs):])}
+    steps, values = viz_plot.load_run(output).series['fipo/future_kl_mean']
+    assert dict(zip(steps, values)) == pytest.approx(expected) and steps == [1, 2, 3, 4]

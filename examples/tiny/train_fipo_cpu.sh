@@ -47,8 +47,9 @@ swift rlhf \
     --output_dir "$work/output" \
     "$@"
 
-# ms-swift writes every logged step to logging.jsonl; show the FIPO metrics.
-log="$(ls -t "$work"/output/*/logging.jsonl | head -n 1)"
+# ms-swift writes every logged step to logging.jsonl (directly in output/ with --add_version false); show
+# the FIPO metrics.
+log="$(ls -t "$work"/output/logging.jsonl "$work"/output/*/logging.jsonl 2>/dev/null | head -n 1 || true)"
 python - "$log" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
