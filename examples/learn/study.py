@@ -118,20 +118,53 @@ def evaluate_command(args: argparse.Namespace, paths: list[Path], out: Path, ste
 
 # ---- SFT ---------------------------------------------------------------------------------------------------------
 
-def sft_command(args: argparse.Namespace) -> list[str]:
-    return [swift_binary(), 'sft', '--model', str(args.out / 'init'), *MODEL_FLAGS,
+def sft_command(args: argparse.Namespace, model: Path, steps: int, lr: float, output: Path) -> list[str]:
+    return [swift_binary(), 'sft', '--model', str(model), *MODEL_FLAGS,
             '--dataset', str(args.out / 'data' / 'sft.jsonl'), '--split_dataset_ratio', '0',
             '--per_device_train_batch_size', str(args.sft_batch), '--gradient_accumulation_steps', '1',
-            '--learning_rate', str(args.sft_lr), '--lr_scheduler_type', 'cosine', '--warmup_ratio', '0.03',
-            '--max_steps', str(args.sft_steps), '--max_length', '128', '--gradient_checkpointing', 'false',
-            '--save_strategy', 'steps', '--save_steps', str(args.sft_steps), '--save_only_model', 'true',
-            '--seed', '0', '--output_dir', str(args.out / 'sft' / 'output')]
+            '--learning_rate', str(lr), '--lr_scheduler_type', 'cosine', '--warmup_ratio', '0.03',
+            '--max_steps', str(steps), '--max_length', '128', '--gradient_checkpointing', 'false',
+            '--save_strategy', 'steps', '--save_steps', str(steps), '--save_only_model', 'true',
+            '--seed', '0', '--output_dir', str(output)]
+
+
+def sft_stage(args: argparse.Namespace, log: Path, name: str, model: Path, steps: int, lr: float) -> dict[str, Any]:
+    """One ``swift sft`` run from ``model``, once: done when sft/<name>.json exists; a killed one starts again."""
+    sft_dir = args.out / 'sft'
+    record = sft_dir / f'{name}.json'
+    if record.exists():
+        return json.loads(record.read_text())
+    output = sft_dir / f'output-{name}'
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    command = sft_command(args, model, steps, lr, output)
+    say(log, f'SFT {name}: {steps} steps, batch {args.sft_batch}, lr {lr} (log {output / "sft.log"})')
+    began = time.time()
+    if run_logged(command, output / 'sft.log', {**ENV, 'OMP_NUM_THREADS': str(args.sft_threads)}) != 0:
+        raise SystemExit(f'swift sft failed; see {output / "sft.log"}')
+    seconds = time.time() - began
+    from evaluate import checkpoints
+    found = checkpoints(output)
+    if not found:
+        raise SystemExit(f'swift sft saved no checkpoint under {output}')
+    checkpoint = found[-1][1]
+    evaluation_file = output / 'eval.jsonl'
+    if run_logged(evaluate_command(args, [checkpoint], evaluation_file), output / 'eval.log', ENV) != 0:
+        raise SystemExit(f'evaluation of the SFT model failed; see {output / "eval.log"}')
+    evaluation = read_jsonl(evaluation_file)[-1]
+    result = {'checkpoint': str(checkpoint), 'command': shlex.join(command), 'seconds': round(seconds, 1),
+              'threads': args.sft_threads, 'eval': evaluation, 'versions': versions(), 'machine': machine()}
+    record.write_text(json.dumps(result, indent=1) + '\n')
+    say(log, f'SFT {name} done in {seconds:.0f} s: held-out greedy {evaluation[HEADLINE]:.3f} (chains '
+        f'{evaluation["heldout/chain_accuracy"]:.3f}, direct {evaluation["heldout/direct_accuracy"]:.3f}), chain share '
+        f'{evaluation["heldout/chain_share"]:.2f}, length {evaluation["heldout/mean_length"]:.1f}')
+    return result
 
 
 def prepare(args: argparse.Namespace, log: Path) -> dict[str, Any]:
-    """Data, initial model, SFT and its held-out evaluation, each once; returns sft.json."""
-    sft_dir = args.out / 'sft'
-    record = sft_dir / 'sft.json'
+    """Data, initial model, SFT (a first stage, then an optional continued stage) and its evaluation; sft.json."""
+    record = args.out / 'sft' / 'sft.json'
     if record.exists():
         return json.loads(record.read_text())
     data = args.out / 'data'
@@ -139,28 +172,13 @@ def prepare(args: argparse.Namespace, log: Path) -> dict[str, Any]:
         task.write_datasets(data, seed=args.task_seed, sft=args.sft_prompts, rl=args.rl_prompts, heldout=args.heldout)
     if not (args.out / 'init' / 'config.json').exists():
         build_model.save(args.out / 'init')
-    if sft_dir.exists():
-        shutil.rmtree(sft_dir)  # an SFT killed half-way starts again
-    sft_dir.mkdir(parents=True)
-    command = sft_command(args)
-    say(log, f'SFT: {args.sft_steps} steps, batch {args.sft_batch} (log {sft_dir / "sft.log"})')
-    began = time.time()
-    if run_logged(command, sft_dir / 'sft.log', {**ENV, 'OMP_NUM_THREADS': str(args.sft_threads)}) != 0:
-        raise SystemExit(f'swift sft failed; see {sft_dir / "sft.log"}')
-    sft_seconds = time.time() - began
-    from evaluate import checkpoints
-    found = checkpoints(sft_dir / 'output')
-    if not found:
-        raise SystemExit(f'swift sft saved no checkpoint under {sft_dir / "output"}')
-    checkpoint = found[-1][1]
-    if run_logged(evaluate_command(args, [checkpoint], sft_dir / 'eval.jsonl'), sft_dir / 'eval.log', ENV) != 0:
-        raise SystemExit(f'evaluation of the SFT model failed; see {sft_dir / "eval.log"}')
-    evaluation = read_jsonl(sft_dir / 'eval.jsonl')[-1]
-    result = {'checkpoint': str(checkpoint), 'command': shlex.join(command), 'seconds': round(sft_seconds, 1),
-              'threads': args.sft_threads, 'eval': evaluation, 'versions': versions(), 'machine': machine()}
+    stages = [sft_stage(args, log, 'stage1', args.out / 'init', args.sft_steps, args.sft_lr)]
+    if args.sft_more_steps:
+        stages.append(sft_stage(args, log, 'stage2', Path(stages[0]['checkpoint']), args.sft_more_steps,
+                                args.sft_more_lr))
+    result = {**stages[-1], 'seconds': round(sum(stage['seconds'] for stage in stages), 1),
+              'command': ' && '.join(stage['command'] for stage in stages), 'stages': stages}
     record.write_text(json.dumps(result, indent=1) + '\n')
-    say(log, f'SFT done in {sft_seconds:.0f} s: held-out greedy {evaluation[HEADLINE]:.3f}, '
-        f'chains {evaluation["heldout/chain_share"]:.2f}, length {evaluation["heldout/mean_length"]:.1f}')
     return result
 
 
@@ -408,6 +426,9 @@ def main() -> None:
     parser.add_argument('--sft_steps', type=int, default=600)
     parser.add_argument('--sft_batch', type=int, default=64)
     parser.add_argument('--sft_lr', type=float, default=2e-3)
+    parser.add_argument('--sft_more_steps', type=int, default=400,
+                        help='a second SFT stage continued from the first (0: none)')
+    parser.add_argument('--sft_more_lr', type=float, default=1e-3)
     parser.add_argument('--sft_threads', type=int, default=1)
     parser.add_argument('--sft_prompts', type=int, default=20000)
     parser.add_argument('--rl_prompts', type=int, default=4000)
@@ -421,6 +442,8 @@ def main() -> None:
                         help='no training: summary and figures of the runs already done')
     parser.add_argument('--source_commit', default=None, help='recorded in every result: the swift-fipo commit')
     args = parser.parse_args()
+    if args.sft_more_steps < 0:
+        parser.error(f'--sft_more_steps must be >= 0, got {args.sft_more_steps}')
     for name in ('seeds', 'jobs', 'rl_steps', 'eval_every', 'prompts_per_step', 'sft_steps', 'sft_batch',
                  'steps_per_generation', 'sft_threads'):
         if getattr(args, name) < 1:

@@ -85,7 +85,7 @@ def main() -> None:
         steps_per_generation=int(flags['steps_per_generation']), num_iterations=int(flags['num_iterations']),
         max_completion_length=int(flags['max_completion_length']), temperature=float(flags['temperature']),
         beta=float(flags['beta']), epsilon=float(flags['epsilon']), epsilon_high=float(flags['epsilon_high']),
-        learning_rate=float(flags['learning_rate']), lr_scheduler_type='constant', warmup_ratio=0.0,
+        learning_rate=float(flags['learning_rate']), lr_scheduler_type='constant',
         max_steps=max_steps, save_strategy='steps', save_steps=int(flags['save_steps']), save_only_model=True,
         seed=args.seed, use_cpu=True, logging_steps=1, report_to='none', bf16=False, fp16=False,
         dataloader_num_workers=0)
