@@ -63,8 +63,9 @@ def load_run(run_dir: str | Path, label: Optional[str] = None) -> Run:
     series: dict[str, tuple[list[int], list[float]]] = {}
     # A run resumed from a checkpoint logs again from that step on, into the same file: its rows supersede
     # the earlier ones from there, or every line would run back in time.
-    for row in supersede_resumed(read_jsonl(path), _logged_step):
-        _add_row(series, step_of(row), {key: value for key, value in row.items() if _plottable(key)})
+    stepped = [(step, row) for row in read_jsonl(path) if (step := step_of(row)) is not None]  # not the summary
+    for step, row in supersede_resumed(stepped, _first):
+        _add_row(series, step, {key: value for key, value in row.items() if _plottable(key)})
     evaluation = eval_file(run_dir, path)
     if evaluation is not None:
         for key, points in _eval_series(evaluation).items():
@@ -77,14 +78,13 @@ def load_run(run_dir: str | Path, label: Optional[str] = None) -> Run:
     return Run(label=label or run_label(run_dir), source=path, series=series)
 
 
-def _logged_step(row: dict[str, Any]) -> Optional[tuple[int, ...]]:
-    step = step_of(row)
-    return None if step is None else (step, )
+def _first(pair: tuple[int, dict[str, Any]]) -> tuple[int]:
+    """The position of a (step, row) pair in the file's order of steps."""
+    return (pair[0], )
 
 
-def _add_row(series: dict[str, tuple[list[int], list[float]]], step: Optional[int], row: dict[str, Any]) -> None:
+def _add_row(series: dict[str, tuple[list[int], list[float]]], step: int, row: dict[str, Any]) -> None:
     """Add the finite numbers of ``row`` at ``step`` (rows come in step order)."""
-    assert step is not None
     for key, value in row.items():
         number = finite_number(value)
         # matplotlib cannot scale an axis to +-1e308 (its range overflows): such values are skipped like
@@ -123,8 +123,8 @@ def _eval_series(path: Path) -> dict[str, tuple[list[int], list[float]]]:
             shown = 'nothing' if step is None else f'{type(step).__name__} {str(step)[:40]}'
             raise RunDirError(f'{path}: entry {number}: "{_EVAL_STEP}" must be an integer >= 0, got {shown}.')
     series: dict[str, tuple[list[int], list[float]]] = {}
-    for row in supersede_resumed(rows, lambda row: (row[_EVAL_STEP], )):
-        _add_row(series, row[_EVAL_STEP], {key: value for key, value in row.items() if key != _EVAL_STEP})
+    for step, row in supersede_resumed([(row[_EVAL_STEP], row) for row in rows], _first):
+        _add_row(series, step, {key: value for key, value in row.items() if key != _EVAL_STEP})
     return series
 
 
@@ -195,7 +195,7 @@ def group_band(runs: Sequence[Run], key: str) -> Optional[Band]:
     by_step: dict[int, list[float]] = {}
     for run in runs:
         if key in run.series:
-            for step, value in zip(*run.series[key]):
+            for step, value in zip(*run.series[key], strict=False):
                 by_step.setdefault(step, []).append(value)
     if not by_step:
         return None
@@ -225,8 +225,8 @@ def plot_group_runs(groups: Sequence[Group], output: Path) -> Path:
                     continue
                 colour, style = _colour(group_index), _LINE_STYLES[key_index % len(_LINE_STYLES)]
                 name = f'{group.label} ({len(group.runs)} run{"s" if len(group.runs) > 1 else ""})'
-                low = [mean - std for mean, std in zip(band.mean, band.std)]
-                high = [mean + std for mean, std in zip(band.mean, band.std)]
+                low = [mean - std for mean, std in zip(band.mean, band.std, strict=False)]
+                high = [mean + std for mean, std in zip(band.mean, band.std, strict=False)]
                 axes.fill_between(band.steps, low, high, color=colour, alpha=_BAND_ALPHA, linewidth=0,
                                   gid=f'band {group_index} {key}')
                 # Markers show where the points are; on a long run they would only blot the line.
@@ -365,6 +365,6 @@ def plot_groups(groups: GroupsArgument, output: Optional[str | Path] = None) -> 
         loaded.append(Group(label=label, runs=runs))
     if output is None:
         directories = [run.source.parent if run.source == Path(run_dir) else Path(run_dir)
-                       for group in loaded for run, run_dir in zip(group.runs, dict(pairs)[group.label])]
+                       for group in loaded for run, run_dir in zip(group.runs, dict(pairs)[group.label], strict=False)]
         output = Path(os.path.commonpath([str(directory.resolve()) for directory in directories])) / 'fipo_groups.png'
     return plot_group_runs(loaded, output_path(output))
