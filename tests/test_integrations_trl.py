@@ -877,3 +877,22 @@ def test_fipo_metrics_of_evaluation_are_logged_under_eval_not_train(model_dir: P
     assert not any(key.startswith('fipo/') for key in logged)
     # Nothing of the evaluation waits in the training step's lists, to be averaged into its fipo/* values.
     assert not any(key.startswith('fipo/') and values for key, values in trainer._metrics['train'].items())
+
+
+@pytest.mark.ms_swift
+@only_where(installed_version('ms-swift') is not None, 'ms-swift is not installed')
+def test_doctor_serves_trl_where_its_own_ms_swift_check_deleted_trls_init() -> None:
+    """Doctor imports ms-swift's GRPO trainer for ms-swift's verdict, which deletes TRL's GRPOTrainer.__init__ in
+    doctor's process: TRL's verdict must still be about a TRL program (served), saying so (a process of its own:
+    the deletion is for good)."""
+    script = ('import importlib\n'
+              'from swift_fipo.integrations.ms_swift import layout\n'
+              'importlib.import_module(layout.module_path(layout.HF_TRAINER_MODULE))\n'
+              'from swift_fipo.integrations.trl import hooks\n'
+              'diagnosis = hooks.diagnose()\n'
+              'print(diagnosis.verdicts)\n'
+              'print(diagnosis.lines)\n')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[('swift_fipo.FIPOGRPOTrainer (trl)', True)]" in result.stdout, result.stdout[-3000:]
+    assert "in a process that does not import ms-swift's GRPO trainer" in result.stdout
