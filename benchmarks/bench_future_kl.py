@@ -209,7 +209,8 @@ def _allocation_tracker(torch):
 
         def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor)}
             for tensor in tree_leaves(out):
                 if not isinstance(tensor, torch.Tensor) or tensor._is_view():
                     continue
@@ -314,7 +315,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 predicted = None if native_single is None else native_single[1] * (length / native_single[0])**2
                 if predicted is None or predicted * 2 <= args.native_budget:  # two warm-up calls, then repeats
                     # The fastest of 3 calls: one call disturbed by another process must not skip sizes.
-                    single = min(timer.once(lambda: native_weight(x, r, a, m)) for _ in range(3 if length <= 4096 else 1))
+                    repeats = 3 if length <= 4096 else 1
+                    single = min(timer.once(lambda: native_weight(x, r, a, m)) for _ in range(repeats))
                     native_single = (length, single)
                     budgets['native'] = max(1, min(args.repeats, int(args.native_budget / max(single, 1e-7) / 2)))
                     methods['native'] = lambda: native_weight(x, r, a, m)
@@ -378,7 +380,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f'{_ms(floor)} | {plugin["median_ms"] / floor["median_ms"]:.1f}x | {_ms(times["exp"])} | '
                      f'{_ms(times["scan"])} |')
     lines += ['', '| dtype | B | T | plugin peak extra MiB | plugin saved for autograd (bytes) | '
-              'native peak extra MiB | native saved for autograd MiB | T^2 * 4 bytes, MiB |', '|---|---|---|---|---|---|---|---|']
+              'native peak extra MiB | native saved for autograd MiB | T^2 * 4 bytes, MiB |',
+              '|---|---|---|---|---|---|---|---|']
     for row in results['influence']:
         native_saved = row.get('native_saved_bytes')
         lines.append(f'| {row["dtype"]} | {row["B"]} | {row["T"]} | {_mib(row["plugin_peak_bytes"])} | '
@@ -400,14 +403,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     dtypes = sorted({row['dtype'] for row in results['influence']})
     figure, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
-    for axis, dtype in zip(axes[0], dtypes):
+    for axis, dtype in zip(axes[0], dtypes, strict=False):
         for batch in sorted({row['B'] for row in results['influence']}):
             rows = [row for row in results['influence'] if row['dtype'] == dtype and row['B'] == batch]
             lengths = [row['T'] for row in rows]
             for name, style in (('native', 'o-'), ('plugin', 's-'), ('floor', '^--')):
                 points = [(row['T'], row['time'][name]['median_ms']) for row in rows if name in row['time']]
                 if points:
-                    axis.plot(*zip(*points), style, label=f'{name} B={batch}')
+                    axis.plot(*zip(*points, strict=False), style, label=f'{name} B={batch}')
             axis.set_xticks(lengths, [str(length) for length in lengths])
         axis.set_xscale('log')
         axis.set_yscale('log')

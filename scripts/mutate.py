@@ -71,7 +71,8 @@ MS_SWIFT_TESTS = host_tests('ms_swift')
 LEGACY_TESTS = ('tests/test_integrations_ms_swift_layout.py', 'tests/test_integrations_ms_swift_legacy.py')
 VIZ_TESTS = ('tests/test_viz_inspect.py', 'tests/test_viz_plot.py', 'tests/test_viz_fuzz.py')
 TARGETS: dict[str, tuple[str, ...]] = {
-    'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift_cli.py'),
+    'swift_fipo/config.py': OPS_TESTS + ('tests/test_integrations_shared.py',
+                                         'tests/test_integrations_ms_swift_cli.py'),
     'swift_fipo/ops/*.py': OPS_TESTS + ('tests/test_integrations_shared.py', 'tests/test_integrations_ms_swift.py',
                                         'tests/test_integrations_megatron.py'),
     'swift_fipo/integrations/*.py': MS_SWIFT_TESTS,
@@ -240,8 +241,10 @@ def _excluded_spans(tree: ast.AST, lines: list[str]) -> list[tuple[tuple[int, in
             for argument in (node.args.vararg, node.args.kwarg):
                 add(argument.annotation if argument else None)
             positional = node.args.posonlyargs + node.args.args
-            named_defaults = list(zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults))
-            named_defaults += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            with_defaults = positional[len(positional) - len(node.args.defaults):]
+            named_defaults = list(zip(with_defaults, node.args.defaults, strict=True))
+            named_defaults += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True)
+                               if d is not None]
             for argument, default in named_defaults:
                 if argument.arg == 'stacklevel':
                     add(default)
@@ -304,7 +307,7 @@ def find_mutants(path: str, source: str) -> Iterator[Mutant]:
         found: list[Mutant | None] = []
         if isinstance(node, ast.Compare):
             left = node.left
-            for op, right in zip(node.ops, node.comparators):
+            for right in node.comparators:
                 words = {'is', 'not', 'in', '<', '<=', '>', '>=', '==', '!='}
                 between = [t for t in tokens if end_of(left) <= t.start and t.end <= start_of(right)
                            and t.string in words]
@@ -330,7 +333,7 @@ def find_mutants(path: str, source: str) -> Iterator[Mutant]:
                                   'arithmetic'))
         elif isinstance(node, ast.BoolOp):
             word = 'and' if isinstance(node.op, ast.And) else 'or'
-            for previous, value in zip(node.values, node.values[1:]):
+            for previous, value in zip(node.values, node.values[1:], strict=False):
                 token = _operator_token(tokens, end_of(previous), start_of(value), {word})
                 if token is not None:
                     found.append(make(token.start, token.end, word, 'or' if word == 'and' else 'and', 'boolean'))
@@ -504,6 +507,10 @@ def serve(preload: list[str]) -> None:
     """The fork server's loop (runs in the test venv): one JSON request per line on stdin."""
     import importlib
     import signal
+    # ROOT went on sys.path for the table of hosts; a child must import the mutated copy (PYTHONPATH), never the
+    # working tree (else every mutant runs the unmutated code, or trips the tests' stale-install check).
+    while str(ROOT) in sys.path:
+        sys.path.remove(str(ROOT))
     for name in preload:
         importlib.import_module(name)
     print('ready', flush=True)

@@ -157,7 +157,8 @@ def real_number(value: Any) -> float | None:
 
     Python ints and floats, ``numbers.Real`` (numpy's scalars included) and 0-dim array or tensor
     scalars (anything with ``shape == ()`` and ``.item()``) are numbers; bool, complex, strings and
-    scalars whose ``.item()`` fails (a meta tensor has no value) are not. An int too large for a float becomes +-inf, so range checks refuse it like any infinity.
+    scalars whose ``.item()`` fails (a meta tensor has no value) are not. An int too large for a float becomes
+    +-inf, so range checks refuse it like any infinity.
     Detected by duck typing: this module imports neither numpy nor torch.
     """
     if isinstance(value, bool):

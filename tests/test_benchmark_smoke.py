@@ -26,8 +26,8 @@ SCRIPT = REPO / 'benchmarks' / 'bench_future_kl.py'
 def test_benchmark_script_smoke(tmp_path: Path) -> None:
     plot = tmp_path / 'plot.png'
     env = {key: value for key, value in os.environ.items() if key != 'SWIFT_FIPO_DISABLE'}
-    completed = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--out-dir', str(tmp_path), '--plot', str(plot)],
-                               capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    command = [sys.executable, str(SCRIPT), '--smoke', '--out-dir', str(tmp_path), '--plot', str(plot)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / 'smoke.json').read_text())
     rows = results['influence']

@@ -28,7 +28,8 @@ PACKAGE = Path(swift_fipo.__file__).resolve().parent
 SITE_PACKAGES = sysconfig.get_paths()['purelib']
 def needs_ms_swift(test: Callable[..., None]) -> Callable[..., None]:
     """An ms-swift test (deselected by -m 'not ms_swift'), left out where ms-swift is not installed."""
-    return pytest.mark.ms_swift(only_where(installed_version('ms-swift') is not None, 'ms-swift is not installed')(test))
+    installed = only_where(installed_version('ms-swift') is not None, 'ms-swift is not installed')
+    return pytest.mark.ms_swift(installed(test))
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +194,7 @@ def test_doctor_notes_another_swift_fipo_only_when_the_imported_one_is_not_insta
     for distribution, noted in ((None, False), (SimpleNamespace(locate_file=lambda name: imported), False),
                                 (SimpleNamespace(locate_file=lambda name: tmp_path / 'absent' / name), False),
                                 (SimpleNamespace(locate_file=lambda name: other), True)):
-        monkeypatch.setattr(cli, '_distribution', lambda: distribution)
+        monkeypatch.setattr(cli, '_distribution', lambda found=distribution: found)
         note = cli._shadowing()
         assert (note is not None) == noted, note
     assert note == f'{imported.parent}, not the installed {other.parent}: another swift_fipo is ahead on sys.path'

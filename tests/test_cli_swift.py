@@ -116,7 +116,7 @@ def test_disable_restores_stock_ms_swift(tiny_run_dir, tmp_path, fipo_run):
         # Native FIPO and the plugin train the same first rollout identically: step 1 is on-policy for
         # both, so step 2 reuses the same rollout from the same weights, and its FIPO values agree.
         _, plugin_rows = fipo_run
-        for native_row, plugin_row in zip(rows[:2], plugin_rows[:2]):
+        for native_row, plugin_row in zip(rows[:2], plugin_rows[:2], strict=False):
             for key in NATIVE_KEYS + ('loss',):
                 assert plugin_row[key] == pytest.approx(native_row[key], rel=1e-4, abs=1e-6), (key, native_row)
         assert rows[1]['fipo/future_kl_mean'] != 0
@@ -212,7 +212,8 @@ def test_lora_run_applies_fipo(tiny_run_dir, tmp_path):
     assert any(row['fipo/future_kl_mean'] != 0 for row in rows[1::2]), rows
 
 
-@only_where(REUSE_BROKEN is not None, 'this ms-swift and TRL reuse rollouts (the refusal is for ms-swift 4.0/4.1 with TRL >= 0.26)')
+@only_where(REUSE_BROKEN is not None,
+            'this ms-swift and TRL reuse rollouts (the refusal is for ms-swift 4.0/4.1 with TRL >= 0.26)')
 def test_fipo_is_refused_where_no_rollout_is_reused(tiny_run_dir, tmp_path):
     result, rows = run_tiny(tiny_run_dir, tmp_path / 'refused')
     assert result.returncode != 0 and rows == []

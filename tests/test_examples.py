@@ -45,8 +45,8 @@ RECIPES = sorted(path.name for path in EXAMPLES.glob('*.sh') if path.name not in
 # Flags the plugin takes out of argv before ms-swift parses it (swift_fipo's own, not ms-swift's).
 # The plugin's own flags, taken off argv by the plugin before ms-swift parses it.
 PLUGIN_FLAGS = {cli.PRESET_FLAG, cli.LOG_TOKENS_FLAG} | {
-    flag for flag in cli.FLAG_NAMES.values() if flag not in ('fipo_decay_rate', 'fipo_clip_range', 'fipo_clip_high_only',
-                                                              'fipo_safety_threshold', 'delta')}
+    flag for flag in cli.FLAG_NAMES.values()
+    if flag not in ('fipo_decay_rate', 'fipo_clip_range', 'fipo_clip_high_only', 'fipo_safety_threshold', 'delta')}
 # Consumed by the `megatron rlhf` entry point before argument parsing.
 MEGATRON_CLI_FLAGS = {'use_ray'}
 
@@ -54,7 +54,8 @@ SHIM = """#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ['RECIPE_RECORD'], 'a') as f:
     f.write(json.dumps({'prog': os.path.basename(sys.argv[0]), 'argv': sys.argv[1:],
-                        'env': {k: os.environ.get(k) for k in ('NPROC_PER_NODE', 'NNODES', 'CUDA_VISIBLE_DEVICES')}}) + '\\n')
+                        'env': {k: os.environ.get(k)
+                                for k in ('NPROC_PER_NODE', 'NNODES', 'CUDA_VISIBLE_DEVICES')}}) + '\\n')
 """
 
 
@@ -134,7 +135,7 @@ def _megatron_arguments_from_source() -> type:
         members = [arg for arg in typing.get_args(resolved) if arg is not type(None)]
         if typing.get_origin(resolved) is typing.Union and len(members) > 1:
             # e.g. Union[str, List[str], None]: HfArgumentParser only takes Optional[X]; a string will do.
-            return typing.Optional[str]
+            return typing.Optional[str]  # noqa: UP045 - a value for HfArgumentParser, not an annotation
         return resolved
 
     # Defaults are irrelevant to flag checking; None keeps every flag optional.
@@ -220,7 +221,7 @@ def test_paper_recipes_carry_the_paper_hyper_parameters(tmp_path):
         work.mkdir()
         commands = [command for command in _dry_run(script, work) if command['prog'] == 'swift']
         argv = commands[-1]['argv']
-        flags = dict(zip(argv[1::2], argv[2::2]))  # every flag in these recipes takes one value
+        flags = dict(zip(argv[1::2], argv[2::2], strict=False))  # every flag in these recipes takes one value
         assert flags['--fipo_preset'] == script.removeprefix('fipo_').removesuffix('.sh').replace('_', '-')
         assert flags['--fipo_decay_rate'] == '32' and flags['--fipo_clip_range'] == '0.2'
         assert flags['--fipo_clip_high_only'] == high_only and flags['--fipo_safety_threshold'] == safety

@@ -65,7 +65,8 @@ def test_only_the_layout_record_spells_a_watched_module():
 
 
 # What makes a string of a layout record a host identifier: a dotted module path, a class name, a private
-# name, a module constant, a command-line option, or a source marker (a snippet of the host's code a capability check reads).
+# name, a module constant, a command-line option, or a source marker (a snippet of the host's code that a
+# capability check reads).
 # Plain words (an option's dest, a metric key, 'fipo') are not: FIPO's own vocabulary spells them too.
 _DOTTED = re.compile(r'^[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)+$')
 _CLASS = re.compile(r'^_?[A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*$')

@@ -92,8 +92,9 @@ def test_the_sequence_ratio_is_the_exp_of_the_masked_mean_in_float64():
     mask = torch.rand(4, 7, generator=generator) > 0.3
     mask[3] = False  # a response without tokens: ratio exp(0) = 1
     ratios[~mask] = torch.nan  # padding may hold anything; it must not leak in
-    expected = [math.exp(sum(float(x) for x, keep in zip(row, keep_row) if keep) / max(1, int(keep_row.sum())))
-                for row, keep_row in zip(ratios.double(), mask)]
+    expected = [math.exp(sum(float(x) for x, keep in zip(row, keep_row, strict=True) if keep)
+                         / max(1, int(keep_row.sum())))
+                for row, keep_row in zip(ratios.double(), mask, strict=False)]
     got = sequence_ratio(ratios, mask)
     assert got.shape == (4, 1)
     assert torch.allclose(got.squeeze(-1).double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6)

@@ -151,7 +151,8 @@ def test_megatron_teacher_mixin_uses_an_attribute_the_teacher_wrapper_understand
     assert {'_has_teacher_explicit', '_has_teacher', '_is_dynamic_self_distillation'} <= assigned
 
 
-@only_where(RAY_GRPO_LOSS_FILE.is_file(), 'this ms-swift has no Ray Megatron GRPO loss (swift/ray/megatron/loss/grpo.py)')
+@only_where(RAY_GRPO_LOSS_FILE.is_file(),
+            'this ms-swift has no Ray Megatron GRPO loss (swift/ray/megatron/loss/grpo.py)')
 def test_ray_megatron_loss_reuses_the_megatron_trainer_class():
     """The Ray pipeline's GRPO loss instantiates MegatronGRPOTrainer (``__new__``) and calls its methods, so
     patching that class covers Ray workers; the Ray driver class (``swift.ray.megatron.grpo_trainer``) has

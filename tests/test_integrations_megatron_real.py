@@ -148,7 +148,8 @@ def test_forward_step_loss_and_gradient_equal_native(single, case):
     assert set(mine['grads']) == set(theirs['grads']) and len(mine['grads']) >= 17  # every GPTModel parameter
     for name, grad in mine['grads'].items():
         assert grad.abs().sum() > 0, f'no gradient reached {name}'
-        torch.testing.assert_close(grad, theirs['grads'][name], rtol=0, atol=1e-6, msg=lambda m: f'{name}: {m}')
+        torch.testing.assert_close(grad, theirs['grads'][name], rtol=0, atol=1e-6,
+                                   msg=lambda m, name=name: f'{name}: {m}')
     for key in NATIVE_KEYS:
         assert mine['metrics'][key] == pytest.approx(theirs['metrics'][key], abs=1e-6), key
     # Each flag set does what it is there for, or the comparison would prove less than it claims.

@@ -19,7 +19,8 @@ from swift_fipo.integrations.patches import is_patch, original_of
 pytestmark = pytest.mark.ms_swift
 need('swift', 'ms-swift')
 if not native_fipo_installed():  # 3.11 - 4.2.1: tests/test_integrations_ms_swift_legacy.py
-    not_applicable_here('this ms-swift predates native FIPO (4.2.2): its trainer has no _compute_fipo_influence to adapt')
+    not_applicable_here('this ms-swift predates native FIPO (4.2.2): its trainer has no _compute_fipo_influence '
+                        'to adapt')
 grpo_trainer = need('swift.rlhf_trainers.grpo_trainer', 'ms-swift')
 GRPOTrainer = grpo_trainer.GRPOTrainer
 

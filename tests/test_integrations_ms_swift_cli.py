@@ -43,7 +43,7 @@ def test_preset_fills_what_was_not_given_and_explicit_flags_win():
             '20']
     found = cli.split_argv(argv, NATIVE)
     assert found.argv[:2] == ['--loss_type', 'fipo']
-    handed_to_swift = dict(zip(found.argv[2::2], found.argv[3::2]))
+    handed_to_swift = dict(zip(found.argv[2::2], found.argv[3::2], strict=False))
     assert handed_to_swift == {'--fipo_decay_rate': '32.0', '--fipo_clip_range': '0.2',
                                '--fipo_clip_high_only': 'false', '--fipo_safety_threshold': '5.0', '--delta': '10.0'}
     assert found.settings().config == FIPOConfig.from_preset('paper-7b', safety_threshold=5.0, filter_threshold=20.0)
@@ -162,7 +162,7 @@ def _swift_parser_with_plugin_options():
     except ImportError:
         from swift.llm import RLHFArguments
     del args_class
-    patch = getattr(sys.modules[swift.utils.parse_args.__module__], '_patch_get_type_hints')
+    patch = sys.modules[swift.utils.parse_args.__module__]._patch_get_type_hints
     with patch():
         parser = HfArgumentParser([RLHFArguments])
     own = set(parser._option_string_actions)

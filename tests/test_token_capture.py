@@ -46,8 +46,11 @@ def make_trainer(tmp_path: Path, global_step: int = 0, logging_steps: Any = 1, m
     )
 
 
+_CONFIG = FIPOConfig(clip_range=0.2)  # frozen: one instance serves every call
+
+
 def make_batch(batch: int = 3, prompt: int = 5, length: int = 6, seed: int = 0,
-               config: FIPOConfig = FIPOConfig(clip_range=0.2)) -> dict[str, torch.Tensor]:
+               config: FIPOConfig = _CONFIG) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(100, 200, (batch, prompt + length), generator=generator)
     completion_mask = torch.ones(batch, length, dtype=torch.bool)
@@ -273,7 +276,7 @@ def test_swift_rlhf_run_captures_tokens_then_plot_and_inspect(tiny_run_dir, tmp_
     for row in map(json.loads, (logging.parent / 'completions.jsonl').read_text().splitlines()):
         # ms-swift 4.6 logs the text without the stop token, 4.3 with it; the loss trains on it.
         completions.update((int(step), ''.join(text.split()).removesuffix(STOP))
-                           for step, text in zip(row['step'], row['completion']))
+                           for step, text in zip(row['step'], row['completion'], strict=False))
     for line in lines:
         assert line['tokens'] and all(isinstance(token['text'], str) for token in line['tokens'])
         # Whitespace aside: ms-swift 3.x decodes the tiny tokenizer's completions with a space between tokens.

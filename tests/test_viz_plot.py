@@ -318,7 +318,7 @@ def drawn_keys(figure) -> dict[str, list[tuple[str, str]]]:
         lines = []
         for line in axes.get_lines():
             steps, values = line.get_xdata(), line.get_ydata()
-            keys = {key_of(value, step) for step, value in zip(steps, values)}
+            keys = {key_of(value, step) for step, value in zip(steps, values, strict=False)}
             assert len(keys) == 1, (axes.get_title(), keys)  # one line, one metric
             lines.append((keys.pop(), line.get_label()))
         panels[axes.get_title()] = lines

@@ -72,10 +72,10 @@ def score(rows: list[dict[str, Any]], greedy: list[tuple[str, int]],
     """The held-out metrics from generated answers: ``greedy`` one per row, ``sampled`` one list per sample pass."""
     if len(greedy) != len(rows) or any(len(answers) != len(rows) for answers in sampled):
         raise ValueError(f'need one answer per row ({len(rows)} rows) in every pass')
-    right = [is_correct(text, row['solution']) for (text, _), row in zip(greedy, rows)]
+    right = [is_correct(text, row['solution']) for (text, _), row in zip(greedy, rows, strict=False)]
     chains = [writes_chain(text) for text, _ in greedy]
     sampled_right = sum(is_correct(text, row['solution']) for answers in sampled
-                        for (text, _), row in zip(answers, rows))
+                        for (text, _), row in zip(answers, rows, strict=False))
 
     def share(flags: list[bool]) -> float:
         return sum(flags) / len(flags) if flags else float('nan')
@@ -85,8 +85,8 @@ def score(rows: list[dict[str, Any]], greedy: list[tuple[str, int]],
         'heldout/pass@1': sampled_right / (len(sampled) * len(rows)) if sampled else float('nan'),
         'heldout/mean_length': sum(length for _, length in greedy) / len(greedy),
         'heldout/chain_share': share(chains),
-        'heldout/chain_accuracy': share([r for r, c in zip(right, chains) if c]),
-        'heldout/direct_accuracy': share([r for r, c in zip(right, chains) if not c]),
+        'heldout/chain_accuracy': share([r for r, c in zip(right, chains, strict=False) if c]),
+        'heldout/direct_accuracy': share([r for r, c in zip(right, chains, strict=False) if not c]),
         'heldout/prompts': float(len(rows)),
     }
 

@@ -31,7 +31,7 @@ def mod10_answer_reward(completions: list[Any], solution: list[str], **kwargs: A
     """One reward per completion; TRL calls it with ``prompts=...`` and the dataset columns as keywords."""
     if len(completions) != len(solution):
         raise ValueError(f'got {len(completions)} completions but {len(solution)} solutions')
-    return [reward(_text(completion), answer) for completion, answer in zip(completions, solution)]
+    return [reward(_text(completion), answer) for completion, answer in zip(completions, solution, strict=False)]
 
 
 # Registered only where ms-swift is already loaded (it imports this file from --external_plugins): importing ms-swift

@@ -60,7 +60,7 @@ def chain_steps(expression: str) -> list[tuple[int, str, int, int]]:
     """The steps ``(left, operator, right, result)`` of ``expression`` evaluated left to right mod 10."""
     digits, operators = [int(c) for c in expression[0::2]], expression[1::2]
     steps, value = [], digits[0]
-    for operator, right in zip(operators, digits[1:]):
+    for operator, right in zip(operators, digits[1:], strict=False):
         result = apply(value, operator, right)
         steps.append((value, operator, right, result))
         value = result
@@ -90,7 +90,7 @@ def expressions(seed: int, config: TaskConfig = TaskConfig()) -> Iterator[str]:
         terms = rng.randint(config.min_terms, config.max_terms)
         digits = [str(rng.randrange(MODULUS)) for _ in range(terms)]
         operators = [rng.choice(config.operators) for _ in range(terms - 1)]
-        expression = digits[0] + ''.join(op + d for op, d in zip(operators, digits[1:]))
+        expression = digits[0] + ''.join(op + d for op, d in zip(operators, digits[1:], strict=False))
         if expression not in seen:
             seen.add(expression)
             yield expression

@@ -20,7 +20,7 @@ class TinySumReward(ORM):
 
     def __call__(self, completions: list[str], solution: list[str], **kwargs: Any) -> list[float]:
         rewards = []
-        for completion, answer in zip(completions, solution):
+        for completion, answer in zip(completions, solution, strict=False):
             digits = len(re.findall(r'\d', completion))
             rewards.append(float(answer in completion) + 0.1 * min(digits, 5))
         return rewards

@@ -39,7 +39,7 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     checked = [_record(record, f'{path}: record {number}') for number, record in enumerate(records, start=1)]
     # A run resumed into the same output directory appends its steps again: from the step it restarts at
     # (an earlier step, or completion 0 of a step again) its records replace the earlier run's.
-    positioned = supersede_resumed(list(zip(_positions(checked), checked)), lambda pair: pair[0],
+    positioned = supersede_resumed(list(zip(_positions(checked), checked, strict=False)), lambda pair: pair[0],
                                    repeat_restarts=True)
     return [record for _, record in positioned]
 

@@ -144,7 +144,7 @@ def token_batch(vocab_size: int, seed: int = 0, prompt_lengths: Iterable[int] = 
     padding_free: ``labels`` -100 on prompt and padding, *not* shifted (``prepare_batch`` rolls them), and the
     ``[B, 1, S, S]`` boolean attention mask (True: masked) the collator builds: causal, padded keys masked."""
     generator = torch.Generator().manual_seed(seed)
-    rows = list(zip(prompt_lengths, completion_lengths))
+    rows = list(zip(prompt_lengths, completion_lengths, strict=False))
     length = max(p + c for p, c in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     labels = torch.full_like(input_ids, -100)

@@ -81,7 +81,8 @@ def main() -> None:
         '--actor.model_name_or_path', model_dir, '--reward.remote_url', 'http://localhost:1',
         '--algo.advantage.estimator', 'group_norm', '--algo.kl.init_coef', '0', '--vllm.num_engines', '0',
         '--vllm.sync_backend', 'gloo', '--ds.zero_stage', '0', '--ds.param_dtype', 'bf16',
-        '--ds.attn_implementation', 'sdpa', '--actor.num_gpus_per_node', '1', '--actor.adam.lr', '1e-2', '--actor.lr_warmup_ratio', '0',
+        '--ds.attn_implementation', 'sdpa', '--actor.num_gpus_per_node', '1', '--actor.adam.lr', '1e-2',
+        '--actor.lr_warmup_ratio', '0',
         '--rollout.batch_size', '4', '--rollout.n_samples_per_prompt', '2', '--train.batch_size', '4',
         '--train.micro_batch_size', '2', '--train.max_epochs', '2', '--actor.policy_loss_type', loss_type,
         *extra])

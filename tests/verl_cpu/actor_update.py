@@ -101,7 +101,8 @@ def rollout(model_path: Path, seed: int):
     is_end = responses == tokenizer.eos_token_id
     ended_before = (is_end.cumsum(dim=1) - is_end.long()) > 0
     response_mask = (~ended_before & (responses != tokenizer.pad_token_id)).long()
-    words = [tokenizer.convert_ids_to_tokens(row[mask.bool()].tolist()) for row, mask in zip(responses, response_mask)]
+    words = [tokenizer.convert_ids_to_tokens(row[mask.bool()].tolist())
+             for row, mask in zip(responses, response_mask, strict=True)]
     scores = torch.tensor([sum(word in REWARDED_WORDS for word in row) / max(len(row), 1) for row in words])
     return prompts, prompt_mask, responses, response_mask, scores
 

@@ -4,7 +4,8 @@ verl imports this module at start when ``VERL_USE_EXTERNAL_MODULES=verl_cpu.cpu_
 ``VERL_PLATFORM=cpu``. It stands in for the accelerator, which this machine does not have: the
 device is ``cpu``, collectives use gloo, memory and profiler calls do nothing, and verl's request for the
 process-group backend ``cpu:gloo,cpu:gloo`` (its CPU half plus this device's) becomes plain ``gloo``.
-Nothing else of verl is changed; its FSDP engine (registered for cuda, selected with ``VERL_ENGINE_DEVICE=cuda``) then runs on it.
+Nothing else of verl is changed; its FSDP engine (registered for cuda, selected with
+``VERL_ENGINE_DEVICE=cuda``) then runs on it.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class CommandLine:
 
 # argparse reads a '-'-led token as a value (not an option) only when it is a negative number like these.
 _NEGATIVE_NUMBER = re.compile(r'^-\d+$|^-\d*\.\d+$')
-_BOOLEAN_HINTS = (bool, Optional[bool])
+_BOOLEAN_HINTS = (bool, Optional[bool])  # noqa: UP045 - the value ms-swift's hints hold, not an annotation
 _BOOLEAN_HINT_TEXTS = ('bool', 'Optional[bool]', 'typing.Optional[bool]', 'bool | None', 'Union[bool, None]')
 
 

@@ -199,12 +199,14 @@ def trainer_patches(cls: type) -> list[Patch]:
     if hasattr(cls, layout.HF_METRICS_METHOD):
         patches.append(Patch(cls, layout.HF_METRICS_METHOD, _with_extra_metrics, 'HF: extra fipo/* metrics'))
     elif hasattr(cls, layout.MEGATRON_LOSS_METHOD) and hasattr(cls, layout.MEGATRON_REDUCE_METHOD):
-        patches.append(Patch(cls, layout.MEGATRON_LOSS_METHOD, _with_megatron_extra_metrics, 'Megatron: extra fipo/* metrics'))
+        patches.append(Patch(cls, layout.MEGATRON_LOSS_METHOD, _with_megatron_extra_metrics,
+                             'Megatron: extra fipo/* metrics'))
     if hasattr(cls, layout.AGGREGATE_METHOD):
         patches.append(Patch(cls, layout.AGGREGATE_METHOD, _with_extreme_aggregation,
                              'min/max metrics combine as min/max over accumulation chunks'))
     if hasattr(cls, layout.TEACHER_METHOD):
-        patches.append(Patch(cls, layout.TEACHER_METHOD, _without_implicit_teacher, 'fipo without a teacher is not OPD-RL'))
+        patches.append(Patch(cls, layout.TEACHER_METHOD, _without_implicit_teacher,
+                             'fipo without a teacher is not OPD-RL'))
     return patches
 
 
@@ -232,7 +234,8 @@ def trainer_classes(module: ModuleType) -> list[type]:
     """The GRPO trainer classes a trainer module defines (those with a loss to hook)."""
     return [
         value for name, value in vars(module).items()
-        if isinstance(value, type) and value.__module__ == module.__name__ and name.endswith(layout.TRAINER_CLASS_SUFFIX)
+        if isinstance(value, type) and value.__module__ == module.__name__
+        and name.endswith(layout.TRAINER_CLASS_SUFFIX)
     ]
 
 

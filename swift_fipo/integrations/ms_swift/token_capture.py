@@ -122,7 +122,7 @@ def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_a
         row_values = {name: tensor[row, kept].tolist() for name, tensor in values.items()}
         row_in_loss, row_safe = in_loss[row, kept].tolist(), safety[row, kept].tolist()
         tokens = []
-        for column, (token, text) in enumerate(zip(row_ids, texts)):
+        for column, (token, text) in enumerate(zip(row_ids, texts, strict=True)):
             entry = {'id': int(token), 'text': text}
             entry.update({name: _round(numbers[column]) for name, numbers in row_values.items()})
             if not row_in_loss[column]:

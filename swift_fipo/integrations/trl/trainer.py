@@ -43,6 +43,7 @@ from swift_fipo.integrations.interception import (
 from swift_fipo.integrations.messages import warn
 from swift_fipo.integrations.refusals import liger_refusal, on_policy_reason
 from swift_fipo.integrations.settings import check_ratio_thresholds, config_error
+from swift_fipo.integrations.sources import reads_in_order
 from swift_fipo.integrations.trl import layout
 from swift_fipo.integrations.versions import installed_version
 from swift_fipo.ops.influence import FIPOStats
@@ -98,9 +99,7 @@ def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
              'per-step check.')
         source = None
     if source is not None:
-        logps_at = source.find(f'self.{_LOGPS_METHOD}(')
-        advantages_at = source.find(layout.LOSS_READS_ADVANTAGES)
-        if logps_at < 0 or advantages_at < logps_at:
+        if not reads_in_order(source, f'self.{_LOGPS_METHOD}(', layout.LOSS_READS_ADVANTAGES):
             raise UnsupportedTRLError(
                 _unsupported('its _compute_loss does not read inputs["advantages"] after computing the log-probs'))
         # Before 0.26 TRL always did advantages.unsqueeze(1): [B, T] advantages would broadcast to

@@ -241,7 +241,7 @@ def compute_policy_loss_fipo(old_log_prob: torch.Tensor,
     *values, tokens = torch.stack([*summary.values(), tokens]).tolist()  # one device sync for all of them
     if tokens == 0:  # no response token: NaN summaries would spoil verl's mean over micro-batches
         values = [EMPTY_MICRO_BATCH_METRICS[key] for key in summary]
-    return loss, {**metrics, **{f'actor/fipo/{key}': value for key, value in zip(summary, values)}}
+    return loss, {**metrics, **{f'actor/fipo/{key}': value for key, value in zip(summary, values, strict=True)}}
 
 
 def serves(core_algos: Any) -> str | None:
