@@ -121,7 +121,7 @@ def test_first_pass_equals_openrlhfs_ppo_loss_and_gradient(dual_clip, correction
     fipo, fipo_grad = loss_and_grad(fipo_loss, new, old, advantages, mask, rollout, **info)
     assert fipo_loss.last_fipo_stats is not None  # FIPO ran, and on-policy changed nothing
     assert float(fipo_loss.last_fipo_stats.summary['influence_weight_mean']) == 1.0
-    for mine, theirs in zip(fipo, stock):
+    for mine, theirs in zip(fipo, stock, strict=False):
         assert (mine is None and theirs is None) or torch.equal(mine, theirs)
     assert torch.equal(fipo_grad, stock_grad)
 
@@ -422,7 +422,7 @@ def test_other_loss_types_run_openrlhfs_code_unchanged(loss_type):
     loss = PolicyLoss(policy_loss_type=loss_type, dual_clip=3.0)
     patched = loss(new, old, advantages, action_mask=mask, rollout_log_probs=rollout)
     stock = original_of(PolicyLoss.forward)(loss, new, old, advantages, action_mask=mask, rollout_log_probs=rollout)
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(patched, stock))
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(patched, stock, strict=False))
     assert getattr(loss, 'last_fipo_stats', None) is None
 
 
@@ -522,7 +522,7 @@ def command_lines(tmp_path_factory) -> dict[str, dict]:
                              str(folder / 'cases.json'), '--out', str(folder / 'out.json')],
                             capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    return dict(zip([*CASES, 'recipe'], json.loads((folder / 'out.json').read_text())))
+    return dict(zip([*CASES, 'recipe'], json.loads((folder / 'out.json').read_text()), strict=False))
 
 
 def test_the_gpu_recipe_parses_with_openrlhfs_parser_and_carries_the_paper_settings(command_lines):
@@ -665,7 +665,7 @@ def test_the_actors_first_pass_is_ppo_and_later_steps_are_reweighted(actor_runs)
     later = fipo[2:]
     assert any(abs(step['fipo_future_kl_mean']) > 0.1 for step in later)
     assert any(step['fipo_influence_weight_mean'] > 1.0 for step in later)
-    assert any(mine['policy_loss'] != theirs['policy_loss'] for mine, theirs in zip(later, ppo[2:]))
+    assert any(mine['policy_loss'] != theirs['policy_loss'] for mine, theirs in zip(later, ppo[2:], strict=False))
     assert 'fipo_influence_weight_mean' not in ppo[0]  # the stock loss logs nothing of FIPO
 
 
@@ -700,7 +700,8 @@ def test_the_refusals_docs_openrlhf_md_quotes_are_the_programs(command_lines):
     """docs/openrlhf.md quotes argparse's error lines (with ``...`` where it shortens one): each is the start of
     what the command line really printed for one of the cases."""
     page = (REPO / 'docs' / 'openrlhf.md').read_text().split('```')
-    quoted = [line for block in page[1::2] for line in block.splitlines() if line.startswith('train_ppo_ray.py: error:')]
+    quoted = [line for block in page[1::2] for line in block.splitlines()
+              if line.startswith('train_ppo_ray.py: error:')]
     printed = [found['stderr'].strip().splitlines()[-1] for found in command_lines.values() if found['status'] == 2]
     assert len(quoted) >= 3
     for line in quoted:

@@ -27,7 +27,8 @@ def record(step: int, index: int, weights: list[float], advantage: float = 0.8) 
     texts = ['The', ' answer', ' is', '\n', TRICKY, ' 4', '<|im_end|>', ' ☃'][:len(weights)]
     return {'step': step, 'index': index, 'advantage': advantage, 'num_tokens': len(weights), 'truncated': False,
             'tokens': [{'id': 10 + position, 'text': text, 'weight': weight, 'future_kl': weight - 1.0,
-                        'raw_weight': weight} for position, (text, weight) in enumerate(zip(texts, weights))]}
+                        'raw_weight': weight}
+                       for position, (text, weight) in enumerate(zip(texts, weights, strict=True))]}
 
 
 def records() -> list[dict]:
@@ -287,7 +288,7 @@ def test_browser_colours_tokens_by_the_field_the_page_selects(tmp_path, fragment
     rows = [{'step': 2, 'index': 0, 'advantage': 0.5, 'num_tokens': 4, 'truncated': False,
              'tokens': [{'id': position, 'text': f't{position}', 'weight': weight, 'future_kl': future_kl,
                          'raw_weight': weight}
-                        for position, (weight, future_kl) in enumerate(zip(weights, future_kls))]}]
+                        for position, (weight, future_kl) in enumerate(zip(weights, future_kls, strict=False))]}]
     write_tokens(tmp_path, rows)
     views = probed(tmp_path, inspect(tmp_path), MODE_PROBE, fragment)
     assert [view['mode'] for view in views] == (['future_kl', 'weight'] if fragment else ['weight', 'future_kl'])
@@ -382,7 +383,7 @@ def test_script_colours_by_the_selected_field(hash_, first):
     weights, future_kls = [1.2, 1.1, 0.9, 0.8], [-0.4, -0.2, 0.2, 0.4]
     rows = [{'step': 2, 'index': 0, 'advantage': 0.5, 'num_tokens': 4, 'truncated': False,
              'tokens': [{'id': position, 'text': f't{position}', 'weight': weight, 'future_kl': future_kl}
-                        for position, (weight, future_kl) in enumerate(zip(weights, future_kls))]}]
+                        for position, (weight, future_kl) in enumerate(zip(weights, future_kls, strict=False))]}]
     other = 'future_kl' if first == 'weight' else 'weight'
     drawn = run_page_script(render(rows, 't', 's'), hash_,
                             then=f"byId.mode.value = '{other}'; byId.mode.dispatch('change');")
@@ -426,7 +427,7 @@ def test_hover_details_name_each_value_for_what_it_is():
               {'id': 3, 'text': 'c', 'weight': 1.0, 'raw_weight': 0.9, 'future_kl': -0.105361}]
     rows = [{'step': 2, 'index': 0, 'advantage': -0.75, 'num_tokens': 3, 'truncated': False, 'tokens': tokens}]
     drawn = page_view(rows)['before']
-    for token, shown in zip(tokens, drawn):
+    for token, shown in zip(tokens, drawn, strict=False):
         lines = shown['details'].splitlines()
         assert shown['details'] == shown['title']
         assert lines[1] == (f'influence weight (applied, clipped) {token["weight"]:.4f}   '
@@ -438,7 +439,7 @@ def test_hover_details_name_each_value_for_what_it_is():
 def documented_span(values: list[float], centre: float, weights: list[float]) -> float:
     """docs/visualize.md: one scale per file, the 95th percentile of the tokens' non-zero distances from the
     centre, dropped responses (weight 0) left out: the sorted distances' element at floor(0.95 n)."""
-    distances = sorted(abs(value - centre) for value, weight in zip(values, weights)
+    distances = sorted(abs(value - centre) for value, weight in zip(values, weights, strict=False)
                        if weight != 0 and value != centre)
     return distances[min(len(distances) - 1, int(0.95 * len(distances)))]
 
@@ -471,7 +472,7 @@ def test_the_colour_scale_is_the_documented_percentile_not_the_largest_value(mod
         view = page_view(rows, f'#step={step}&mode={mode}')
         assert view['scale'] == [f'{centre - span:.3f}', f'{centre + span:.3f}'], (step, view['scale'])
         shown = [token for row in rows if row['step'] == step for token in row['tokens']]
-        for token, drawn in zip(shown, view['before']):
+        for token, drawn in zip(shown, view['before'], strict=False):
             distance = abs(token[mode] - centre)
             if token['weight'] == 0:
                 assert drawn['background'] == '#e5e5e5'  # dropped: grey whatever its value
@@ -560,4 +561,4 @@ def test_a_real_run_resumed_into_its_output_directory_shows_each_step_once(tiny_
     expected = {**{step: value for step, value in future_kl(first_logs).items() if step < 3},
                 **future_kl(logging_file.read_text()[len(first_logs):])}
     steps, values = viz_plot.load_run(output).series['fipo/future_kl_mean']
-    assert dict(zip(steps, values)) == pytest.approx(expected) and steps == [1, 2, 3, 4]
+    assert dict(zip(steps, values, strict=False)) == pytest.approx(expected) and steps == [1, 2, 3, 4]

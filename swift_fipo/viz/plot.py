@@ -7,12 +7,22 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any
 
-from swift_fipo.viz.rundir import (EVAL_FILE, LOGGING_FILE, RunDirError, find_run_file, finite_number, read_jsonl,
-                                  run_label, step_of, supersede_resumed)
+from swift_fipo.viz.rundir import (
+    EVAL_FILE,
+    LOGGING_FILE,
+    RunDirError,
+    find_run_file,
+    finite_number,
+    read_jsonl,
+    run_label,
+    step_of,
+    supersede_resumed,
+)
 
 # (panel title, logged keys drawn in it). Related metrics share a panel; any other fipo/* key, and any other
 # key of eval.jsonl, gets its own. Held-out results (eval.jsonl) first: they are what a study is about.
@@ -56,7 +66,7 @@ class Run:
     """key -> (steps, values), finite values only, in step order."""
 
 
-def load_run(run_dir: str | Path, label: Optional[str] = None) -> Run:
+def load_run(run_dir: str | Path, label: str | None = None) -> Run:
     """The plottable metrics of one run: its newest logging.jsonl, and the eval.jsonl beside it (or in a
     directory above it, up to ``run_dir``) when a user's evaluation wrote one."""
     path = find_run_file(run_dir, LOGGING_FILE, hint='Give the --output_dir of a `swift rlhf` run.')
@@ -98,7 +108,7 @@ def _add_row(series: dict[str, tuple[list[int], list[float]]], step: int, row: d
                 values.append(number)
 
 
-def eval_file(run_dir: str | Path, logging_file: Path) -> Optional[Path]:
+def eval_file(run_dir: str | Path, logging_file: Path) -> Path | None:
     """The eval.jsonl of the run whose logging.jsonl is ``logging_file``: beside it, else in the nearest
     directory above it up to ``run_dir`` (a user's script may write to ms-swift's --output_dir)."""
     # Paths as found, made absolute but not resolved: a symlinked logging.jsonl counts where its link is.
@@ -190,7 +200,7 @@ class Band:
     """How many runs have the step: fewer where a run is shorter or lacks it."""
 
 
-def group_band(runs: Sequence[Run], key: str) -> Optional[Band]:
+def group_band(runs: Sequence[Run], key: str) -> Band | None:
     """Mean and spread of ``key`` over ``runs`` at each step any of them logged it; None if none did."""
     by_step: dict[int, list[float]] = {}
     for run in runs:
@@ -301,8 +311,8 @@ def _short(key: str) -> str:
     return key.split('/', 1)[-1]
 
 
-def plot(run_dirs: Sequence[str | Path], output: Optional[str | Path] = None,
-         labels: Optional[Sequence[str]] = None) -> Path:
+def plot(run_dirs: Sequence[str | Path], output: str | Path | None = None,
+         labels: Sequence[str] | None = None) -> Path:
     """Chart one run, or compare several on shared axes. Returns the PNG written.
 
     Default output: ``fipo_metrics.png`` beside the (first) run's logging.jsonl, or
@@ -325,10 +335,10 @@ def plot(run_dirs: Sequence[str | Path], output: Optional[str | Path] = None,
     return plot_runs(runs, output_path(output))
 
 
-GroupsArgument = Union[Mapping[str, Sequence[Union[str, Path]]], Sequence[tuple[str, Sequence[Union[str, Path]]]]]
+GroupsArgument = Mapping[str, Sequence[str | Path]] | Sequence[tuple[str, Sequence[str | Path]]]
 
 
-def plot_groups(groups: GroupsArgument, output: Optional[str | Path] = None) -> Path:
+def plot_groups(groups: GroupsArgument, output: str | Path | None = None) -> Path:
     """Overlay groups of runs, e.g. ``{'DAPO': [seed dirs...], 'FIPO': [seed dirs...]}``: per group and
     metric, the mean over its runs at each step (the runs that have that step) and a band of +-1 standard
     deviation across them. Returns the PNG written; default ``fipo_groups.png`` in the directory that holds

@@ -1,11 +1,13 @@
 """OpenRLHF's hooks: every patch declared in ``patches_for``, applied by the interpreter-start activation
 (``patch_module``, in the driver and in every Ray actor) or by ``install()``, reverted by ``uninstall()``.
 
-| module | patches |
-|---|---|
-| ``openrlhf.models.loss`` | ``PolicyLoss.__init__`` takes ``policy_loss_type='fipo'`` (runs the ppo branch) and ``fipo_config``; ``PolicyLoss.forward`` reweights the advantages when FIPO is on |
-| ``openrlhf.trainer.ray.ppo_actor`` | ``ActorPPOTrainer.__init__`` hands its loss the run's FIPO settings; ``training_step`` adds the ``fipo_*`` metrics |
-| ``argparse`` | ``ArgumentParser.parse_known_args`` serves ``--actor.fipo.*`` on OpenRLHF's parser (``arguments.py``); applied when the actor module is imported (the command line imports it before it parses), and by ``install()`` |
+- ``openrlhf.models.loss``: ``PolicyLoss.__init__`` takes ``policy_loss_type='fipo'`` (runs the ppo branch)
+  and ``fipo_config``; ``PolicyLoss.forward`` reweights the advantages when FIPO is on.
+- ``openrlhf.trainer.ray.ppo_actor``: ``ActorPPOTrainer.__init__`` hands its loss the run's FIPO settings;
+  ``training_step`` adds the ``fipo_*`` metrics.
+- ``argparse``: ``ArgumentParser.parse_known_args`` serves ``--actor.fipo.*`` on OpenRLHF's parser
+  (``arguments.py``); applied when the actor module is imported (the command line imports it before it
+  parses), and by ``install()``.
 
 Hook points are checked by capability (signatures and source markers, ``layout``); a module that lacks one
 is left alone and doctor says why.
