@@ -33,7 +33,8 @@ class AutocastRecordingTrainer(FIPOGRPOTrainer):
         return loss
 
 
-def test_bf16_training_computes_float32_weights_under_autocast(model_dir: Path, tmp_path: Path) -> None:
+# noqa below: model_dir is the fixture imported from test_integrations_trl, which pytest passes by name.
+def test_bf16_training_computes_float32_weights_under_autocast(model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     trainer = make_trainer(model_dir, grpo_args(tmp_path, bf16=True), cls=AutocastRecordingTrainer)
     trainer.train()
     records = trainer.records
