@@ -48,7 +48,7 @@ from swift_fipo.integrations.hosts import HOSTS  # noqa: E402  (the table of hos
 # Modules mutated, and the fast test files run against each, quickest and most telling first (pytest
 # stops at the first failure). `swift rlhf` runs (marker `cli`) are left out: they take minutes.
 OPS_TESTS = ('tests/test_config.py', 'tests/test_ops_paper.py', 'tests/test_ops_loss.py', 'tests/test_ops_influence.py',
-             'tests/test_ops_future_kl.py')
+             'tests/test_ops_future_kl.py', 'tests/test_ops_api.py', 'tests/test_ops_precision.py')
 SHARED_TESTS = ('tests/test_integrations_shared.py', 'tests/test_integrations_interception.py',
                 'tests/test_integrations_hosts.py')
 # Every host of the table is mutated, its subpackage against tests/test_integrations_<package>.py unless it
