@@ -110,9 +110,10 @@ EQUIVALENT: dict[str, str] = {
     '://->/':
         "verl's worker asserts that the batch divides by the mini-batch (tensordict_utils.make_iterator), and for "
         'the small integers of a run a float quotient of a divisible pair is that integer: the no-op test agrees',
-    'swift_fipo/ops/future_kl.py:_future_sum:dense = max(block_size, DENSE_LENGTH):max->min':
-        'where the dense single-matmul path stops: the blocked path computes the same exact sums (tested at its '
-        'own lengths); only speed changes',
+    "swift_fipo/config.py:real_number:return None  # no value to read (a meta tensor): the caller's refusal names "
+    'the field:return None->pass':
+        'falling through, value is still the tensor whose .item() failed, not a numbers.Real: the next check '
+        'returns None all the same',
     'swift_fipo/ops/future_kl.py:_flush_subnormal:return torch.where(values.abs() < tiny, 0.0, values).to(dtype)'
     '.contiguous():<-><=':
         'also flushes a decay entry exactly equal to the smallest normal number (2**-126 in float32, reached only '
