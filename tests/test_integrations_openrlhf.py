@@ -207,6 +207,12 @@ def test_metrics_follow_openrlhfs_reduction_convention():
     fipo_loss(new, old, advantages, action_mask=torch.zeros_like(mask))
     empty, _ = metrics_of(fipo_loss.last_fipo_stats)
     assert all(torch.isfinite(value).all() for value in empty.values())
+    # One action token is a real micro-batch: its own values, not the empty one's zeros.
+    single = torch.zeros_like(mask)
+    single[0, 1] = True
+    fipo_loss(new, old, advantages, action_mask=single)
+    one, _ = metrics_of(fipo_loss.last_fipo_stats)
+    assert one['fipo_influence_weight_mean'] == fipo_loss.last_fipo_stats.summary['influence_weight_mean'] > 0
 
 
 class _MicroBatch:
