@@ -661,12 +661,13 @@ def test_the_actor_trains_with_fipo_in_bf16(actor_runs):
 def test_the_actors_first_pass_is_ppo_and_later_steps_are_reweighted(actor_runs):
     ppo, fipo = actor_runs['ppo']['steps'], actor_runs['fipo']['steps']
     # Micro-batches 1 and 2 come before the first optimizer step: on-policy up to bf16 noise (the old log-probs
-    # were scored in a batch of another shape, as OpenRLHF's experience maker does), which the high-only weight
-    # clip [1, 1.2] absorbs: weights exactly 1, exactly OpenRLHF's ppo loss.
+    # were scored in a batch of another shape, as OpenRLHF's experience maker does). The high-only weight clip
+    # [1, 1.2] absorbs the negative part of that noise, not the positive part: weights within bf16 noise of 1 (never
+    # below), and OpenRLHF's ppo loss to the same relative noise (docs/openrlhf.md says so).
     for step in (0, 1):
         assert abs(fipo[step]['fipo_future_kl_mean']) < 0.01
-        assert fipo[step]['fipo_influence_weight_mean'] == 1.0
-        assert fipo[step]['policy_loss'] == ppo[step]['policy_loss']
+        assert 1.0 <= fipo[step]['fipo_influence_weight_mean'] < 1.0 + 1e-3
+        assert fipo[step]['policy_loss'] == pytest.approx(ppo[step]['policy_loss'], rel=1e-2, abs=1e-6)
     # After it the policy has moved: Future-KL is non-zero, the weights and hence the losses differ.
     later = fipo[2:]
     assert any(abs(step['fipo_future_kl_mean']) > 0.1 for step in later)
