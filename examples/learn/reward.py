@@ -37,7 +37,10 @@ def mod10_answer_reward(completions: list[Any], solution: list[str], **kwargs: A
 # Registered only where ms-swift is already loaded (it imports this file from --external_plugins): importing ms-swift
 # here would, among others, delete trl.GRPOTrainer.__init__ in a TRL process.
 if 'swift' in sys.modules:
-    from swift.rewards import ORM, orms
+    try:
+        from swift.rewards import ORM, orms  # ms-swift 4.x
+    except ImportError:
+        from swift.plugin import ORM, orms  # ms-swift 3.x
 
     class Mod10AnswerReward(ORM):
 
