@@ -252,6 +252,29 @@ def test_missing_ids_and_errors_warn_once_and_never_raise(tmp_path, log_tokens, 
     assert read_lines(tmp_path) == [] and not (tmp_path / 'broken').exists()
 
 
+class ByteTokenizer:
+    """A byte-level tokenizer in miniature: id i is byte i, decoded as UTF-8 with U+FFFD for what does not decode."""
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode('utf-8', errors='replace')
+
+
+@pytest.mark.parametrize('text', ['3+4=7 #7', 'é 你好 #9', '\U0001f600 ok', 'a\nb'])
+def test_token_texts_join_to_the_completion_where_characters_span_tokens(text):
+    ids = list(text.encode())
+    texts = token_capture.token_texts(ByteTokenizer(), ids)
+    assert len(texts) == len(ids) and ''.join(texts) == text and '\ufffd' not in ''.join(texts)
+    # A character of k bytes: k - 1 empty texts, then the character on the token that completes it.
+    assert [piece for piece in texts if piece] == list(text)
+
+
+def test_token_texts_keep_invalid_bytes_as_they_read():
+    ids = [0xff, 0xfe, 0xfd, 0xfc, 0xfb, ord('x')]  # never valid UTF-8: not held back beyond a character's length
+    texts = token_capture.token_texts(ByteTokenizer(), ids)
+    assert ''.join(texts) == ByteTokenizer().decode(ids) == '\ufffd' * 5 + 'x'
+    assert texts[3] and texts[-1].endswith('x')  # at most 3 tokens held back, as for a 4-byte character
+
+
 # --- the real command line -------------------------------------------------------------------------
 
 

@@ -34,6 +34,8 @@ MAX_FILE_BYTES = 64 * 2**20
 # Significant digits kept per value: enough to read, and it keeps lines short.
 _DIGITS = 6
 _STATE_ATTRIBUTE = '_swift_fipo_token_capture'
+# A character is at most this many UTF-8 bytes: a longer run of undecodable tokens is invalid bytes, kept as they read.
+_UTF8_MAX_BYTES = 4
 
 
 @dataclass
@@ -118,7 +120,7 @@ def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_a
         positions = mask[row].nonzero().flatten()
         kept = positions[:MAX_TOKENS_PER_COMPLETION]
         row_ids = ids[row, kept].tolist()
-        texts = [tokenizer.decode([token]) for token in row_ids] if tokenizer is not None else [''] * len(row_ids)
+        texts = token_texts(tokenizer, row_ids) if tokenizer is not None else [''] * len(row_ids)
         row_values = {name: tensor[row, kept].tolist() for name, tensor in values.items()}
         row_in_loss, row_safe = in_loss[row, kept].tolist(), safety[row, kept].tolist()
         tokens = []
@@ -140,6 +142,25 @@ def _capture(trainer: Any, state: _CaptureState, wanted: int, stats: Any, call_a
         }, ensure_ascii=False, allow_nan=False))
     _append(trainer, state, lines)
     state.taken += len(rows)
+
+
+def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token's text, such that the texts joined read as the completion.
+
+    A byte-level tokenizer (Qwen2's, for one) splits a character of several UTF-8 bytes over several tokens, and a
+    token decoded alone then reads as U+FFFD. Such a token gets the text '' and the token that completes the
+    character gets the whole character.
+    """
+    texts: list[str] = []
+    start = 0  # the first token of the character being completed
+    for end in range(1, len(ids) + 1):
+        piece = tokenizer.decode(list(ids[start:end]))
+        if piece.endswith('\ufffd') and end - start < _UTF8_MAX_BYTES:
+            texts.append('')
+            continue
+        texts.append(piece)
+        start = end
+    return texts
 
 
 def _append(trainer: Any, state: _CaptureState, lines: list[str]) -> None:
