@@ -14,10 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import only_where
 
 from swift_fipo import activation
 from swift_fipo.integrations import hosts
 from swift_fipo.integrations.diagnosis import Diagnosis
+from swift_fipo.integrations.ms_swift.layout import native_fipo_installed
 
 PACKAGE = Path(hosts.__file__).resolve().parent
 
@@ -275,6 +277,8 @@ def test_a_wrapper_around_a_patch_is_not_taken_for_the_patch():
 
 
 @pytest.mark.ms_swift
+@only_where(native_fipo_installed(), 'this ms-swift predates native FIPO (4.2.2), or none is installed: no '
+            '_compute_fipo_influence to wrap (the legacy hook: tests/test_integrations_ms_swift_legacy.py)')
 def test_uninstall_leaves_a_wrapper_around_ms_swifts_patched_trainer_and_says_why():
     """On ms-swift's real GRPO trainer class: a user's functools.wraps wrapper around the patched FIPO hook
     survives uninstall(), which refuses naming it; without the wrapper, uninstall restores ms-swift's own."""
