@@ -4,6 +4,7 @@ the evaluation's metrics, the study's statistics. Cheap: no training here; the s
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -22,6 +23,10 @@ import evaluate  # noqa: E402
 import reward as reward_plugin  # noqa: E402
 import study  # noqa: E402
 import task  # noqa: E402
+
+# The example's tokenizer is built in the form transformers 5.x reloads (Qwen2Tokenizer from vocab + merges).
+TRANSFORMERS_5 = int(importlib.metadata.version('transformers').split('.')[0]) >= 5
+NEEDS_TRANSFORMERS_5 = only_where(TRANSFORMERS_5, 'transformers 5.x (the example builds its tokenizer for it)')
 
 
 def _reference_value(expression: str) -> int:
@@ -133,6 +138,7 @@ def saved_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@NEEDS_TRANSFORMERS_5
 def test_tokenizer_survives_reload_character_by_character(saved_tokenizer: Path):
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(saved_tokenizer)
@@ -148,6 +154,7 @@ def test_tokenizer_survives_reload_character_by_character(saved_tokenizer: Path)
     assert len(tokenizer) == 256 + len(build_model.role_merges()) + len(build_model.SPECIAL_TOKENS)
 
 
+@NEEDS_TRANSFORMERS_5
 def test_model_size_and_refusals():
     tokenizer = build_model.build_tokenizer()
     model = build_model.build_model(tokenizer)
@@ -198,7 +205,8 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.ms_swift
-@only_where(importlib.util.find_spec('swift') is not None and ms_swift_version() >= (4, ), 'ms-swift 4.x template API')
+@only_where(importlib.util.find_spec('swift') is not None and ms_swift_version() >= (4, ) and TRANSFORMERS_5,
+            'ms-swift 4.x template API with transformers 5.x (the example targets them)')
 def test_evaluation_prompt_is_ms_swift_qwen_template(saved_model: Path):
     """evaluate.py prompts with the model's chat template; RL trains on ms-swift's qwen template: the same ids."""
     from swift.model import get_model_processor
