@@ -1,7 +1,7 @@
 """The learning study: SFT once, then DAPO vs FIPO (swift preset, paper-7b preset) x paired seeds, evaluated on the
 held-out set, summarised with paired statistics and figures.
 
-    python examples/learn/study.py --out DIR [--seeds 8] [--jobs 2] [--rl_steps 64] [--eval_every 16]
+    python examples/learn/study.py --out DIR [--seeds 8] [--jobs 2] [--rl_steps 30] [--eval_every 10]
 
 Every step is the real command line: ``swift sft`` (full, from random init) and ``swift rlhf --rlhf_type grpo``
 from the SFT checkpoint, identical flags but the loss, the same ``--seed`` (hence the same data order) for the three
@@ -416,13 +416,13 @@ def main() -> None:
     parser.add_argument('--first_seed', type=int, default=1)
     parser.add_argument('--algorithms', nargs='+', default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument('--jobs', type=int, default=2, help='runs side by side, one torch thread each')
-    parser.add_argument('--rl_steps', type=int, default=64, help='optimizer steps per RL run')
-    parser.add_argument('--eval_every', type=int, default=16, help='save and evaluate every K steps')
-    parser.add_argument('--prompts_per_step', type=int, default=8)
+    parser.add_argument('--rl_steps', type=int, default=30, help='optimizer steps per RL run')
+    parser.add_argument('--eval_every', type=int, default=10, help='save and evaluate every K steps')
+    parser.add_argument('--prompts_per_step', type=int, default=4)
     parser.add_argument('--generations', type=int, default=8)
-    parser.add_argument('--steps_per_generation', type=int, default=8,
+    parser.add_argument('--steps_per_generation', type=int, default=5,
                         help='optimizer steps per rollout (gradient accumulation is 1): off-policy reuse')
-    parser.add_argument('--rl_lr', type=float, default=5e-5)
+    parser.add_argument('--rl_lr', type=float, default=1e-4)
     parser.add_argument('--sft_steps', type=int, default=600)
     parser.add_argument('--sft_batch', type=int, default=64)
     parser.add_argument('--sft_lr', type=float, default=2e-3)
