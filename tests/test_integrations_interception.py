@@ -15,6 +15,7 @@ from swift_fipo.config import FIPOConfig
 from swift_fipo.integrations.interception import (
     InterceptedBatch,
     Interception,
+    existing_interception,
     interception_of,
     log_ratio,
     record_summaries,
@@ -73,9 +74,9 @@ def test_the_state_is_cleared_when_the_loss_raises():
 
 def test_each_trainer_has_one_state_made_on_demand():
     trainer, other = SimpleNamespace(), SimpleNamespace()
-    assert interception_of(trainer, create=False) is None
+    assert existing_interception(trainer) is None
     state = interception_of(trainer)
-    assert interception_of(trainer) is state and interception_of(trainer, create=False) is state
+    assert interception_of(trainer) is state and existing_interception(trainer) is state
     assert interception_of(other) is not state
 
 

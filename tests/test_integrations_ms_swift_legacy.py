@@ -26,7 +26,7 @@ import torch
 from conftest import need, not_applicable_here, only_where
 from reference import brute_fipo_weight, is_close, random_inputs
 
-from swift_fipo.integrations.interception import interception_of
+from swift_fipo.integrations.interception import existing_interception
 from swift_fipo.integrations.ms_swift import hooks as ms_swift
 from swift_fipo.integrations.ms_swift import layout as ms_swift_layout
 from swift_fipo.integrations.ms_swift import legacy as ms_swift_legacy
@@ -367,8 +367,8 @@ def test_the_real_init_keeps_args_loss_type_fipo(tmp_path, monkeypatch):
     assert trainer.args is args and args.loss_type == 'fipo'
     assert json.loads(args.to_json_string())['loss_type'] == 'fipo'
     dapo = GRPOTrainer(model, args=config('dapo'))
-    assert dapo.loss_type == 'dapo' and interception_of(dapo, create=False) is None  # not served by FIPO
-    assert interception_of(trainer, create=False) is not None
+    assert dapo.loss_type == 'dapo' and existing_interception(dapo) is None  # not served by FIPO
+    assert existing_interception(trainer) is not None
 
 
 def test_only_unsqueeze_1_of_the_advantages_gives_the_weighted_ones():

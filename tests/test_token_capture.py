@@ -18,6 +18,7 @@ import torch
 from conftest import need
 
 from swift_fipo import FIPOConfig, compute_fipo_influence
+from swift_fipo.integrations.interception import existing_interception, interception_of
 from swift_fipo.integrations.ms_swift import token_capture
 from swift_fipo.integrations.settings import RunSettings, attach_settings
 
@@ -84,7 +85,8 @@ def test_off_by_default_does_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(_REQUESTED, 'count', 0)
     trainer = make_trainer(tmp_path)
     call_46(trainer, make_batch())
-    assert read_lines(tmp_path) == [] and not hasattr(trainer, '_swift_fipo_token_capture')
+    state = existing_interception(trainer)
+    assert read_lines(tmp_path) == [] and (state is None or state.token_capture is None)
 
 
 def test_ms_swift_46_layout_writes_tokens_with_their_values(tmp_path, log_tokens):
@@ -136,7 +138,7 @@ def test_the_ms_swift_loss_hook_captures_the_calls_fipo_ran_in_and_no_other(tmp_
         assert [token['weight'] for token in line['tokens']] == pytest.approx(expected[row, positions].tolist(),
                                                                              rel=1e-5, abs=1e-6)
     hooked(trainer, torch.nn.Linear(1, 1), {'input_ids': data['input_ids']}, batch, runs_fipo=False)
-    assert read_lines(tmp_path) == lines and not trainer._swift_fipo_token_capture.disabled
+    assert read_lines(tmp_path) == lines and not interception_of(trainer).token_capture.disabled
 
 
 def test_safety_flag_marks_exactly_the_tokens_the_rule_fired_on(tmp_path, log_tokens):

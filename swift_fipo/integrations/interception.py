@@ -59,13 +59,15 @@ class InterceptedBatch(dict[str, Any]):
 
 @dataclasses.dataclass
 class Interception:
-    """One trainer's FIPO state across loss calls (instead of loose attributes on the trainer)."""
+    """One trainer's FIPO state across loss calls: the only attribute swift-fipo sets on a host's trainer."""
 
     batch: InterceptedBatch | None = None
     """The loss call in progress, while its advantages are not reweighted yet; None otherwise."""
     last_stats: FIPOStats | None = None
     loss_calls: int = 0
     """Loss calls whose advantages FIPO reweighted (a training step that adds none trained without FIPO)."""
+    token_capture: Any = None
+    """The host's per-token capture state (ms-swift's ``--fipo_log_tokens``), made by the host on first use."""
 
     @contextlib.contextmanager
     def loss_call(self, inputs: Mapping[str, Any]) -> Iterator[InterceptedBatch]:
@@ -101,13 +103,19 @@ class Interception:
 _STATE_ATTRIBUTE = '_swift_fipo_interception'
 
 
-def interception_of(trainer: Any, create: bool = True) -> Interception | None:
-    """The trainer's ``Interception``, made on first use unless ``create`` is False (a patched host class has
-    no ``__init__`` of ours to make it in)."""
-    state: Interception | None = vars(trainer).get(_STATE_ATTRIBUTE)
-    if state is None and create:
+def interception_of(trainer: Any) -> Interception:
+    """The trainer's ``Interception``, made on first use (a patched host class has no ``__init__`` of ours to make
+    it in)."""
+    state = existing_interception(trainer)
+    if state is None:
         state = Interception()
         object.__setattr__(trainer, _STATE_ATTRIBUTE, state)
+    return state
+
+
+def existing_interception(trainer: Any) -> Interception | None:
+    """The trainer's ``Interception`` if it has one: where having one is what marks a trainer FIPO serves."""
+    state: Interception | None = vars(trainer).get(_STATE_ATTRIBUTE)
     return state
 
 

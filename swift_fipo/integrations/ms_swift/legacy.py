@@ -39,6 +39,7 @@ from swift_fipo.integrations.interception import (
     ADVANTAGES,
     OLD_LOGPS,
     InterceptedBatch,
+    existing_interception,
     interception_of,
     log_ratio,
     record_summaries,
@@ -165,7 +166,7 @@ def _with_reweighted_advantages(loss: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(loss)
     def loss_with_fipo(self: Any, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        state = interception_of(self, create=False)
+        state = existing_interception(self)
         if state is None or not isinstance(inputs, dict):
             return loss(self, model, inputs, *args, **kwargs)
         with state.loss_call(inputs) as batch:
@@ -191,7 +192,7 @@ def _with_logps_hook(get_logps: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(get_logps)
     def get_logps_for_fipo(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = get_logps(self, *args, **kwargs)
-        state = interception_of(self, create=False)
+        state = existing_interception(self)
         batch = state.pending() if state is not None else None
         if batch is not None:  # inside our loss call (not while generating), once
             state.last_stats = reweight_batch(self, batch, result[0])

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from swift_fipo.integrations.interception import interception_of
 from swift_fipo.integrations.messages import report
 from swift_fipo.integrations.settings import settings_of
 
@@ -33,7 +34,6 @@ MAX_TOKENS_PER_COMPLETION = 2048
 MAX_FILE_BYTES = 64 * 2**20
 # Significant digits kept per value: enough to read, and it keeps lines short.
 _DIGITS = 6
-_STATE_ATTRIBUTE = '_swift_fipo_token_capture'
 # A character is at most this many UTF-8 bytes: a longer run of undecodable tokens is invalid bytes, kept as they read.
 _UTF8_MAX_BYTES = 4
 
@@ -58,10 +58,10 @@ def capture(trainer: Any, stats: Any, call_args: Sequence[Any], call_kwargs: Map
     wanted = settings.capture_completions if settings is not None else 0
     if wanted <= 0:  # the default: no cost beyond this lookup
         return
-    state = getattr(trainer, _STATE_ATTRIBUTE, None)
-    if state is None:
-        state = _CaptureState()
-        setattr(trainer, _STATE_ATTRIBUTE, state)
+    trainer_state = interception_of(trainer)
+    if trainer_state.token_capture is None:
+        trainer_state.token_capture = _CaptureState()
+    state: _CaptureState = trainer_state.token_capture
     if state.disabled:
         return
     try:
