@@ -23,6 +23,7 @@ import evaluate  # noqa: E402
 import reward as reward_plugin  # noqa: E402
 import study  # noqa: E402
 import task  # noqa: E402
+import token_weights  # noqa: E402
 
 # The example's tokenizer is built in the form transformers 5.x reloads (Qwen2Tokenizer from vocab + merges).
 TRANSFORMERS_5 = int(importlib.metadata.version('transformers').split('.')[0]) >= 5
@@ -220,3 +221,26 @@ def test_evaluation_prompt_is_ms_swift_qwen_template(saved_model: Path):
         encoded = template.encode({'messages': row['messages']})
         prompt = ours.apply_chat_template(row['messages'], tokenize=False, add_generation_prompt=True)
         assert encoded['input_ids'] == ours(prompt, add_special_tokens=False)['input_ids']
+
+
+def _token_row(step: int, pieces: list[tuple[str, float, float]]) -> dict:
+    return {'step': step, 'tokens': [{'text': text, 'weight': weight, 'future_kl': future_kl}
+                                     for text, weight, future_kl in pieces]}
+
+
+def test_token_weights_sorts_a_chain_into_kinds_and_leaves_out_on_policy_steps():
+    chain = [('3', 1.2, 0.3), ('+', 1.1, 0.1), ('4', 1.0, 0.0), ('=', 1.0, -0.1), ('7', 1.0, -0.2), ('#', 1.0, 0.0),
+             ('7', 1.05, 0.05), ('<|im_end|>', 1.0, 0.0)]
+    first_step = _token_row(1, [(text, 1.0, 0.0) for text, _, _ in chain])
+    by_kind, by_quarter, reused = token_weights.summarize([first_step, _token_row(2, chain)], steps_per_rollout=5)
+    assert reused == 1
+    assert by_kind['operand digit'] == [(1.2, 0.3), (1.0, 0.0)] and by_kind['operator'] == [(1.1, 0.1)]
+    assert by_kind['step result digit'] == [(1.0, -0.2)] and by_kind['answer digit'] == [(1.05, 0.05)]
+    assert by_kind["'='"] == [(1.0, -0.1)] and by_kind['end of turn'] == [(1.0, 0.0)]
+    assert [len(by_quarter[quarter]) for quarter in range(4)] == [2, 2, 2, 2]
+
+
+def test_token_weights_refuses_a_first_step_with_weights_off_one():
+    row = _token_row(6, [('3', 1.1, 0.1)])  # step 6 opens a rollout when 5 steps share one
+    with pytest.raises(SystemExit, match='steps_per_rollout 5'):
+        token_weights.summarize([row], steps_per_rollout=5)
