@@ -47,7 +47,8 @@ if [ ! -f "$sft/config.json" ]; then
         --per_device_train_batch_size "$SFT_BATCH" --learning_rate "$SFT_LR" --lr_scheduler_type cosine \
         --warmup_ratio 0.03 --max_steps "$SFT_STEPS" --max_length 128 --gradient_checkpointing false \
         --save_steps "$SFT_STEPS" --seed 0 --output_dir "$work/sft" >"$work/sft.log" 2>&1 &
-    python "$here/progress.py" follow "$work/sft/logging.jsonl" $! loss token_acc | awk 'NR == 1 || NR % 50 == 1'
+    python "$here/progress.py" follow "$work/sft/logging.jsonl" $! loss token_acc \
+        | awk 'NR == 1 || NR % 50 == 1 { print; fflush() }'  # every 50th step
     wait $! || { tail -n 30 "$work/sft.log"; echo "swift sft failed: $work/sft.log" >&2; exit 1; }
 fi
 
