@@ -3,8 +3,8 @@
 prints, and the grouped plot of its run beside a DAPO run from the same SFT checkpoint.
 
 It checks the pipeline's files and numbers, not learning: a handful of steps teaches nothing, and whether FIPO learns
-is the study's result (docs/learning.md), not a timed test. Runs only with ms-swift 4.6 (the README's .venv); about
-90 s on an idle 2-core machine.
+is the study's result (docs/learning.md), not a timed test. Runs only with ms-swift 4.6 (the README's .venv): 93 s on
+a 2-core machine at a load average of 3.1-3.6 from other work (pytest tests/test_learn_pipeline.py, 4 tests).
 """
 
 from __future__ import annotations
