@@ -244,3 +244,11 @@ def test_token_weights_refuses_a_first_step_with_weights_off_one():
     row = _token_row(6, [('3', 1.1, 0.1)])  # step 6 opens a rollout when 5 steps share one
     with pytest.raises(SystemExit, match='steps_per_rollout 5'):
         token_weights.summarize([row], steps_per_rollout=5)
+
+
+def test_asking_for_more_prompts_than_the_knobs_allow_is_refused_not_a_hang():
+    config = task.TaskConfig(min_terms=2, max_terms=2, operators=('+',))  # 100 expressions: 0+0 ... 9+9
+    assert config.distinct_expressions() == 100
+    assert len(set(task.make_splits(seed=1, sft=60, rl=20, heldout=20, config=config).sft)) == 60
+    with pytest.raises(ValueError, match='give only 100 distinct expressions'):
+        task.make_splits(seed=1, sft=81, rl=10, heldout=10, config=config)

@@ -47,6 +47,11 @@ class TaskConfig:
         if not self.operators or any(op not in OPERATORS for op in self.operators):
             raise ValueError(f'operators must be a non-empty subset of {OPERATORS}, got {self.operators}')
 
+    def distinct_expressions(self) -> int:
+        """How many different prompts these knobs allow: 10 digits per term, an operator between terms."""
+        operators = len(set(self.operators))
+        return sum(10 ** terms * operators ** (terms - 1) for terms in range(self.min_terms, self.max_terms + 1))
+
 
 def apply(left: int, operator: str, right: int) -> int:
     if operator == '+':
@@ -109,6 +114,11 @@ def make_splits(seed: int = 0, sft: int = 20000, rl: int = 4000, heldout: int = 
     for name, size in (('sft', sft), ('rl', rl), ('heldout', heldout)):
         if size < 0:
             raise ValueError(f'{name} must be >= 0, got {size}')
+    available = config.distinct_expressions()
+    if sft + rl + heldout > available:
+        raise ValueError(f'sft + rl + heldout = {sft + rl + heldout} prompts asked for, but terms '
+                         f'{config.min_terms}-{config.max_terms} over {len(config.operators)} operators give only '
+                         f'{available} distinct expressions: ask for fewer or allow more terms')
     stream = expressions(seed, config)
     take = lambda n: [next(stream) for _ in range(n)]  # noqa: E731
     held = take(heldout)
