@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -147,9 +148,17 @@ def test_explicit_teacher_is_still_rejected(tiny_run_dir, tmp_path):
 def test_doctor_reports_the_active_hook():
     doctor = shutil.which('swift-fipo', path=str(Path(sys.executable).parent))
     result = subprocess.run([doctor, 'doctor'], capture_output=True, text=True, check=False)
-    # Exit 0 only where swift-fipo computes fipo: not where it refuses fipo for this TRL.
-    assert result.returncode == (0 if REUSE_BROKEN is None else 1), result.stdout + result.stderr
     import importlib.metadata
+    verdicts = dict(re.findall(r'^verdict: (.+?) is (computed by swift-fipo|NOT computed)', result.stdout, re.M))
+    # One verdict per installed host; exit 0 only where every one is served.
+    assert result.returncode == (0 if set(verdicts.values()) == {'computed by swift-fipo'} else 1), result.stdout
+    # ms-swift: served, except where swift-fipo refuses fipo for this ms-swift's TRL (no rollout reuse).
+    served = verdicts['`swift rlhf --loss_type fipo`'] == 'computed by swift-fipo'
+    assert served == (REUSE_BROKEN is None), result.stdout
+    # TRL (installed with ms-swift): FIPOGRPOTrainer serves trl >= 0.26 only (ms-swift 3.x installs 0.24).
+    trl_version = tuple(int(part) for part in re.findall(r'\d+', importlib.metadata.version('trl'))[:2])
+    trl_served = verdicts['swift_fipo.FIPOGRPOTrainer (trl)'] == 'computed by swift-fipo'
+    assert trl_served == (trl_version >= (0, 26)), result.stdout
     assert f"ms-swift      {importlib.metadata.version('ms-swift')}" in result.stdout
     assert f'{TRAINER_MODULE}.GRPOTrainer: hooked' in result.stdout
     assert f'{PIPELINE_MODULE}.SwiftPipeline: hooked (--fipo_* flags' in result.stdout
